@@ -1,0 +1,135 @@
+"""The dataset interface shared by every loader.
+
+A dataset is an ordered stream of `UtteranceRecord`s. Records of one dialogue are contiguous and in spoken order,
+so a consumer can build past-only context (what a live call would have seen) by walking the stream once, without
+ever looking at a future utterance. New benchmarks (CMU-MOSEI, CH-SIMS, CHERMA, ...) plug in by implementing the
+`Dataset` protocol and mapping their labels onto MELD's seven emotions and the -1..+1 sentiment scale.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from egmf_core.config import EMOTIONS
+
+DATA_DIR_ENV = "EGMF_DATA_DIR"
+
+# Repository root = two levels above this package (egmf_core/data/base.py -> repo); shared data sits beside it.
+_DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+class DatasetError(ValueError):
+    """A dataset folder, file or row is missing or malformed."""
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Find the shared data folder.
+
+    Order: the explicit argument, then `$EGMF_DATA_DIR`, then `<repo root>/../shared/data`. The default is computed
+    from this file's location, never a machine-specific absolute path, so a checkout anywhere finds its data.
+    """
+    if data_dir is not None:
+        path = Path(data_dir)
+    elif os.environ.get(DATA_DIR_ENV):
+        path = Path(os.environ[DATA_DIR_ENV])
+    else:
+        path = _DEFAULT_DATA_DIR
+    path = path.expanduser().resolve()
+    if not path.is_dir():
+        raise DatasetError(
+            f"data directory {path} does not exist; pass data_dir= or set ${DATA_DIR_ENV} to the folder that holds "
+            "meld/, ravdess/ and media/"
+        )
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class UtteranceRecord:
+    """One utterance with its labels and (optional) media.
+
+    Missing things are `None`, never placeholders: a record without `audio_path` has no audio and the audio branch
+    must be masked for it. `text` is the ground-truth transcript; it is `""` only for clips whose words are not
+    known (the live path transcribes them with the speech recognizer instead).
+
+    `emotion` is always one of MELD's seven names (`egmf_core.config.EMOTIONS`) or `None` when the clip has no label
+    or its label has no MELD equivalent; `emotion_original` keeps the dataset's own label (e.g. RAVDESS's 8 classes,
+    whose benchmark is 8-class accuracy). `sentiment` is a score in [-1, 1] (-1/0/+1 for MELD's three classes).
+    `start_s`/`end_s` cut the utterance out of the media files; `None` means the whole file.
+    """
+
+    dataset: str
+    split: str
+    dialogue_id: str
+    utterance_index: int
+    speaker: str
+    text: str
+    emotion: str | None
+    sentiment: float | None
+    audio_path: str | None = None
+    video_path: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    language: str = "en"
+    emotion_original: str | None = None
+    meta: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.emotion is not None and self.emotion not in EMOTIONS:
+            raise DatasetError(f"emotion must be one of {EMOTIONS} or None, got {self.emotion!r}")
+        if self.sentiment is not None and not (math.isfinite(self.sentiment) and -1.0 <= self.sentiment <= 1.0):
+            raise DatasetError(f"sentiment must be a finite score in [-1, 1] or None, got {self.sentiment!r}")
+        if self.utterance_index < 0:
+            raise DatasetError(f"utterance_index must be >= 0, got {self.utterance_index}")
+        if self.start_s is not None and self.end_s is not None and self.end_s < self.start_s:
+            raise DatasetError(f"end_s ({self.end_s}) is before start_s ({self.start_s})")
+
+    @property
+    def key(self) -> str:
+        """A unique, stable id: `dataset/split/dialogue/utterance`."""
+        return f"{self.dataset}/{self.split}/{self.dialogue_id}/{self.utterance_index}"
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What every loader provides.
+
+    Iteration yields records grouped by dialogue, each dialogue in spoken order (`utterance_index` increasing).
+    """
+
+    name: str
+    split: str
+
+    def __iter__(self) -> Iterator[UtteranceRecord]: ...
+
+    def __len__(self) -> int: ...
+
+
+def group_dialogues(records: Iterable[UtteranceRecord]) -> Iterator[list[UtteranceRecord]]:
+    """Yield the records of each dialogue as one list, checking the ordering contract on the way.
+
+    Raises `DatasetError` when a dialogue reappears after another one started or its indices go backwards, because
+    a past-only context built from such a stream would silently include future or foreign turns.
+    """
+    seen: set[str] = set()
+    current: list[UtteranceRecord] = []
+    for record in records:
+        if current and record.dialogue_id != current[-1].dialogue_id:
+            yield current
+            current = []
+        if not current:
+            if record.dialogue_id in seen:
+                raise DatasetError(f"dialogue {record.dialogue_id!r} is not contiguous in the stream")
+            seen.add(record.dialogue_id)
+        elif record.utterance_index <= current[-1].utterance_index:
+            raise DatasetError(
+                f"dialogue {record.dialogue_id!r}: utterance {record.utterance_index} follows "
+                f"{current[-1].utterance_index}; records must be in spoken order"
+            )
+        current.append(record)
+    if current:
+        yield current

@@ -1,0 +1,145 @@
+"""Whisper frontend on real speech: transcripts, encoder-state shapes, one encoder pass, input validation."""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from egmf_core.data import resolve_data_dir
+from egmf_core.features import (
+    AUDIO_DIM,
+    FeatureCache,
+    WhisperFrontend,
+    WhisperFrontendConfig,
+    load_audio,
+    num_frames,
+)
+
+pytestmark = pytest.mark.slow
+
+RAVDESS_CLIP = "ravdess/Actor_01/03-01-05-02-01-01-01.flac"  # angry, strong, "Kids are talking by the door"
+
+
+@pytest.fixture(scope="module")
+def frontend() -> WhisperFrontend:
+    return WhisperFrontend(WhisperFrontendConfig(cpu_threads=2))
+
+
+@pytest.fixture(scope="module")
+def clip() -> np.ndarray:
+    return load_audio(resolve_data_dir() / RAVDESS_CLIP)
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^a-z' ]", " ", text.lower()).split()
+
+
+def _word_edit_distance(a: list[str], b: list[str]) -> int:
+    row = list(range(len(b) + 1))
+    for i, word in enumerate(a, start=1):
+        prev, row[0] = row[0], i
+        for j, other in enumerate(b, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
+    return row[-1]
+
+
+def test_load_audio_flac_and_mp4(clip: np.ndarray) -> None:
+    assert clip.dtype == np.float32 and clip.ndim == 1
+    assert 2.5 < clip.size / 16000 < 6.0
+    assert 0.01 < np.abs(clip).max() <= 1.0
+    video_audio = load_audio(resolve_data_dir() / "media/talking_heads/1.mp4")
+    assert video_audio.dtype == np.float32 and 4.0 < video_audio.size / 16000 < 8.0
+
+
+def test_ravdess_clip_transcript_and_states(frontend: WhisperFrontend, clip: np.ndarray) -> None:
+    result = frontend.process(clip)
+    assert "door" in _words(result.text)
+    assert result.language == "en"
+    assert result.encoder_states.dtype == np.float32
+    assert result.encoder_states.shape == (math.ceil(clip.size / 320), AUDIO_DIM)
+    assert abs(result.encoder_states.shape[0] - clip.size / 16000 * 50) <= 1
+    assert np.isfinite(result.encoder_states).all()
+    assert result.frame_rate == 50.0
+    assert 0 < result.encoder_ms <= result.asr_ms
+
+
+def test_one_encoder_pass_feeds_text_and_states(
+    frontend: WhisperFrontend, clip: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class CountingModel:
+        """Delegates to the CTranslate2 model and counts encoder passes."""
+
+        def __init__(self, model: object) -> None:
+            self._model = model
+            self.encodes = 0
+
+        def encode(self, *args: object, **kwargs: object) -> object:
+            self.encodes += 1
+            return self._model.encode(*args, **kwargs)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._model, name)
+
+    counting = CountingModel(frontend.model)
+    monkeypatch.setattr(frontend, "model", counting)
+    result = frontend.process(clip)
+    assert counting.encodes == 1 and result.text
+    states = frontend.encoder_states(clip)  # the training path: same computation, no decoding
+    assert counting.encodes == 2
+    np.testing.assert_array_equal(states, result.encoder_states)
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+def test_synthetic_sentence_transcribed(frontend: WhisperFrontend, tmp_path) -> None:
+    sentence = "Please call me back when you get this message."
+    wav = tmp_path / "sentence.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), sentence], check=True, capture_output=True)
+    audio = load_audio(wav)
+    result = frontend.process(audio)
+    expected, got = _words(sentence), _words(result.text)
+    assert _word_edit_distance(expected, got) <= 1, result.text
+    assert result.encoder_states.shape == (num_frames(audio.size), AUDIO_DIM)
+
+
+def test_silence_gives_no_text(frontend: WhisperFrontend) -> None:
+    result = frontend.process(np.zeros(16000, dtype=np.float32))
+    assert result.text == ""
+    assert result.encoder_states.shape == (50, AUDIO_DIM)
+
+
+def test_encoder_states_file_uses_cache(frontend: WhisperFrontend, clip: np.ndarray, tmp_path) -> None:
+    source = tmp_path / "clip.flac"
+    shutil.copyfile(resolve_data_dir() / RAVDESS_CLIP, source)
+    cache = FeatureCache(tmp_path / "cache")
+    first = frontend.encoder_states_file(source, cache)
+    entries = list((tmp_path / "cache").rglob("*.npz"))
+    assert len(entries) == 1
+    np.testing.assert_array_equal(first, frontend.encoder_states_file(source, cache))
+    np.testing.assert_array_equal(first, frontend.encoder_states(clip))
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.zeros(1600, dtype=np.int16), "float32"),
+        (np.zeros((2, 1600), dtype=np.float32), "mono"),
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.zeros(31 * 16000, dtype=np.float32), "30 s"),
+        (np.full(1600, np.nan, dtype=np.float32), "NaN"),
+    ],
+)
+def test_bad_input_is_rejected(frontend: WhisperFrontend, audio: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        frontend.process(audio)
+    with pytest.raises(ValueError, match=message):
+        frontend.encoder_states(audio)
+
+
+def test_english_only_model_rejects_other_language(frontend: WhisperFrontend, clip: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="English-only"):
+        frontend.process(clip, language="de")
