@@ -1,0 +1,101 @@
+"""Checkpoint format: one safetensors file with the trained weights (fusion stack + LoRA) and, in its metadata,
+the full config and label sets.
+
+safetensors holds tensors only, so loading can never execute code (unlike pickled .pt/.bin files). The base LLM is
+not stored: it is rebuilt from `config.backbone` (a registry package or a user path).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import EGMFConfig
+from .model import EGMFModel
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = "1"
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default.safetensors"
+
+
+class CheckpointError(ValueError):
+    """The checkpoint file is missing, not an EGMF checkpoint, or does not match the model."""
+
+
+def resolve(path: str | Path) -> Path:
+    p = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
+    if not p.is_file():
+        hint = " (the default checkpoint ships with the package; train one with `python -m egmf_core.train`)" if str(path) == "default" else ""
+        raise CheckpointError(f"checkpoint not found: {p}{hint}")
+    return p
+
+
+def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = None) -> Path:
+    tensors = {f"fusion.{k}": v.detach().cpu().contiguous() for k, v in model.fusion.state_dict().items()}
+    if model.cfg.lora.enabled:
+        lora = get_peft_model_state_dict(model.llm)
+        tensors.update({f"lora.{k}": v.detach().cpu().contiguous() for k, v in lora.items()})
+    meta = {
+        "format": "egmf",
+        "format_version": FORMAT_VERSION,
+        "config": json.dumps(model.cfg.to_dict()),
+        "emotions": json.dumps(model.cfg.task.emotions),
+        "sentiments": json.dumps(model.cfg.task.sentiments),
+        "extra": json.dumps(extra or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
+
+
+def read_metadata(path: str | Path) -> tuple[EGMFConfig, dict]:
+    p = resolve(path)
+    with safe_open(str(p), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("format") != "egmf":
+        raise CheckpointError(f"{p} is not an EGMF checkpoint (no 'format: egmf' metadata)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+    return EGMFConfig.from_dict(json.loads(meta["config"])), json.loads(meta.get("extra", "{}"))
+
+
+def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFModel:
+    """Rebuild the model from the checkpoint's config (optionally overriding e.g. backbone.device) and load it."""
+    cfg, _ = read_metadata(path)
+    if overrides:
+        merged = cfg.to_dict()
+        for section, values in overrides.items():
+            merged[section].update(values)
+        cfg = EGMFConfig.from_dict(merged)
+    model = EGMFModel.build(cfg)
+    load_weights(model, path)
+    model.eval()
+    return model
+
+
+def load_weights(model: EGMFModel, path: str | Path) -> None:
+    p = resolve(path)
+    fusion, lora = {}, {}
+    with safe_open(str(p), framework="pt", device="cpu") as fh:
+        for key in fh.keys():
+            group, name = key.split(".", 1)
+            (fusion if group == "fusion" else lora)[name] = fh.get_tensor(key)
+    missing, unexpected = model.fusion.load_state_dict(fusion, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{p}: fusion weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if model.cfg.lora.enabled:
+        if not lora:
+            raise CheckpointError(f"{p}: the config enables LoRA but the checkpoint holds no LoRA weights")
+        result = set_peft_model_state_dict(model.llm, {k: v.to(model.device) for k, v in lora.items()})
+        if getattr(result, "unexpected_keys", None):
+            raise CheckpointError(f"{p}: unexpected LoRA weights {result.unexpected_keys[:5]}")
+    log.info("checkpoint loaded", extra={"path": str(p), "tensors": len(fusion) + len(lora)})

@@ -1,0 +1,189 @@
+"""Typed configuration for EGMF.
+
+Every dimension of the model lives here so that a checkpoint can carry its full configuration and be rebuilt
+exactly. Configs load from YAML or plain dicts; unknown or mistyped keys raise a `ConfigError` that names the
+field, because a silently ignored typo in a training config wastes hours of CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+SENTIMENTS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type."""
+
+
+@dataclass
+class BackboneConfig:
+    """Which causal LLM carries the answer.
+
+    `name` is a registry key (`smollm2-135m-instruct`, `gemma3-270m`), a Hugging Face model id or a local folder.
+    Nothing outside `egmf_core.backbone` knows which one is loaded.
+    """
+
+    name: str = "smollm2-135m-instruct"
+    dtype: str = "float32"  # "bfloat16" on GPU machines
+    device: str = "cpu"
+
+
+@dataclass
+class LoRAConfig:
+    enabled: bool = True  # False = the "no LoRA" ablation: the LLM stays frozen
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # Restrict LoRA to these decoder layers (None = all). Upper layers only lets the backward pass stop early on CPU.
+    layers: list[int] | None = None
+
+
+@dataclass
+class FusionConfig:
+    """The expert-guided fusion stack between frame features and pseudo tokens."""
+
+    audio_dim: int = 384  # faster-whisper tiny.en encoder states, 50 Hz
+    visual_dim: int = 58  # 52 FaceLandmarker blendshapes + yaw/pitch/roll + translation
+    audio_rate: float = 50.0  # frames per second of the audio features
+    visual_rate: float = 10.0  # frames per second of the visual features
+    audio_stride: int = 2  # temporal downsampling of audio frames before the encoder
+    hidden: int = 256  # d_h
+    heads: int = 4
+    encoder_layers: int = 2
+    dropout: float = 0.1
+    pseudo_tokens: int = 8  # K
+    max_text_tokens: int = 64  # utterance tokens seen by the fusion text branch
+
+
+@dataclass
+class AblationConfig:
+    """Switches for the paper's ablations. A dropped modality is masked, never fed as zeros."""
+
+    use_audio: bool = True
+    use_video: bool = True
+    use_text: bool = True
+    experts: list[bool] = field(default_factory=lambda: [True, True, True])  # E1 local, E2 semantic, E3 global
+    gating: str = "hierarchical"  # or "uniform"
+
+
+@dataclass
+class PromptConfig:
+    language: str = "en"  # "en" or "zh" templates
+    max_context_turns: int = 3  # bounded past-only context window
+    max_turn_tokens: int = 40  # each context turn / utterance is truncated to this many tokens
+    score_min: float = -1.0
+    score_max: float = 1.0
+    score_decimals: int = 1
+
+
+@dataclass
+class TaskConfig:
+    emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    sentiments: list[str] = field(default_factory=lambda: list(SENTIMENTS))
+    # Score -> sentiment label: below -threshold negative, above +threshold positive, else neutral.
+    sentiment_threshold: float = 0.5
+
+
+@dataclass
+class EGMFConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+    def validate(self) -> None:
+        f, a, p = self.fusion, self.ablation, self.prompt
+        if f.hidden % 8 != 0:
+            raise ConfigError(f"fusion.hidden must be divisible by 8 (expert bottleneck d/8), got {f.hidden}")
+        if f.hidden % f.heads != 0:
+            raise ConfigError(f"fusion.hidden ({f.hidden}) must be divisible by fusion.heads ({f.heads})")
+        if f.pseudo_tokens < 1:
+            raise ConfigError(f"fusion.pseudo_tokens must be >= 1, got {f.pseudo_tokens}")
+        if len(a.experts) != 3 or not any(a.experts):
+            raise ConfigError(f"ablation.experts must be 3 booleans with at least one true, got {a.experts}")
+        if a.gating not in ("hierarchical", "uniform"):
+            raise ConfigError(f"ablation.gating must be 'hierarchical' or 'uniform', got {a.gating!r}")
+        if p.language not in ("en", "zh"):
+            raise ConfigError(f"prompt.language must be 'en' or 'zh', got {p.language!r}")
+        if not p.score_min < p.score_max:
+            raise ConfigError("prompt.score_min must be below prompt.score_max")
+        if len(set(self.task.emotions)) != len(self.task.emotions) or len(self.task.emotions) < 2:
+            raise ConfigError(f"task.emotions must be at least 2 distinct labels, got {self.task.emotions}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EGMFConfig":
+        cfg = _build(cls, data, "")
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "EGMFConfig":
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        model = data.get("model", data)
+        return cls.from_dict(model)
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Recursively build dataclass `cls` from `data`, naming the offending field on error."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {sorted(prefix + k for k in unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value

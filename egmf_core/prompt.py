@@ -1,0 +1,215 @@
+"""Prompt construction: [E_prefix; T_pseudo; E_suffix; P_task] and the generative answer format.
+
+Every piece of text is tokenized once: the constant pieces when the builder is created, each conversation turn
+when it is first seen (`make_turn`). A prompt is then a concatenation of cached token ids, so a live stream never
+re-tokenizes the conversation, and training and serving build byte-identical prompts.
+
+The answer is "<label> <score>" followed by the end-of-turn token, e.g. "joy +0.6": emotion and sentiment are
+answered jointly in one generation (the paper's unified generative targets; one LLM pass per utterance instead of
+one per task). Scores live on a fixed grid (`score_min..score_max`, `score_decimals`), so the set of valid answers is
+closed and can be scored exactly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from .config import ConfigError, PromptConfig, TaskConfig
+
+_TEMPLATES = {
+    "en": {
+        "system": "You recognize emotions and sentiment in conversations from speech, face and words.",
+        "cues": "Nonverbal cues of the current utterance:",
+        "context": "Conversation so far:\n",
+        "no_context": "Conversation so far: (start)\n",
+        "current": "Current utterance, ",
+        "no_text": " [no transcript]\n",
+        "instruction": (
+            "What is the emotion of the current utterance ({labels}) and its sentiment score "
+            "(from {lo} to {hi})? Answer with the emotion and the score."
+        ),
+    },
+    "zh": {
+        "system": "你根据语音、面部和文字识别对话中的情绪和情感倾向。",
+        "cues": "当前话语的非语言线索：",
+        "context": "之前的对话：\n",
+        "no_context": "之前的对话：（开始）\n",
+        "current": "当前话语，",
+        "no_text": " [无文字]\n",
+        "instruction": "当前话语的情绪是什么（{labels}）？情感分数是多少（{lo} 到 {hi}）？请回答情绪和分数。",
+    },
+}
+
+_PSEUDO_MARK = "\u0000PSEUDO\u0000"
+_TASK_MARK = "\u0000TASK\u0000"
+_ANSWER_RE = re.compile(r"^\s*([^\W\d_]+)\s*([+-]?\d+(?:\.\d+)?)?")
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One conversation turn, tokenized once."""
+
+    speaker: str
+    text: str
+    speaker_ids: tuple[int, ...]  # "Speaker:" piece
+    text_ids: tuple[int, ...]  # " text\n" piece, truncated to max_turn_tokens (also the fusion text input)
+
+
+@dataclass
+class ContextWindow:
+    """Bounded past-only conversation context (the last `max_turns` turns, already tokenized)."""
+
+    max_turns: int
+    turns: deque[Turn] = field(default_factory=deque)
+
+    def append(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        while len(self.turns) > self.max_turns:
+            self.turns.popleft()
+
+    def snapshot(self) -> tuple[Turn, ...]:
+        return tuple(self.turns)
+
+
+@dataclass(frozen=True)
+class PromptIds:
+    before: list[int]  # prefix: ids placed before the K pseudo tokens
+    after: list[int]  # suffix + task prompt, up to the start of the answer
+
+
+def format_score(value: float, decimals: int) -> str:
+    return f"{value:+.{decimals}f}"
+
+
+class PromptBuilder:
+    def __init__(
+        self, tokenizer: PreTrainedTokenizerBase, prompt: PromptConfig, task: TaskConfig, use_text: bool = True
+    ):
+        self.tok = tokenizer
+        self.cfg = prompt
+        self.task = task
+        self.use_text = use_text
+        t = _TEMPLATES[prompt.language]
+        self._t = t
+        head, middle, tail = self._chat_frame(t["system"])
+        self.prefix_ids = self._ids(head + t["cues"])
+        self.suffix_ids = self._ids("\n" + middle)
+        self.context_ids = self._ids(t["context"])
+        self.no_context_ids = self._ids(t["no_context"])
+        self.current_ids = self._ids(t["current"])
+        self.no_text_ids = self._ids(t["no_text"])
+        lo, hi = format_score(prompt.score_min, prompt.score_decimals), format_score(prompt.score_max, prompt.score_decimals)
+        instruction = t["instruction"].format(labels=", ".join(task.emotions), lo=lo, hi=hi)
+        self.instruction_ids = self._ids(instruction + tail)
+        self.eos_id = self._end_of_turn_id()
+        self.label_ids = {label: self._ids(label) for label in task.emotions}
+        firsts = [ids[0] for ids in self.label_ids.values()]
+        if len(set(firsts)) != len(firsts):
+            raise ConfigError(
+                f"task.emotions {task.emotions}: two labels start with the same token for this tokenizer, "
+                "so they cannot be scored in one pass; rename one of them"
+            )
+        steps = round((prompt.score_max - prompt.score_min) * 10**prompt.score_decimals)
+        self.score_values = [round(prompt.score_min + i / 10**prompt.score_decimals, prompt.score_decimals) for i in range(steps + 1)]
+        self.score_ids = {v: self._ids(" " + format_score(v, prompt.score_decimals)) for v in self.score_values}
+
+    # -- construction -------------------------------------------------------------------------------------------
+    def _ids(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def _chat_frame(self, system: str) -> tuple[str, str, str]:
+        """Split the backbone's chat template into text before the pseudo tokens, between, and after the task.
+
+        Instruction-tuned backbones get their own chat format; base models (no template) get plain text.
+        """
+        if getattr(self.tok, "chat_template", None):
+            rendered = self.tok.apply_chat_template(
+                [{"role": "system", "content": system}, {"role": "user", "content": _PSEUDO_MARK + _TASK_MARK}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            if _PSEUDO_MARK in rendered and _TASK_MARK in rendered:
+                head, rest = rendered.split(_PSEUDO_MARK)
+                middle, tail = rest.split(_TASK_MARK)
+                return head, middle, tail
+        return system + "\n", "", "\nAnswer:"
+
+    def _end_of_turn_id(self) -> int:
+        if getattr(self.tok, "chat_template", None):
+            rendered = self.tok.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": _TASK_MARK}], tokenize=False
+            )
+            after = rendered.rsplit(_TASK_MARK, 1)[1] if _TASK_MARK in rendered else ""
+            ids = self._ids(after)
+            if ids and ids[0] in self.tok.all_special_ids:
+                return ids[0]
+        if self.tok.eos_token_id is None:
+            raise ConfigError("the backbone tokenizer has no end-of-sequence token")
+        return self.tok.eos_token_id
+
+    def make_turn(self, speaker: str, text: str) -> Turn:
+        speaker = (speaker or "Speaker").strip()
+        text_ids = self._ids(" " + " ".join(text.split()))[: self.cfg.max_turn_tokens] + self._ids("\n")
+        return Turn(speaker, text, tuple(self._ids(speaker + ":")), tuple(text_ids))
+
+    def new_context(self) -> ContextWindow:
+        return ContextWindow(self.cfg.max_context_turns)
+
+    def build(self, context: Sequence[Turn], current: Turn) -> PromptIds:
+        """[prefix] + pseudo + [suffix; context; current utterance; instruction; assistant start]."""
+        after = list(self.suffix_ids)
+        if self.use_text and context:
+            after += self.context_ids
+            for turn in context:
+                after += turn.speaker_ids + turn.text_ids
+        else:
+            after += self.no_context_ids
+        after += self.current_ids + list(current.speaker_ids)
+        after += list(current.text_ids) if self.use_text else self.no_text_ids
+        after += self.instruction_ids
+        return PromptIds(before=list(self.prefix_ids), after=after)
+
+    # -- answers ------------------------------------------------------------------------------------------------
+    def snap_score(self, value: float) -> float:
+        lo, hi = self.cfg.score_min, self.cfg.score_max
+        return round(min(max(value, lo), hi), self.cfg.score_decimals)
+
+    def answer_ids(self, emotion: str, sentiment: float | None) -> tuple[list[int], int]:
+        """Token ids of the target answer and how many of them carry a loss.
+
+        With an unknown sentiment (e.g. RAVDESS) only the label tokens are trained.
+        """
+        if emotion not in self.label_ids:
+            raise ValueError(f"emotion label {emotion!r} is not in task.emotions {self.task.emotions}")
+        ids = list(self.label_ids[emotion])
+        if sentiment is None:
+            return ids, len(ids)
+        ids += self.score_ids[self.snap_score(sentiment)] + [self.eos_id]
+        return ids, len(ids)
+
+    def answer_candidates(self) -> Iterable[tuple[str, float, list[int]]]:
+        for label, lids in self.label_ids.items():
+            for value, sids in self.score_ids.items():
+                yield label, value, lids + sids + [self.eos_id]
+
+    def parse_answer(self, text: str) -> tuple[str | None, float | None]:
+        """Parse generated text "joy +0.6" into (label, score); unknown parts come back as None."""
+        m = _ANSWER_RE.match(text)
+        if not m:
+            return None, None
+        label = m.group(1).lower()
+        score = float(m.group(2)) if m.group(2) is not None else None
+        return (label if label in self.label_ids else None), score
+
+    def sentiment_label(self, score: float) -> str:
+        neg, neu, pos = self.task.sentiments
+        if score <= -self.task.sentiment_threshold:
+            return neg
+        if score >= self.task.sentiment_threshold:
+            return pos
+        return neu
