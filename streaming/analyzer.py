@@ -1,0 +1,155 @@
+"""The EGMF implementation of :class:`streaming.pipeline.UtteranceAnalyzer`.
+
+Per utterance: ONE Whisper encoder pass gives both the transcript and the (T, 384) audio features
+(``egmf_core.features.audio.WhisperFrontend.process``); the frames inside the utterance span give (T, 58) face
+features with a validity mask (``egmf_core.features.visual.FaceFeatureExtractor.extract``); then the predictor
+fuses them with the conversation context (``egmf_core.predictor.EGMFPredictor.predict``, which appends the turn to
+the conversation, so context is incremental and bounded by the predictor).
+
+The model packages are imported inside the constructor: the rest of :mod:`streaming` (sources, segmentation, event
+schema, CLI argument handling) must work, and report clear errors, without loading torch or an LLM.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .pipeline import AnalysisResult
+from .segmenter import SpeechSegment
+
+__all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError"]
+
+log = logging.getLogger(__name__)
+
+# Whisper's input window: longer audio cannot be encoded in one pass (the segmenter caps utterances at ~8 s anyway).
+_MAX_AUDIO_S = 30.0
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model (or one of its parts) cannot be loaded; the message is one line for the CLI."""
+
+
+@dataclass
+class EGMFAnalyzerConfig:
+    """``checkpoint``: ``"default"`` (the shipped model) or a checkpoint path. ``whisper_model_path``: a local
+    CTranslate2 Whisper folder (default: the bundled tiny.en). ``language``: the recognizer/predictor language
+    (``None`` = the recognizer's default, ``"en"`` for tiny.en). ``use_video``: compute face features when the stream
+    has video (needs mediapipe and the face model; without them the analyzer carries on with audio and text and
+    logs why once). ``cpu_threads``: recognizer threads."""
+
+    checkpoint: str = "default"
+    whisper_model_path: str | None = None
+    language: str | None = None
+    use_video: bool = True
+    face_model_path: str | None = None
+    cpu_threads: int = 2
+
+
+class EGMFUtteranceAnalyzer:
+    """Whisper frontend + face features + EGMF predictor. Load once, share across streams (one conversation each).
+
+    ``predictor``/``frontend``/``face`` may be passed in (already loaded, e.g. by the service that shares them
+    between workers); otherwise they are loaded from ``config``.
+    """
+
+    def __init__(self, config: EGMFAnalyzerConfig | None = None, *, predictor: Any = None, frontend: Any = None,
+                 face: Any = None):
+        self.config = config or EGMFAnalyzerConfig()
+        cfg = self.config
+        if frontend is None:
+            try:
+                from egmf_core.features.audio import (
+                    WhisperFrontend,
+                    WhisperFrontendConfig,
+                )
+            except ImportError as e:
+                raise ModelUnavailableError(f"speech recognizer unavailable: {e}") from e
+            kwargs: dict[str, Any] = {"model_path": cfg.whisper_model_path, "cpu_threads": cfg.cpu_threads}
+            if cfg.language is not None:
+                kwargs["language"] = cfg.language
+            try:
+                frontend = WhisperFrontend(WhisperFrontendConfig(**kwargs))
+            except (OSError, RuntimeError, ValueError) as e:
+                raise ModelUnavailableError(f"cannot load the speech recognizer: {e}") from e
+        if predictor is None:
+            try:
+                from egmf_core.predictor import EGMFPredictor
+            except ImportError as e:
+                raise ModelUnavailableError(f"EGMF predictor unavailable: {e}") from e
+            try:
+                predictor = EGMFPredictor.load(cfg.checkpoint)
+            except (OSError, RuntimeError, ValueError, KeyError) as e:
+                raise ModelUnavailableError(f"cannot load EGMF checkpoint {cfg.checkpoint!r}: {e}") from e
+        self.frontend = frontend
+        self.predictor = predictor
+        self._face = face
+        self._face_failed = face is None and not cfg.use_video
+        self._face_lock = threading.Lock()
+
+    @property
+    def version(self) -> str:
+        return str(self.predictor.version)
+
+    def new_conversation(self) -> Any:
+        return self.predictor.new_conversation()
+
+    def _face_extractor(self) -> Any:
+        """Load the face model on first use: streams without video never pay for importing mediapipe."""
+        if self._face is not None or self._face_failed:
+            return self._face
+        with self._face_lock:
+            if self._face is None and not self._face_failed:
+                try:
+                    from egmf_core.features.visual import (
+                        FaceFeatureConfig,
+                        FaceFeatureExtractor,
+                    )
+
+                    self._face = FaceFeatureExtractor(FaceFeatureConfig(model_path=self.config.face_model_path))
+                except (ImportError, OSError, RuntimeError, ValueError) as e:
+                    self._face_failed = True
+                    log.warning("face features disabled, analyzing audio and text only: %s", e)
+        return self._face
+
+    def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                conversation: Any) -> AnalysisResult:
+        audio = segment.audio
+        limit = int(_MAX_AUDIO_S * segment.sample_rate)
+        if len(audio) > limit:
+            log.warning("utterance of %.1f s truncated to %.0f s for the recognizer", len(audio) / 16000, _MAX_AUDIO_S)
+            audio = audio[:limit]
+        asr = self.frontend.process(np.ascontiguousarray(audio, dtype=np.float32), language=self.config.language)
+        text = asr.text.strip()
+
+        visual_features = visual_valid = None
+        if video:
+            face = self._face_extractor()
+            if face is not None:
+                vf = face.extract(video)
+                if len(vf) and bool(np.any(vf.valid)):  # no face at all = no visual modality, not zeros
+                    visual_features, visual_valid = vf.features, vf.valid
+
+        p = self.predictor.predict(
+            conversation,
+            text=text,
+            speaker=segment.speaker,
+            audio_features=asr.encoder_states,
+            visual_features=visual_features,
+            visual_valid=visual_valid,
+            language=asr.language,
+        )
+        return AnalysisResult(
+            text=text,
+            language=asr.language,
+            emotion=p.emotion,
+            emotion_probs=dict(p.emotion_probs),
+            sentiment_score=float(p.sentiment_score),
+            sentiment_label=p.sentiment_label,
+            alpha=[float(a) for a in p.alpha],
+            modalities=dict(p.modalities),
+        )
