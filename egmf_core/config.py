@@ -86,9 +86,15 @@ class PromptConfig:
     score_decimals: int = 1
 
 
+RAVDESS_EMOTIONS: tuple[str, ...] = ("neutral", "calm", "joy", "sadness", "anger", "fear", "disgust", "surprise")
+
+
 @dataclass
 class TaskConfig:
     emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    # Dataset-specific label sets: the task prompt lists the dataset's own labels (the paper's per-dataset task
+    # prompts), e.g. RAVDESS's 8 classes, whose "calm" has no MELD equivalent. Live analysis uses `emotions`.
+    dataset_emotions: dict[str, list[str]] = field(default_factory=lambda: {"ravdess": list(RAVDESS_EMOTIONS)})
     sentiments: list[str] = field(default_factory=lambda: list(SENTIMENTS))
     # Score -> sentiment label: below -threshold negative, above +threshold positive, else neutral.
     sentiment_threshold: float = 0.5
@@ -127,7 +133,7 @@ class EGMFConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "EGMFConfig":
-        cfg = _build(cls, data, "")
+        cfg = build_dataclass(cls, data, "")
         cfg.validate()
         return cfg
 
@@ -141,7 +147,7 @@ class EGMFConfig:
         return cls.from_dict(model)
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
     """Recursively build dataclass `cls` from `data`, naming the offending field on error."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
@@ -158,7 +164,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")
+        return build_dataclass(tp, value, where + ".")
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -166,6 +172,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

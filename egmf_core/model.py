@@ -40,6 +40,7 @@ class ModelInput:
     visual_valid: np.ndarray | None = None  # (T_v,) bool: False where no face was found
     emotion: str | None = None  # training target
     sentiment: float | None = None  # training target (None = unknown, not trained)
+    label_set: str = "default"  # which emotion label set the task prompt offers (see TaskConfig.dataset_emotions)
 
 
 @dataclass
@@ -163,13 +164,13 @@ class EGMFModel(nn.Module):
         pad = self.tokenizer.pad_token_id
         rows, answers = [], []
         for x in batch:
-            p = self.prompts.build(x.context, x.current)
+            p = self.prompts.build(x.context, x.current, x.label_set)
             ans: list[int] = []
             n_loss = 0
             if with_answers:
                 if x.emotion is None:
                     raise ValueError("training inputs need an emotion label (field 'emotion')")
-                ans, n_loss = self.prompts.answer_ids(x.emotion, x.sentiment)
+                ans, n_loss = self.prompts.answer_ids(x.emotion, x.sentiment, x.label_set)
             rows.append((p.before, p.after + ans))
             answers.append((ans, n_loss))
         lengths = [len(b) + k + len(a) for b, a in rows]
@@ -216,13 +217,16 @@ class EGMFModel(nn.Module):
 
     # -- inference: constrained scoring (fast path) -------------------------------------------------------------
     def _build_answer_trie(self) -> None:
-        trie: dict = {}
-        for label, value, ids in self.prompts.answer_candidates():
-            node = trie
-            for t in ids:
-                node = node.setdefault(t, {})
-            node[None] = (label, value)
-        self._trie = trie
+        """One trie of valid answer token sequences per label set; leaves hold (label, score)."""
+        self._tries: dict[str, dict] = {}
+        for name in self.prompts.label_sets:
+            trie: dict = {}
+            for label, value, ids in self.prompts.answer_candidates(name):
+                node = trie
+                for t in ids:
+                    node = node.setdefault(t, {})
+                node[None] = (label, value)
+            self._tries[name] = trie
 
     @torch.no_grad()
     def score(self, batch: Sequence[ModelInput]) -> list[Prediction]:
@@ -236,11 +240,14 @@ class EGMFModel(nn.Module):
         )
         logits = out.logits[:, -1].float()
         cache = out.cache
-        labels = list(self.prompts.label_ids)
-        first = torch.tensor([self.prompts.label_ids[lab][0] for lab in labels], device=logits.device)
-        label_probs = torch.softmax(logits[:, first], dim=-1)
+        label_probs = []
+        for i, x in enumerate(batch):
+            labels = self.prompts.label_sets[x.label_set]
+            first = [self.prompts.label_ids[lab][0] for lab in labels]
+            probs = torch.softmax(logits[i, first], dim=-1).tolist()
+            label_probs.append(dict(zip(labels, probs)))
 
-        nodes = [self._trie] * len(batch)
+        nodes = [self._tries[x.label_set] for x in batch]
         results: list[tuple[str, float] | None] = [None] * len(batch)
         attn, pos = prep.attention_mask, prep.position_ids[:, -1:]
         while True:
@@ -272,8 +279,7 @@ class EGMFModel(nn.Module):
 
         preds = []
         for i, (label, value) in enumerate(results):
-            probs = {lab: float(p) for lab, p in zip(labels, label_probs[i].tolist())}
-            preds.append(self._prediction(prep, i, label, probs, value))
+            preds.append(self._prediction(prep, i, label, label_probs[i], value))
         return preds
 
     # -- inference: plain greedy generation (paper path) --------------------------------------------------------
@@ -291,8 +297,8 @@ class EGMFModel(nn.Module):
         preds = []
         for i in range(len(batch)):
             text = self.tokenizer.decode(out[i], skip_special_tokens=True)
-            label, value = self.prompts.parse_answer(text)
-            probs = {lab: float(lab == label) for lab in self.prompts.label_ids}
+            label, value = self.prompts.parse_answer(text, batch[i].label_set)
+            probs = {lab: float(lab == label) for lab in self.prompts.label_sets[batch[i].label_set]}
             preds.append(self._prediction(prep, i, label, probs, value, raw_text=text))
         return preds
 

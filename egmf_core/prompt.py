@@ -45,6 +45,7 @@ _TEMPLATES = {
     },
 }
 
+DEFAULT_LABEL_SET = "default"
 _PSEUDO_MARK = "\u0000PSEUDO\u0000"
 _TASK_MARK = "\u0000TASK\u0000"
 _ANSWER_RE = re.compile(r"^\s*([^\W\d_]+)\s*([+-]?\d+(?:\.\d+)?)?")
@@ -104,16 +105,20 @@ class PromptBuilder:
         self.current_ids = self._ids(t["current"])
         self.no_text_ids = self._ids(t["no_text"])
         lo, hi = format_score(prompt.score_min, prompt.score_decimals), format_score(prompt.score_max, prompt.score_decimals)
-        instruction = t["instruction"].format(labels=", ".join(task.emotions), lo=lo, hi=hi)
-        self.instruction_ids = self._ids(instruction + tail)
+        self.label_sets: dict[str, list[str]] = {DEFAULT_LABEL_SET: list(task.emotions), **task.dataset_emotions}
+        self.instruction_ids = {
+            name: self._ids(t["instruction"].format(labels=", ".join(labels), lo=lo, hi=hi) + tail)
+            for name, labels in self.label_sets.items()
+        }
         self.eos_id = self._end_of_turn_id()
-        self.label_ids = {label: self._ids(label) for label in task.emotions}
-        firsts = [ids[0] for ids in self.label_ids.values()]
-        if len(set(firsts)) != len(firsts):
-            raise ConfigError(
-                f"task.emotions {task.emotions}: two labels start with the same token for this tokenizer, "
-                "so they cannot be scored in one pass; rename one of them"
-            )
+        self.label_ids = {label: self._ids(label) for labels in self.label_sets.values() for label in labels}
+        for name, labels in self.label_sets.items():
+            firsts = [self.label_ids[label][0] for label in labels]
+            if len(set(firsts)) != len(firsts):
+                raise ConfigError(
+                    f"label set {name!r} {labels}: two labels start with the same token for this tokenizer, "
+                    "so they cannot be scored in one pass; rename one of them"
+                )
         steps = round((prompt.score_max - prompt.score_min) * 10**prompt.score_decimals)
         self.score_values = [round(prompt.score_min + i / 10**prompt.score_decimals, prompt.score_decimals) for i in range(steps + 1)]
         self.score_ids = {v: self._ids(" " + format_score(v, prompt.score_decimals)) for v in self.score_values}
@@ -160,7 +165,12 @@ class PromptBuilder:
     def new_context(self) -> ContextWindow:
         return ContextWindow(self.cfg.max_context_turns)
 
-    def build(self, context: Sequence[Turn], current: Turn) -> PromptIds:
+    def check_label_set(self, name: str) -> list[str]:
+        if name not in self.label_sets:
+            raise ValueError(f"label_set {name!r} is unknown; known: {sorted(self.label_sets)}")
+        return self.label_sets[name]
+
+    def build(self, context: Sequence[Turn], current: Turn, label_set: str = "default") -> PromptIds:
         """[prefix] + pseudo + [suffix; context; current utterance; instruction; assistant start]."""
         after = list(self.suffix_ids)
         if self.use_text and context:
@@ -171,7 +181,8 @@ class PromptBuilder:
             after += self.no_context_ids
         after += self.current_ids + list(current.speaker_ids)
         after += list(current.text_ids) if self.use_text else self.no_text_ids
-        after += self.instruction_ids
+        self.check_label_set(label_set)
+        after += self.instruction_ids[label_set]
         return PromptIds(before=list(self.prefix_ids), after=after)
 
     # -- answers ------------------------------------------------------------------------------------------------
@@ -179,32 +190,33 @@ class PromptBuilder:
         lo, hi = self.cfg.score_min, self.cfg.score_max
         return round(min(max(value, lo), hi), self.cfg.score_decimals)
 
-    def answer_ids(self, emotion: str, sentiment: float | None) -> tuple[list[int], int]:
+    def answer_ids(self, emotion: str, sentiment: float | None, label_set: str = "default") -> tuple[list[int], int]:
         """Token ids of the target answer and how many of them carry a loss.
 
         With an unknown sentiment (e.g. RAVDESS) only the label tokens are trained.
         """
-        if emotion not in self.label_ids:
-            raise ValueError(f"emotion label {emotion!r} is not in task.emotions {self.task.emotions}")
+        labels = self.check_label_set(label_set)
+        if emotion not in labels:
+            raise ValueError(f"emotion label {emotion!r} is not in label set {label_set!r} {labels}")
         ids = list(self.label_ids[emotion])
         if sentiment is None:
             return ids, len(ids)
         ids += self.score_ids[self.snap_score(sentiment)] + [self.eos_id]
         return ids, len(ids)
 
-    def answer_candidates(self) -> Iterable[tuple[str, float, list[int]]]:
-        for label, lids in self.label_ids.items():
+    def answer_candidates(self, label_set: str = "default") -> Iterable[tuple[str, float, list[int]]]:
+        for label in self.check_label_set(label_set):
             for value, sids in self.score_ids.items():
-                yield label, value, lids + sids + [self.eos_id]
+                yield label, value, self.label_ids[label] + sids + [self.eos_id]
 
-    def parse_answer(self, text: str) -> tuple[str | None, float | None]:
+    def parse_answer(self, text: str, label_set: str = "default") -> tuple[str | None, float | None]:
         """Parse generated text "joy +0.6" into (label, score); unknown parts come back as None."""
         m = _ANSWER_RE.match(text)
         if not m:
             return None, None
         label = m.group(1).lower()
         score = float(m.group(2)) if m.group(2) is not None else None
-        return (label if label in self.label_ids else None), score
+        return (label if label in self.check_label_set(label_set) else None), score
 
     def sentiment_label(self, score: float) -> str:
         neg, neu, pos = self.task.sentiments

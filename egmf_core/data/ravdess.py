@@ -46,6 +46,8 @@ class RavdessConfig:
 
     data_dir: str | None = None
     splits: dict[str, tuple[int, ...]] = field(default_factory=_default_splits)
+    # False when features come precomputed (e.g. an AudioFeaturePack on a machine without the FLAC files).
+    check_files: bool = True
 
     def __post_init__(self) -> None:
         owner: dict[int, str] = {}
@@ -96,7 +98,7 @@ class RavdessDataset:
         if original not in RAVDESS_TO_MELD:
             raise ValueError(f"emotion must be one of {RAVDESS_EMOTIONS}, got {original!r}")
         audio = self.root / row["file"]
-        if not audio.is_file():
+        if self.config.check_files and not audio.is_file():
             raise ValueError(f"audio file {audio} not found")
         return UtteranceRecord(
             dataset=self.name,

@@ -1,0 +1,81 @@
+"""Per-utterance prediction for live streams: load once, keep a bounded conversation per stream.
+
+The hot path per utterance: tokenize the new utterance once (`make_turn`), build the prompt from cached turn ids
+of the last `max_context_turns` turns, run the fusion stack and one constrained scoring pass. Nothing about the
+conversation is re-tokenized or re-encoded from scratch, and the cost does not grow with the conversation's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint, resolve
+from .model import EGMFModel, ModelInput, Prediction
+from .prompt import ContextWindow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Conversation:
+    """One stream's context: the last few turns, tokenized once each."""
+
+    window: ContextWindow
+    turns_seen: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class EGMFPredictor:
+    def __init__(self, model: EGMFModel, version: str):
+        self.model = model
+        self.version = version
+        self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
+
+    @classmethod
+    def load(cls, checkpoint: str | Path = "default", device: str | None = None) -> "EGMFPredictor":
+        path = resolve(checkpoint)
+        overrides = {"backbone": {"device": device}} if device else None
+        model = load_checkpoint(path, overrides)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return cls(model, f"egmf-{model.cfg.backbone.name}-{path.stem}-{digest}")
+
+    def new_conversation(self) -> Conversation:
+        return Conversation(self.model.prompts.new_context())
+
+    def predict(
+        self,
+        conversation: Conversation,
+        text: str,
+        speaker: str,
+        audio_features: np.ndarray | None = None,
+        visual_features: np.ndarray | None = None,
+        visual_valid: np.ndarray | None = None,
+        language: str = "en",
+    ) -> Prediction:
+        """Predict emotion + sentiment for one utterance, then append it to the conversation's context."""
+        if not isinstance(text, str):
+            raise ValueError(f"text: expected a string, got {type(text).__name__}")
+        if language != self.model.cfg.prompt.language:
+            log.debug("utterance language %s differs from the prompt language %s", language, self.model.cfg.prompt.language)
+        turn = self.model.prompts.make_turn(speaker, text)
+        with conversation.lock:
+            x = ModelInput(
+                context=conversation.window.snapshot(),
+                current=turn,
+                audio=audio_features,
+                visual=visual_features,
+                visual_valid=visual_valid,
+            )
+            with self._lock:
+                pred = self.model.score([x])[0]
+            if text.strip():
+                conversation.window.append(turn)
+            conversation.turns_seen += 1
+        pred.expert_outputs = None
+        return pred

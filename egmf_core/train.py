@@ -1,0 +1,326 @@
+"""`python -m egmf_core.train --config configs/default.yaml [--resume]`: joint LoRA + fusion training.
+
+Mixes MELD (text, past-only dialogue context, emotion + sentiment) with RAVDESS (speech: Whisper encoder states,
+8-class emotion, no sentiment), evaluates on the dev splits after every epoch, keeps the best checkpoint by the mean
+of MELD dev weighted F1 and RAVDESS dev accuracy, and can resume from the last saved state. CPU-friendly choices:
+loss and logits only on the answer tokens, length-bucketed batches, a bounded context window, cached features, and
+optionally LoRA on the upper layers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import load_weights, save_checkpoint
+from .config import ConfigError, EGMFConfig, build_dataclass
+from .data import MeldConfig, MeldDataset, RavdessConfig, RavdessDataset
+from .evaluate import predict_examples, report, whisper_audio_lookup
+from .examples import AudioFeaturePack, Example, build_examples
+from .model import EGMFModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    meld: bool = True
+    meld_train_limit: int | None = None
+    ravdess: bool = True
+    ravdess_train_actors: list[int] = field(default_factory=lambda: list(range(1, 11)))
+    ravdess_dev_actors: list[int] = field(default_factory=lambda: [11, 12])
+    ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
+    audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
+    data_dir: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 8
+    lr: float = 5e-4  # LoRA
+    fusion_lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    dev_limit: int | None = None  # MELD dev utterances evaluated per epoch (None = all 1,109)
+    eval_batch_size: int = 16
+    max_steps: int | None = None
+    time_budget_minutes: float | None = None
+    out_dir: str = "runs/default"
+    log_every: int = 20
+
+
+@dataclass
+class RunConfig:
+    model: EGMFConfig = field(default_factory=EGMFConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+        cfg = build_dataclass(cls, raw)
+        cfg.model.validate()
+        return cfg
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(cfg: RunConfig, model: EGMFModel) -> tuple[list[Example], dict[str, list[Example]]]:
+    d = cfg.data
+    train: list[Example] = []
+    dev: dict[str, list[Example]] = {}
+    if d.meld:
+        meld_train = list(MeldDataset("train", MeldConfig(data_dir=d.data_dir)))
+        if d.meld_train_limit is not None:
+            meld_train = meld_train[: d.meld_train_limit]
+        train += build_examples(meld_train, model.prompts)
+        meld_dev = list(MeldDataset("dev", MeldConfig(data_dir=d.data_dir)))
+        dev["meld"] = build_examples(meld_dev[: cfg.train.dev_limit], model.prompts)
+    if d.ravdess:
+        audio = AudioFeaturePack.read(d.audio_pack) if d.audio_pack else whisper_audio_lookup()
+        rcfg = RavdessConfig(
+            data_dir=d.data_dir,
+            splits={"train": tuple(d.ravdess_train_actors), "dev": tuple(d.ravdess_dev_actors)},
+            check_files=d.audio_pack is None,
+        )
+        r_train = build_examples(RavdessDataset("train", rcfg), model.prompts, audio=audio, label_set="ravdess")
+        if any(e.input.audio is None for e in r_train):
+            raise ConfigError("data.audio_pack lacks features for some RAVDESS training clips")
+        train += r_train * d.ravdess_repeat
+        dev["ravdess"] = build_examples(RavdessDataset("dev", rcfg), model.prompts, audio=audio, label_set="ravdess")
+    if not train:
+        raise ConfigError("data: enable at least one of meld, ravdess")
+    return train, dev
+
+
+def make_batches(examples: Sequence[Example], batch_size: int, rng: random.Random) -> list[list[Example]]:
+    """Shuffle, then sort within windows of 50 batches by prompt length, so batches have little padding."""
+    idx = list(range(len(examples)))
+    rng.shuffle(idx)
+    size = lambda i: len(examples[i].input.current.text_ids) + sum(len(t.text_ids) for t in examples[i].input.context)  # noqa: E731
+    batches = []
+    window = batch_size * 50
+    for w in range(0, len(idx), window):
+        chunk = sorted(idx[w : w + window], key=size)
+        batches += [[examples[i] for i in chunk[b : b + batch_size]] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def evaluate_dev(model: EGMFModel, dev: dict[str, list[Example]], batch_size: int) -> dict:
+    model.eval()
+    results = {}
+    for name, examples in dev.items():
+        preds = predict_examples(model, examples, batch_size)
+        results[name] = report(model, examples, preds)
+    model.train()
+    parts = []
+    if "meld" in results:
+        parts.append(results["meld"]["emotion"]["weighted_f1"])
+    if "ravdess" in results:
+        parts.append(results["ravdess"]["emotion"]["accuracy"])
+    results["selection_score"] = float(np.mean(parts))
+    return results
+
+
+def _summary(results: dict) -> str:
+    out = []
+    if "meld" in results:
+        out.append(f"MELD dev wF1 {results['meld']['emotion']['weighted_f1']:.2f} sentiment wF1 {results['meld']['sentiment']['weighted_f1']:.2f}")
+    if "ravdess" in results:
+        out.append(f"RAVDESS dev acc8 {results['ravdess']['emotion']['accuracy']:.2f}")
+    return "; ".join(out) + f" (selection {results['selection_score']:.2f})"
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.train.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.train.seed)
+        if cfg.model.backbone.device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.model = EGMFModel.build(cfg.model)
+        self.train_set, self.dev = load_splits(cfg, self.model)
+        t = cfg.train
+        lora = [p for n, p in self.model.llm.named_parameters() if p.requires_grad]
+        fusion = [p for p in self.model.fusion.parameters() if p.requires_grad]
+        groups = [{"params": fusion, "lr": t.fusion_lr}]
+        if lora:
+            groups.append({"params": lora, "lr": t.lr})
+        self.opt = torch.optim.AdamW(groups, weight_decay=t.weight_decay)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / t.batch_size)
+        self.total_steps = t.max_steps or self.steps_per_epoch * t.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
+        self._start: float | None = None
+        self.step = 0
+        self.epoch = 0
+        self.best = -1.0
+        self.history: list[dict] = []
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warmup, then cosine decay driven by whichever runs out first: steps or the time budget."""
+        warm = self.cfg.train.warmup_steps
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, self.total_steps - warm)
+        budget = self.cfg.train.time_budget_minutes
+        if budget and self._start is not None:
+            progress = max(progress, (time.perf_counter() - self._start) / (budget * 60))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    # -- resume state (safetensors + JSON, no pickle) -----------------------------------------------------------
+    def save_state(self) -> None:
+        save_checkpoint(self.model, self.out / "last.safetensors", extra={"step": self.step, "epoch": self.epoch})
+        sd = self.opt.state_dict()
+        tensors = {f"{pid}.{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
+        meta = {
+            "param_groups": json.dumps(sd["param_groups"]),
+            "sched": json.dumps(self.sched.state_dict()),
+            "trainer": json.dumps({"step": self.step, "epoch": self.epoch, "best": self.best, "history": self.history}),
+        }
+        save_file(tensors, str(self.out / "trainer_state.safetensors"), metadata=meta)
+
+    def load_state(self) -> None:
+        from safetensors import safe_open
+
+        load_weights(self.model, self.out / "last.safetensors")
+        path = self.out / "trainer_state.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata()
+        tensors = load_file(str(path))
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        self.sched.load_state_dict(json.loads(meta["sched"]))
+        tr = json.loads(meta["trainer"])
+        self.step, self.epoch, self.best, self.history = tr["step"], tr["epoch"], tr["best"], tr["history"]
+        print(f"resumed at epoch {self.epoch} step {self.step} (best {self.best:.2f})", flush=True)
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        t = self.cfg.train
+        budget = t.time_budget_minutes * 60 if t.time_budget_minutes else None
+        start = self._start = time.perf_counter()
+        print(
+            f"training on {len(self.train_set)} examples ({self.steps_per_epoch} steps/epoch, {self.total_steps} steps), "
+            f"dev {', '.join(f'{k}={len(v)}' for k, v in self.dev.items())}; "
+            f"{sum(p.numel() for _, p in self.model.trainable_parameters()):,} trainable parameters",
+            flush=True,
+        )
+        self.model.train()
+        stop = False
+        while self.epoch < t.epochs and not stop:
+            batches = make_batches(self.train_set, t.batch_size, random.Random(t.seed * 1000 + self.epoch))
+            skip = self.step - self.epoch * self.steps_per_epoch  # resuming mid-epoch
+            running, t_log = [], time.perf_counter()
+            for bi, batch in enumerate(batches):
+                if bi < skip:
+                    continue
+                loss = self.model.loss([e.input for e in batch])
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for _, p in self.model.trainable_parameters()], t.grad_clip)
+                self.opt.step()
+                self.sched.step()
+                self.step += 1
+                running.append(loss.item())
+                if self.step % t.log_every == 0:
+                    el = time.perf_counter() - start
+                    sps = (time.perf_counter() - t_log) / len(running)
+                    eta = sps * (self.total_steps - self.step)
+                    print(
+                        f"epoch {self.epoch + 1}/{t.epochs} step {self.step}/{self.total_steps} loss {np.mean(running):.4f} "
+                        f"{sps:.2f} s/step elapsed {el / 60:.1f} min eta {eta / 60:.1f} min",
+                        flush=True,
+                    )
+                    running, t_log = [], time.perf_counter()
+                if (t.max_steps and self.step >= t.max_steps) or (budget and time.perf_counter() - start > budget):
+                    stop = True
+                    break
+            if not stop:
+                self.epoch += 1
+            self._evaluate_and_keep(time.perf_counter() - start)
+            self.save_state()
+        return {"best": self.best, "history": self.history, "train_seconds": time.perf_counter() - start}
+
+    def _evaluate_and_keep(self, elapsed: float) -> None:
+        results = evaluate_dev(self.model, self.dev, self.cfg.train.eval_batch_size)
+        entry = {"epoch": self.epoch, "step": self.step, "elapsed_s": round(elapsed, 1), "dev": results}
+        self.history.append(entry)
+        print(f"dev after epoch {self.epoch} step {self.step}: {_summary(results)}", flush=True)
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=2))
+        if results["selection_score"] > self.best:
+            self.best = results["selection_score"]
+            save_checkpoint(
+                self.model,
+                self.out / "best.safetensors",
+                extra={"epoch": self.epoch, "step": self.step, "dev": _compact(results), "train_config": asdict(self.cfg.train)},
+            )
+            print(f"  new best checkpoint: {self.out / 'best.safetensors'}", flush=True)
+
+
+def _compact(results: dict) -> dict:
+    out = {"selection_score": results["selection_score"]}
+    for name in ("meld", "ravdess"):
+        if name in results:
+            out[name] = {"emotion_wf1": results[name]["emotion"]["weighted_f1"], "emotion_acc": results[name]["emotion"]["accuracy"]}
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.train", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", required=True, help="YAML with model/data/train sections (see configs/default.yaml)")
+    ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.safetensors")
+    ap.add_argument("--out-dir", default=None, help="override train.out_dir")
+    ap.add_argument("--device", default=None, help="override model.backbone.device (e.g. cuda)")
+    ap.add_argument("--audio-pack", default=None, help="override data.audio_pack (see python -m egmf_core.pack_audio)")
+    ap.add_argument("--time-budget-minutes", type=float, default=None, help="override train.time_budget_minutes")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = RunConfig.from_yaml(args.config)
+        if args.out_dir:
+            cfg.train.out_dir = args.out_dir
+        if args.device:
+            cfg.model.backbone.device = args.device
+        if args.audio_pack:
+            cfg.data.audio_pack = args.audio_pack
+        if args.time_budget_minutes:
+            cfg.train.time_budget_minutes = args.time_budget_minutes
+        trainer = Trainer(cfg)
+        if args.resume:
+            trainer.load_state()
+        result = trainer.run()
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: best selection score {result['best']:.2f} in {result['train_seconds'] / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
