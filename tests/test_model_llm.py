@@ -1,0 +1,134 @@
+"""EGMF with the real embedded LLM (SmolLM2-135M + LoRA) on real MELD / RAVDESS inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from egmf_core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from egmf_core.config import EGMFConfig
+from egmf_core.data import load_dataset
+from egmf_core.evaluate import whisper_audio_lookup
+from egmf_core.examples import build_examples
+from egmf_core.model import EGMFModel
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model() -> EGMFModel:
+    torch.manual_seed(0)
+    return EGMFModel.build(EGMFConfig())
+
+
+@pytest.fixture(scope="module")
+def meld_batch(model):
+    """Six real MELD training utterances with their past-only dialogue context (mixed emotions/sentiments)."""
+    records = list(load_dataset("meld", "train"))[:40]
+    examples = build_examples(records, model.prompts)
+    picked, seen = [], set()
+    for e in examples:
+        if e.input.emotion not in seen or len(picked) < 6:
+            picked.append(e.input)
+            seen.add(e.input.emotion)
+        if len(picked) == 6:
+            break
+    return picked
+
+
+@pytest.fixture(scope="module")
+def ravdess_input(model):
+    recs = list(load_dataset("ravdess", "train"))[:1]
+    return build_examples(recs, model.prompts, audio=whisper_audio_lookup(), label_set="ravdess")[0].input
+
+
+def test_lora_rank_alpha_and_only_lora_and_fusion_train(model):
+    cfg = model.cfg.lora
+    lora_a = [m for n, m in model.llm.named_modules() if n.endswith("lora_A.default")]
+    assert lora_a and all(m.weight.shape[0] == cfg.r for m in lora_a)
+    scalings = {m.scaling["default"] for _, m in model.llm.named_modules() if isinstance(getattr(m, "scaling", None), dict)}
+    assert scalings == {cfg.alpha / cfg.r}
+    targets = {n.split(".")[-1] for n, m in model.llm.named_modules() if hasattr(m, "lora_A")}
+    assert targets == set(cfg.target_modules)
+    trainable = [n for n, _ in model.trainable_parameters()]
+    assert trainable and all(n.startswith("fusion.") or ".lora_" in n for n in trainable)
+    assert any(n.startswith("fusion.") for n in trainable) and any(".lora_" in n for n in trainable)
+
+
+def test_no_lora_ablation_freezes_the_llm():
+    m = EGMFModel.build(EGMFConfig.from_dict({"lora": {"enabled": False}}))
+    assert all(n.startswith("fusion.") for n, _ in m.trainable_parameters())
+
+
+def test_prompt_layout_prefix_pseudo_suffix_task(model, meld_batch):
+    x = meld_batch[-1]
+    prep = model.prepare([x])
+    p = model.prompts.build(x.context, x.current)
+    k = model.cfg.fusion.pseudo_tokens
+    assert prep.embeds.shape[1] == len(p.before) + k + len(p.after)
+    # the pseudo tokens sit right after the prefix, exactly as the fusion stack produced them
+    assert torch.equal(prep.embeds[0, len(p.before) : len(p.before) + k], prep.fusion.pseudo_tokens[0])
+    text = model.tokenizer.decode(p.after)
+    assert x.current.text.split()[0] in text and "anger, disgust, fear, joy, neutral, sadness, surprise" in text
+    for turn in x.context:
+        assert turn.speaker in text
+
+
+def test_pseudo_tokens_receive_gradients_and_a_step_lowers_the_loss(model, meld_batch, ravdess_input):
+    batch = meld_batch + [ravdess_input]
+    model.eval()  # no dropout: the two losses are comparable
+    params = [p for _, p in model.trainable_parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    loss0 = model.loss(batch)
+    opt.zero_grad()
+    loss0.backward()
+    assert model.fusion.to_pseudo.weight.grad is not None and model.fusion.to_pseudo.weight.grad.abs().sum() > 0
+    assert model.fusion.av_encoder.audio_in[1].weight.grad.abs().sum() > 0  # the RAVDESS clip's audio branch learns
+    opt.step()
+    with torch.no_grad():
+        loss1 = model.loss(batch)
+    assert loss1.item() < loss0.item()
+
+
+def test_both_inference_paths_return_complete_predictions(model, meld_batch, ravdess_input):
+    model.eval()
+    scored = model.score(meld_batch[:2] + [ravdess_input])
+    for p in scored[:2]:
+        assert set(p.emotion_probs) == set(model.cfg.task.emotions)
+        assert abs(sum(p.emotion_probs.values()) - 1) < 1e-5
+        assert p.emotion == max(p.emotion_probs, key=p.emotion_probs.get)
+        assert -1.0 <= p.sentiment_score <= 1.0 and p.sentiment_label in model.cfg.task.sentiments
+        assert p.modalities == {"audio": False, "video": False, "text": True}
+    assert set(scored[2].emotion_probs) == set(model.prompts.label_sets["ravdess"])
+    assert scored[2].modalities["audio"]
+    generated = model.generate(meld_batch[:2])
+    assert all(isinstance(g.raw_text, str) for g in generated)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(model, meld_batch, ravdess_input, tmp_path):
+    model.eval()
+    with torch.no_grad():  # make LoRA B non-zero so the round trip is not trivially exact
+        for n, p in model.llm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    path = save_checkpoint(model, tmp_path / "ckpt.safetensors", extra={"note": "test"})
+    cfg, extra = read_metadata(path)
+    assert cfg == model.cfg and extra == {"note": "test"}
+    loaded = load_checkpoint(path)
+    batch = meld_batch[:3] + [ravdess_input]
+    a, b = model.score(batch), loaded.score(batch)
+    for pa, pb in zip(a, b):
+        assert pa.emotion == pb.emotion and pa.sentiment_score == pb.sentiment_score
+        assert np.allclose(list(pa.emotion_probs.values()), list(pb.emotion_probs.values()), atol=1e-6)
+        assert np.allclose(pa.alpha, pb.alpha, atol=1e-6)
+
+
+def test_bad_media_input_is_a_clear_error(model, meld_batch):
+    from dataclasses import replace
+
+    bad = replace(meld_batch[0], audio=np.zeros((10, 100), np.float32))
+    with pytest.raises(ValueError, match=r"audio features: expected an array of shape \(frames, 384\)"):
+        model.score([bad])
+    with pytest.raises(ValueError, match="label_set 'nope' is unknown"):
+        model.score([replace(meld_batch[0], label_set="nope")])
