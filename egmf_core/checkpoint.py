@@ -69,13 +69,17 @@ def read_metadata(path: str | Path) -> tuple[EGMFConfig, dict]:
 
 
 def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFModel:
-    """Rebuild the model from the checkpoint's config (optionally overriding e.g. backbone.device) and load it."""
+    """Rebuild the model from the checkpoint's config and load its weights.
+
+    The device is a property of the machine, not of the checkpoint: unless `overrides` names one
+    (`{"backbone": {"device": ...}}`), the model goes to CUDA when available, else the CPU.
+    """
     cfg, _ = read_metadata(path)
-    if overrides:
-        merged = cfg.to_dict()
-        for section, values in overrides.items():
-            merged[section].update(values)
-        cfg = EGMFConfig.from_dict(merged)
+    merged = cfg.to_dict()
+    merged["backbone"]["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    for section, values in (overrides or {}).items():
+        merged[section].update(values)
+    cfg = EGMFConfig.from_dict(merged)
     model = EGMFModel.build(cfg)
     load_weights(model, path)
     model.eval()

@@ -40,7 +40,7 @@ class EGMFPredictor:
     @classmethod
     def load(cls, checkpoint: str | Path = "default", device: str | None = None) -> "EGMFPredictor":
         path = resolve(checkpoint)
-        overrides = {"backbone": {"device": device}} if device else None
+        overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         return cls(model, f"egmf-{model.cfg.backbone.name}-{path.stem}-{digest}")

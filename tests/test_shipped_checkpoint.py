@@ -1,0 +1,72 @@
+"""The shipped default checkpoint: loads, agrees across inference paths, beats the majority class on real data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from egmf_core.checkpoint import DEFAULT_CHECKPOINT, read_metadata
+from egmf_core.evaluate import dataset_examples, predict_examples, report
+from egmf_core.metrics import classification_report
+from egmf_core.predictor import EGMFPredictor
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def predictor() -> EGMFPredictor:
+    return EGMFPredictor.load("default", device="cpu")
+
+
+def test_default_checkpoint_is_small_and_self_describing():
+    assert DEFAULT_CHECKPOINT.stat().st_size <= 20 * 1024 * 1024
+    cfg, extra = read_metadata("default")
+    assert cfg.backbone.name == "smollm2-135m-instruct"
+    assert cfg.lora.r == 8 and cfg.lora.alpha == 16
+    assert "dev" in extra  # the dev scores it was selected on
+
+
+def test_constrained_scoring_equals_greedy_generation(predictor):
+    """Fast path (one pass + label probabilities) and the paper's greedy generation give the same answers."""
+    model = predictor.model
+    meld = dataset_examples(model, "meld", "test", limit=24)
+    ravdess = dataset_examples(model, "ravdess", "test")[::30]  # 8 clips over all 4 test actors
+    for examples in (meld, ravdess):
+        inputs = [e.input for e in examples]
+        scored = model.score(inputs)
+        generated = model.generate(inputs)
+        for s, g in zip(scored, generated):
+            assert g.emotion != "unknown", f"greedy generation produced no valid label: {g.raw_text!r}"
+            assert s.emotion == g.emotion, (g.raw_text, s.emotion_probs)
+            if examples is meld:
+                assert s.sentiment_score == g.sentiment_score, g.raw_text
+
+
+def test_beats_the_majority_class_on_meld_test_sample(predictor):
+    model = predictor.model
+    examples = dataset_examples(model, "meld", "test", limit=200)
+    preds = predict_examples(model, examples)
+    result = report(model, examples, preds)
+    gold = [e.input.emotion for e in examples]
+    majority = max(set(gold), key=gold.count)
+    baseline = classification_report(gold, [majority] * len(gold), model.cfg.task.emotions)
+    assert result["emotion"]["weighted_f1"] > baseline["weighted_f1"] + 5
+    assert result["sentiment"]["weighted_f1"] > 40
+    assert 0 < result["gate"]["entropy_mean"] <= result["gate"]["entropy_max"]
+    assert -1 <= result["expert_cosine"] <= 1
+
+
+def test_context_is_bounded_and_incremental(predictor):
+    """The 50th utterance of a conversation builds a prompt no longer than the window allows."""
+    model = predictor.model
+    conv = predictor.new_conversation()
+    lengths = []
+    for i in range(50):
+        turn = model.prompts.make_turn(f"S{i % 2}", f"this is sentence number {i} of a long call")
+        p = model.prompts.build(conv.window.snapshot(), turn)
+        lengths.append(len(p.before) + len(p.after))
+        conv.window.append(turn)
+    assert len(conv.window.turns) == model.cfg.prompt.max_context_turns
+    assert max(lengths[10:]) - min(lengths[10:]) <= 4  # flat once the window is full
+    p = predictor.predict(conv, text="I can't believe you did that!", speaker="S1")
+    assert p.emotion in model.cfg.task.emotions and np.isfinite(p.sentiment_score)
