@@ -47,7 +47,9 @@ def load_fusion(checkpoint: str | None):
         path = resolve(checkpoint)
         cfg, _ = read_metadata(path)
         with safe_open(str(path), framework="pt") as fh:
-            state = {k.split(".", 1)[1]: fh.get_tensor(k) for k in fh.keys() if k.startswith("fusion.")}
+            # Training-only heads (e.g. an auxiliary classifier) are not part of the inference graph.
+            state = {k.split(".", 1)[1]: fh.get_tensor(k) for k in fh.keys()
+                     if k.startswith("fusion.") and not k.startswith("fusion.aux_head.")}
         hidden = state["text_in.0.weight"].shape[0]
         stack = FusionStack(cfg.fusion, cfg.ablation, hidden, float(state["embed_rms"]))
         stack.load_state_dict(state)
