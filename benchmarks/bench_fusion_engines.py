@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = {"auto": "default" if DEFAULT_CHECKPOINT.is_file() else None, "none": None}.get(args.checkpoint, args.checkpoint)
     stack, source = load_fusion(checkpoint)
     print(f"fusion stack: {source}; {sum(p.numel() for p in stack.parameters()) / 1e6:.2f} M params", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_fusion_"))
+    tmpdir = tempfile.TemporaryDirectory(prefix="bench_fusion_")
+    tmp = Path(tmpdir.name)
     start = time.perf_counter()
     onnx_path = export_fusion(stack, tmp / "fusion.onnx", example_inputs(stack.cfg, stack.llm_hidden, float(stack.embed_rms)))
     print(f"exported {onnx_path.name} in {time.perf_counter() - start:.1f} s", flush=True)
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"onnxruntime {row['onnxruntime']['median_ms']:.2f} ms (p95 {row['onnxruntime']['p95_ms']:.2f}), "
                   f"ratio {row['ratio_pytorch_over_onnxruntime']:.2f}x", flush=True)
     load_after = os.getloadavg()
+    tmpdir.cleanup()
 
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()

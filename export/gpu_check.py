@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -189,6 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_features:
         print(f"wrote {save_features(args.save_features)}")
         return 0
+    tmp = Path(tempfile.mkdtemp(prefix="egmf_gpu_check_"))
+    try:
+        return _check(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check(args: argparse.Namespace, tmp: Path) -> int:
 
     import torch
 
@@ -223,7 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     cfg = EGMFConfig()
     torch.manual_seed(0)
     fusion = FusionStack(cfg.fusion, cfg.ablation, LLM_HIDDEN, EMBED_RMS).eval()
-    tmp = Path(tempfile.mkdtemp(prefix="egmf_gpu_check_"))
     onnx_path = tmp / "fusion.onnx"
     example = example_inputs(cfg.fusion, LLM_HIDDEN, EMBED_RMS)
     example_shape = P.case_shape({"inputs": dict(zip(INPUT_NAMES, example))})
