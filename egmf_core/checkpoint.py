@@ -94,6 +94,7 @@ def load_weights(model: EGMFModel, path: str | Path) -> None:
             group, name = key.split(".", 1)
             (fusion if group == "fusion" else lora)[name] = fh.get_tensor(key)
     missing, unexpected = model.fusion.load_state_dict(fusion, strict=False)
+    missing = [k for k in missing if not k.startswith("aux_head.")]  # training-only head, absent in older files
     if missing or unexpected:
         raise CheckpointError(f"{p}: fusion weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     if model.cfg.lora.enabled:

@@ -17,7 +17,6 @@ from torch.nn import functional as F
 
 from .config import AblationConfig, FusionConfig
 
-NEG_INF = -1e9  # finite, so rows with no valid key give zeros (not NaN) after the presence multiply
 
 
 def masked_attention(
@@ -36,7 +35,7 @@ def masked_attention(
     vh = v.view(b, tk, heads, dh).transpose(1, 2)
     scores = torch.matmul(qh, kh.transpose(-1, -2)) / math.sqrt(dh)
     valid = key_valid[:, None, None, :]
-    scores = scores.masked_fill(~valid, NEG_INF)
+    scores = scores.masked_fill(~valid, torch.finfo(scores.dtype).min)
     probs = torch.softmax(scores, dim=-1) * valid.to(scores.dtype)
     out = torch.matmul(probs, vh).transpose(1, 2).reshape(b, tq, d)
     return out
@@ -165,9 +164,9 @@ class AdaptiveFeatureEnhancer(nn.Module):
         if self.uniform:
             logits = torch.zeros(f.shape[0], 3, device=f.device, dtype=f.dtype)
         else:
-            w = torch.softmax(self.gate(f).masked_fill(~self.active, NEG_INF), dim=-1)
+            w = torch.softmax(self.gate(f).masked_fill(~self.active, torch.finfo(f.dtype).min), dim=-1)
             logits = self.refine(torch.cat([f, w], dim=-1))
-        alpha = torch.softmax(logits.masked_fill(~self.active, NEG_INF), dim=-1)
+        alpha = torch.softmax(logits.masked_fill(~self.active, torch.finfo(logits.dtype).min), dim=-1)
         enhanced = self.norm(f + (alpha[..., None] * outputs).sum(dim=1))
         return enhanced, alpha, outputs
 
@@ -178,6 +177,7 @@ class FusionOutput:
     alpha: torch.Tensor  # (B, 3) gate weights
     expert_outputs: torch.Tensor  # (B, 3, d_h), for the paper's expert-similarity check
     fused: torch.Tensor  # (B, d_h) f_fusion
+    enhanced: torch.Tensor | None = None  # (B, d_h) f_enhanced, the source of the pseudo tokens
 
 
 class FusionStack(nn.Module):
@@ -187,7 +187,9 @@ class FusionStack(nn.Module):
     modality is simply a mask of zeros.
     """
 
-    def __init__(self, cfg: FusionConfig, ablation: AblationConfig, llm_hidden: int, embed_rms: float):
+    def __init__(
+        self, cfg: FusionConfig, ablation: AblationConfig, llm_hidden: int, embed_rms: float, aux_classes: int = 0
+    ):
         super().__init__()
         d = cfg.hidden
         self.cfg = cfg
@@ -202,6 +204,9 @@ class FusionStack(nn.Module):
         self.enhancer = AdaptiveFeatureEnhancer(d, cfg.dropout, ablation)
         self.to_pseudo = nn.Linear(d, cfg.pseudo_tokens * llm_hidden)
         self.pseudo_gain = nn.Parameter(torch.ones(llm_hidden))
+        # Training-only auxiliary emotion head on f_enhanced (see TrainConfig.aux_weight): a short gradient path that
+        # makes the pseudo tokens' source discriminative before the LLM has learned to read them. Not in forward().
+        self.aux_head = nn.Linear(d, aux_classes) if aux_classes else None
         # RMS of the LLM's (scaled) input embeddings: pseudo tokens are produced at that scale.
         self.register_buffer("embed_rms", torch.tensor(float(embed_rms)), persistent=True)
 
@@ -235,7 +240,7 @@ class FusionStack(nn.Module):
         pseudo = self.to_pseudo(enhanced).view(b, self.cfg.pseudo_tokens, self.llm_hidden)
         pseudo = pseudo * torch.rsqrt(pseudo.pow(2).mean(dim=-1, keepdim=True) + 1e-6)
         pseudo = pseudo * self.pseudo_gain * self.embed_rms
-        return FusionOutput(pseudo_tokens=pseudo, alpha=alpha, expert_outputs=outputs, fused=fused)
+        return FusionOutput(pseudo_tokens=pseudo, alpha=alpha, expert_outputs=outputs, fused=fused, enhanced=enhanced)
 
 
 def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,3 +249,4 @@ def _masked_mean(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, to
     count = w.sum(dim=1, keepdim=True)
     pooled = (x * w[..., None]).sum(dim=1) / count.clamp(min=1.0)
     return pooled, (count[:, 0] > 0).to(x.dtype)
+

@@ -85,7 +85,11 @@ class EGMFModel(nn.Module):
             )
             llm = get_peft_model(llm, lora)
         self.llm = llm
-        self.fusion = FusionStack(cfg.fusion, cfg.ablation, backbone.hidden_size, backbone.embed_rms)
+        # Auxiliary head classes: every emotion label of every label set (MELD's 7 + RAVDESS's "calm").
+        self.aux_labels = sorted({lab for labels in self.prompts.label_sets.values() for lab in labels})
+        self.fusion = FusionStack(
+            cfg.fusion, cfg.ablation, backbone.hidden_size, backbone.embed_rms, aux_classes=len(self.aux_labels)
+        )
         self.fusion.to(next(llm.parameters()).device)
         self._build_answer_trie()
 
@@ -201,8 +205,16 @@ class EGMFModel(nn.Module):
         return PreparedBatch(embeds, attn, position_ids, labels, fusion, modalities)
 
     # -- training -----------------------------------------------------------------------------------------------
-    def loss(self, batch: Sequence[ModelInput]) -> torch.Tensor:
-        """Cross-entropy on the answer tokens only; logits are computed only where the answer is."""
+    def aux_loss(self, batch: Sequence[ModelInput], fusion: FusionOutput | None = None) -> torch.Tensor:
+        """Cross-entropy of the auxiliary emotion head on f_enhanced (fusion only, no LLM pass needed)."""
+        if fusion is None:
+            fusion, _ = self.run_fusion(batch)
+        target = torch.tensor([self.aux_labels.index(x.emotion) for x in batch], device=self.device)
+        return F.cross_entropy(self.fusion.aux_head(fusion.enhanced), target)
+
+    def loss(self, batch: Sequence[ModelInput], aux_weight: float = 0.0) -> torch.Tensor:
+        """Cross-entropy on the answer tokens only (logits are computed only where the answer is), plus optionally
+        `aux_weight` x the auxiliary emotion head's cross-entropy on f_enhanced."""
         prep = self.prepare(batch, with_answers=True)
         a = prep.labels.shape[1]
         out = self.llm(
@@ -213,7 +225,10 @@ class EGMFModel(nn.Module):
             use_cache=False,
         )
         logits = out.logits[:, :-1].float()  # position j predicts answer token j
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), prep.labels.reshape(-1), ignore_index=IGNORE)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), prep.labels.reshape(-1), ignore_index=IGNORE)
+        if aux_weight:
+            loss = loss + aux_weight * self.aux_loss(batch, prep.fusion)
+        return loss
 
     # -- inference: constrained scoring (fast path) -------------------------------------------------------------
     def _build_answer_trie(self) -> None:

@@ -38,12 +38,22 @@ class EGMFPredictor:
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
 
     @classmethod
-    def load(cls, checkpoint: str | Path = "default", device: str | None = None) -> "EGMFPredictor":
+    def load(
+        cls, checkpoint: str | Path = "default", device: str | None = None, engines: str | Path | None = None
+    ) -> "EGMFPredictor":
+        """Load a checkpoint; with `engines` (a `python -m export` folder) the fusion stack runs in onnxruntime /
+        TensorRT and the LLM is the LoRA-merged one."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        return cls(model, f"egmf-{model.cfg.backbone.name}-{path.stem}-{digest}")
+        version = f"egmf-{model.cfg.backbone.name}-{path.stem}-{digest}"
+        if engines:
+            from export.runner import use_engines
+
+            engine = use_engines(model, engines, checkpoint=path)
+            version += f"+engines-{engine.provider}"
+        return cls(model, version)
 
     def new_conversation(self) -> Conversation:
         return Conversation(self.model.prompts.new_context())

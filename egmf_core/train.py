@@ -63,6 +63,12 @@ class TrainConfig:
     time_budget_minutes: float | None = None
     out_dir: str = "runs/default"
     log_every: int = 20
+    aux_weight: float = 0.0  # weight of the auxiliary emotion head on f_enhanced (0 = off)
+    # 0 = fusion-only stage: train the fusion stack through the auxiliary head alone (no LLM pass; fast on CPU) and
+    # select on the head's dev accuracy.
+    lm_weight: float = 1.0
+    init_from: str | None = None  # start from this checkpoint's weights (staged training)
+    train_lora: bool = True  # False: keep the LLM's LoRA weights fixed, train only the fusion stack
 
 
 @dataclass
@@ -144,7 +150,28 @@ def evaluate_dev(model: EGMFModel, dev: dict[str, list[Example]], batch_size: in
     return results
 
 
+@torch.no_grad()
+def evaluate_aux(model: EGMFModel, dev: dict[str, list[Example]]) -> dict:
+    """Dev accuracy of the auxiliary emotion head (fusion-only stage)."""
+    model.eval()
+    results: dict = {}
+    for name, examples in dev.items():
+        correct = 0
+        for b in range(0, len(examples), 64):
+            batch = [e.input for e in examples[b : b + 64]]
+            fusion, _ = model.run_fusion(batch)
+            pred = model.fusion.aux_head(fusion.enhanced).argmax(-1).tolist()
+            correct += sum(model.aux_labels[p] == x.emotion for p, x in zip(pred, batch))
+        results[name] = {"aux_accuracy": 100.0 * correct / len(examples)}
+    model.train()
+    results["selection_score"] = float(np.mean([r["aux_accuracy"] for r in results.values()]))
+    return results
+
+
 def _summary(results: dict) -> str:
+    if all("aux_accuracy" in r for k, r in results.items() if k != "selection_score"):
+        accs = ", ".join(f"{k} aux acc {r['aux_accuracy']:.2f}" for k, r in results.items() if k != "selection_score")
+        return f"{accs} (selection {results['selection_score']:.2f})"
     out = []
     if "meld" in results:
         out.append(f"MELD dev wF1 {results['meld']['emotion']['weighted_f1']:.2f} sentiment wF1 {results['meld']['sentiment']['weighted_f1']:.2f}")
@@ -162,8 +189,14 @@ class Trainer:
         if cfg.model.backbone.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
         self.model = EGMFModel.build(cfg.model)
-        self.train_set, self.dev = load_splits(cfg, self.model)
         t = cfg.train
+        if t.init_from:
+            load_weights(self.model, t.init_from)
+            print(f"initialised from {t.init_from}", flush=True)
+        if not t.train_lora:
+            for p in self.model.llm.parameters():
+                p.requires_grad_(False)
+        self.train_set, self.dev = load_splits(cfg, self.model)
         lora = [p for n, p in self.model.llm.named_parameters() if p.requires_grad]
         fusion = [p for p in self.model.fusion.parameters() if p.requires_grad]
         groups = [{"params": fusion, "lr": t.fusion_lr}]
@@ -240,7 +273,11 @@ class Trainer:
             for bi, batch in enumerate(batches):
                 if bi < skip:
                     continue
-                loss = self.model.loss([e.input for e in batch])
+                inputs = [e.input for e in batch]
+                if t.lm_weight:
+                    loss = t.lm_weight * self.model.loss(inputs, aux_weight=t.aux_weight)
+                else:
+                    loss = self.model.aux_loss(inputs)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for _, p in self.model.trainable_parameters()], t.grad_clip)
@@ -268,7 +305,10 @@ class Trainer:
         return {"best": self.best, "history": self.history, "train_seconds": time.perf_counter() - start}
 
     def _evaluate_and_keep(self, elapsed: float) -> None:
-        results = evaluate_dev(self.model, self.dev, self.cfg.train.eval_batch_size)
+        if self.cfg.train.lm_weight:
+            results = evaluate_dev(self.model, self.dev, self.cfg.train.eval_batch_size)
+        else:
+            results = evaluate_aux(self.model, self.dev)
         entry = {"epoch": self.epoch, "step": self.step, "elapsed_s": round(elapsed, 1), "dev": results}
         self.history.append(entry)
         print(f"dev after epoch {self.epoch} step {self.step}: {_summary(results)}", flush=True)
@@ -286,7 +326,9 @@ class Trainer:
 def _compact(results: dict) -> dict:
     out = {"selection_score": results["selection_score"]}
     for name in ("meld", "ravdess"):
-        if name in results:
+        if name in results and "aux_accuracy" in results[name]:
+            out[name] = {"aux_accuracy": results[name]["aux_accuracy"]}
+        elif name in results:
             out[name] = {"emotion_wf1": results[name]["emotion"]["weighted_f1"], "emotion_acc": results[name]["emotion"]["accuracy"]}
     return out
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from egmf_core.checkpoint import DEFAULT_CHECKPOINT, read_metadata
-from egmf_core.evaluate import dataset_examples, predict_examples, report
+from egmf_core.data import load_dataset
+from egmf_core.evaluate import dataset_examples, predict_examples, report, whisper_audio_lookup
+from egmf_core.examples import build_examples
 from egmf_core.metrics import classification_report
 from egmf_core.predictor import EGMFPredictor
 
@@ -30,7 +32,8 @@ def test_constrained_scoring_equals_greedy_generation(predictor):
     """Fast path (one pass + label probabilities) and the paper's greedy generation give the same answers."""
     model = predictor.model
     meld = dataset_examples(model, "meld", "test", limit=24)
-    ravdess = dataset_examples(model, "ravdess", "test")[::30]  # 8 clips over all 4 test actors
+    clips = list(load_dataset("ravdess", "test"))[::30]  # 8 clips over all 4 test actors
+    ravdess = build_examples(clips, model.prompts, audio=whisper_audio_lookup(), label_set="ravdess")
     for examples in (meld, ravdess):
         inputs = [e.input for e in examples]
         scored = model.score(inputs)
