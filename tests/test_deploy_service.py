@@ -1,0 +1,253 @@
+"""The Ray Serve application end to end: Serve started in the test with the real models (ASR + EGMF default
+checkpoint), real RAVDESS speech streamed over ``WS /v1/stream``, bad inputs, ``POST /v1/analyze``, the client,
+the dashboard page, and a clean shutdown."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from test_streaming_support import (
+    SR,
+    join_with_silence,
+    needs_ravdess,
+    ravdess_clips,
+    write_wav,
+)
+
+from streaming.events import EMOTION_LABELS, ErrorEvent, UtteranceEvent, parse_event
+
+pytestmark = [pytest.mark.slow, needs_ravdess]
+
+PORT = 18765
+BASE = f"http://127.0.0.1:{PORT}"
+WS = f"ws://127.0.0.1:{PORT}/v1/stream"
+
+
+@pytest.fixture(scope="module")
+def service():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray = pytest.importorskip("ray")
+    from ray import serve
+
+    from deploy.app import app
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    t0 = time.monotonic()
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.run(app({"language": "en", "max_message_bytes": 64000, "max_sample_rate": 48000}), blocking=False,
+              name="egmf", route_prefix="/")
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(f"{BASE}/health", timeout=5) as r:
+                health = json.loads(r.read())
+            break
+        except (urllib.error.URLError, ConnectionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    print(f"healthy after {time.monotonic() - t0:.1f} s: {health}")
+    yield health
+    serve.shutdown()
+    ray.shutdown()
+    assert not ray.is_initialized()
+    import psutil
+
+    deadline = time.monotonic() + 15
+    while True:  # the local cluster's processes (raylet, GCS, workers) are gone
+        left = [p for p in psutil.Process().children(recursive=True) if p.is_running()
+                and p.status() != psutil.STATUS_ZOMBIE]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not left, [p.name() for p in left]
+
+
+@pytest.fixture(scope="module")
+def recording():
+    clips = ravdess_clips(3, seed=11)
+    x, refs = join_with_silence(clips, gap_s=0.8)
+    return x, refs
+
+
+def _session(start: dict | str | bytes, frames: list[bytes | str], end: bool = True, timeout: float = 120,
+             frame_s: float | None = None):
+    """Send a start message and frames (one per ``frame_s`` seconds: real-time pace; default as fast as
+    possible), then {"type": "end"}; return the events and the close code."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    events = []
+    with connect(WS, max_size=None, open_timeout=30) as ws:
+        ws.send(start if isinstance(start, (str, bytes)) else json.dumps(start))
+        t0 = time.monotonic()
+        for i, f in enumerate(frames):
+            if frame_s is not None:
+                time.sleep(max(0.0, t0 + i * frame_s - time.monotonic()))
+            ws.send(f)
+        if end:
+            ws.send(json.dumps({"type": "end"}))
+        try:
+            while True:
+                events.append(parse_event(json.loads(ws.recv(timeout=timeout))))
+        except ConnectionClosed:
+            pass
+        code = ws.close_code
+    return events, code
+
+
+def _int16_frames(x: np.ndarray, n: int = 3200) -> list[bytes]:
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2")
+    return [pcm[i:i + n].tobytes() for i in range(0, len(pcm), n)]
+
+
+def test_health(service):
+    assert service["status"] == "ok" and service["model_version"].startswith("egmf-")
+
+
+def test_stream_real_speech_one_event_per_utterance(service, recording):
+    x, refs = recording
+    events, code = _session({"type": "start", "sample_rate": SR, "channels": 1, "sample_format": "int16",
+                             "language": "en", "speakers": ["Caller"], "stream_id": "ravdess-1"},
+                            _int16_frames(x))
+    assert code == 1000
+    utts = [e for e in events if isinstance(e, UtteranceEvent)]
+    assert not [e for e in events if isinstance(e, ErrorEvent)]
+    assert len(utts) == len(refs)
+    for i, (u, (lo, hi)) in enumerate(zip(utts, refs)):
+        assert u.utterance_id == i and u.stream_id == "ravdess-1" and u.speaker == "Caller"
+        assert u.start < hi and u.end > lo  # overlaps its clip
+        assert u.text.strip() and u.language == "en"
+        assert u.emotion.label in EMOTION_LABELS and 0 < u.emotion.confidence <= 1
+        assert abs(sum(u.gate_alpha) - 1) < 1e-3 and u.modalities.audio and not u.modalities.video
+        assert u.model_version == service["model_version"]
+
+
+def test_float32_at_48k_real_time_pace(service, recording):
+    """Live-like: 100 ms float32 frames at 48 kHz (resampled by the service), sent at real-time pace; the event of
+    the first utterance arrives while the stream is still running."""
+    x, refs = recording
+    x48 = np.repeat(x[: int((refs[1][1] + 0.8) * SR)], 3).astype("<f4")  # the first two utterances, at 48 kHz
+    frames = [x48[i:i + 4800].tobytes() for i in range(0, len(x48), 4800)]
+    events, code = _session({"sample_rate": 48000, "sample_format": "float32"}, frames, frame_s=0.1)
+    utts = [e for e in events if isinstance(e, UtteranceEvent)]
+    assert code == 1000 and len(utts) == 2
+    for u, (lo, hi) in zip(utts, refs):
+        assert u.start < hi and u.end > lo and u.latency_ms > 0
+
+
+@pytest.mark.parametrize("start, field", [
+    ("not json", "start"),
+    ("[1, 2]", "start"),
+    ({"type": "hello", "sample_rate": 16000}, "type"),
+    ({"sample_rate": 96000}, "sample_rate"),
+    ({"sample_rate": "16000"}, "sample_rate"),
+    ({"sample_rate": 16000, "channels": 6}, "channels"),
+    ({"sample_rate": 16000, "sample_format": "mp3"}, "sample_format"),
+    ({"sample_rate": 16000, "speakers": ["a", "b"]}, "speakers"),
+    (b"\x00\x01", "start"),
+])
+def test_malformed_start_is_rejected(service, start, field):
+    events, code = _session(start, [], end=False)
+    assert code == 1008
+    assert len(events) == 1 and isinstance(events[0], ErrorEvent)
+    assert events[0].code == "invalid_start" and events[0].field == field
+
+
+def test_bad_frames_give_errors_and_the_stream_goes_on(service, recording):
+    x, refs = recording
+    frames = _int16_frames(x[: int(refs[0][1] * SR) + SR])  # the first utterance + 1 s of silence
+    bad = [b"\x01\x02\x03", b"\x00" * 70000, "hello", json.dumps({"type": "video"})]
+    events, code = _session({"sample_rate": SR, "sample_format": "int16"}, bad[:2] + frames[:3] + bad[2:]
+                            + frames[3:])
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert [e.code for e in errors] == ["invalid_audio", "message_too_large", "invalid_message", "invalid_message"]
+    assert "multiple of 2 bytes" in errors[0].message
+    assert code == 1000
+    assert len([e for e in events if isinstance(e, UtteranceEvent)]) == 1  # the good audio was still analyzed
+
+
+def test_post_analyze(service, recording, tmp_path):
+    x, refs = recording
+    wav = write_wav(tmp_path / "call.wav", x)
+    req = urllib.request.Request(f"{BASE}/v1/analyze?language=en", data=wav.read_bytes(), method="POST",
+                                 headers={"Content-Type": "audio/wav"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        body = json.loads(r.read())
+    utts = [parse_event(e) for e in body["events"] if e["type"] == "utterance"]
+    assert len(utts) == len(refs)
+    bad = urllib.request.Request(f"{BASE}/v1/analyze", data=b"this is not audio", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(bad, timeout=60)
+    assert e.value.code == 415
+
+
+def test_client_cli(service, recording, tmp_path):
+    from streaming.client import main
+
+    x, refs = recording
+    wav = write_wav(tmp_path / "call.wav", x[: int(refs[0][1] * SR) + SR])
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--url", WS, "--file", str(wav), "--json"], out=out, err=err) == 0, err.getvalue()
+    lines = [parse_event(json.loads(s)) for s in out.getvalue().splitlines()]
+    assert len([e for e in lines if isinstance(e, UtteranceEvent)]) == 1
+    out = io.StringIO()
+    assert main(["--url", WS, "--file", str(wav)], out=out, err=err) == 0
+    assert out.getvalue().startswith("[00:") and "Speaker" in out.getvalue()
+    assert main(["--url", WS, "--file", str(tmp_path / "missing.wav")], out=out, err=err) == 2
+
+
+def test_dashboard_page(service):
+    with urllib.request.urlopen(f"{BASE}/", timeout=10) as r:
+        html = r.read().decode()
+    assert "/v1/stream" in html and "<canvas" in html
+    assert "http://" not in html and "https://" not in html  # self-contained: no CDN
+
+
+def _chromium_driver(tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    import shutil
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("needs Debian chromium + chromium-driver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=opts)
+
+
+def test_dashboard_streams_a_file_in_headless_chromium(service, recording, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    x, refs = recording
+    wav = write_wav(tmp_path / "call.wav", x[: int(refs[1][1] * SR) + SR])  # two utterances
+    browser = _chromium_driver(tmp_path)
+    try:
+        browser.get(f"{BASE}/")
+        browser.find_element(By.ID, "realtime").click()  # as fast as possible
+        browser.find_element(By.ID, "file").send_keys(str(wav))
+        WebDriverWait(browser, 90).until(lambda b: b.find_element(By.ID, "status").text == "done")
+        utts = browser.find_elements(By.CSS_SELECTOR, "#transcript .utt")
+        assert len(utts) == 2
+        assert all(u.get_attribute("data-emotion") in EMOTION_LABELS for u in utts)
+        assert "%" in utts[0].text and "Speaker" in utts[0].text
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#gates .bar")) == 3
+        assert "Speaker" in browser.find_element(By.ID, "speakers").text
+        assert not browser.find_elements(By.CSS_SELECTOR, "#transcript .err")
+    finally:
+        browser.quit()
