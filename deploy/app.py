@@ -25,6 +25,7 @@ import tempfile
 import threading
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,13 @@ class Ingress:
         self.version: str | None = None  # asked of the model deployment on first use (never block the loop)
         self._streams = 0
         self._lock = threading.Lock()
+        # Blocking work of the sessions (pushing audio into a full input queue, joining a stream's worker, a whole
+        # POST /v1/analyze file) runs here, not in the event loop's small default pool, so that one stream waiting
+        # on back-pressure or a long upload never holds up the other streams.
+        self._pool = ThreadPoolExecutor(max_workers=2 * self.args.max_streams + 8, thread_name_prefix="ingress")
+
+    async def _blocking(self, fn: Any, *fn_args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *fn_args)
 
     async def _analyzer(self, language: str | None) -> RemoteAnalyzer:
         if self.version is None:
@@ -360,7 +368,7 @@ class Ingress:
                 raise HTTPException(415, "cannot decode the upload: send an audio/video file FFmpeg reads "
                                          "(wav, flac, mp3, mp4, mkv, webm, ...) as the request body") from None
             stream = StreamAnalyzer(await self._analyzer(language), StreamConfig())
-            events = await asyncio.to_thread(lambda: [ev.to_dict() for ev in stream.run(source)])
+            events = await self._blocking(lambda: [ev.to_dict() for ev in stream.run(source)])
         finally:
             if os.path.exists(path):
                 os.unlink(path)
@@ -459,7 +467,7 @@ class Ingress:
                                                    f"{args.max_message_bytes} bytes; frame dropped", "audio")
                         continue
                     try:
-                        await asyncio.to_thread(source.push_audio, data, start.sample_format, args.push_timeout_s)
+                        await self._blocking(source.push_audio, data, start.sample_format, args.push_timeout_s)
                     except SourceError as e:
                         error("invalid_audio", f"{e.message}; frame dropped", e.field)
                     continue
@@ -478,7 +486,7 @@ class Ingress:
             else:
                 source.end()  # analyze what was received, then close the connection
             await send_task
-            await asyncio.to_thread(thread.join)
+            await self._blocking(thread.join)
         if not disconnected:
             try:
                 await ws.close(code=1000)

@@ -98,7 +98,7 @@ def _session(start: dict | str | bytes, frames: list[bytes | str], end: bool = T
         try:
             while True:
                 events.append(parse_event(json.loads(ws.recv(timeout=timeout))))
-        except ConnectionClosed:
+        except (ConnectionClosed, TimeoutError):
             pass
         code = ws.close_code
     return events, code
@@ -173,6 +173,32 @@ def test_bad_frames_give_errors_and_the_stream_goes_on(service, recording):
     assert "multiple of 2 bytes" in errors[0].message
     assert code == 1000
     assert len([e for e in events if isinstance(e, UtteranceEvent)]) == 1  # the good audio was still analyzed
+
+
+def test_a_bad_stream_does_not_affect_a_good_one(service, recording):
+    import threading
+
+    x, refs = recording
+    good_frames = _int16_frames(x[: int(refs[0][1] * SR) + SR])
+    results: dict = {}
+
+    def good() -> None:
+        results["good"] = _session({"sample_rate": SR, "stream_id": "good"}, good_frames, frame_s=0.02)
+
+    def bad() -> None:
+        results["bad"] = _session({"sample_rate": SR, "stream_id": "bad"}, [b"\x01"] * 20 + ["{"] * 5, end=False,
+                                  timeout=3)
+
+    threads = [threading.Thread(target=good), threading.Thread(target=bad)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    events, code = results["good"]
+    assert code == 1000 and not [e for e in events if isinstance(e, ErrorEvent)]
+    assert [e.stream_id for e in events if isinstance(e, UtteranceEvent)] == ["good"]
+    bad_events = results["bad"][0]
+    assert len(bad_events) == 25 and all(isinstance(e, ErrorEvent) and e.stream_id == "bad" for e in bad_events)
 
 
 def test_post_analyze(service, recording, tmp_path):
