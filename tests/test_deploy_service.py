@@ -14,8 +14,11 @@ import urllib.request
 import numpy as np
 import pytest
 from test_streaming_support import (
+    SCRIPT,
     SR,
+    espeak_conversation,
     join_with_silence,
+    needs_espeak,
     needs_ravdess,
     ravdess_clips,
     write_wav,
@@ -229,6 +232,22 @@ def test_client_cli(service, recording, tmp_path):
     assert main(["--url", WS, "--file", str(wav)], out=out, err=err) == 0
     assert out.getvalue().startswith("[00:") and "Speaker" in out.getvalue()
     assert main(["--url", WS, "--file", str(tmp_path / "missing.wav")], out=out, err=err) == 2
+
+
+@needs_espeak
+def test_client_stereo_call_one_speaker_per_channel(service, tmp_path):
+    """A 2-channel call (two espeak voices, one per channel) through the client: channel diarization server-side."""
+    from streaming.client import main
+
+    path, turns = espeak_conversation(tmp_path, SCRIPT[:3])
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--url", WS, "--file", str(path), "--json", "--stereo-speakers", "--speakers", "Agent,Customer"],
+                out=out, err=err) == 0, err.getvalue()
+    utts = [e for e in (parse_event(json.loads(s)) for s in out.getvalue().splitlines())
+            if isinstance(e, UtteranceEvent)]
+    assert [u.speaker for u in utts] == [["Agent", "Customer"][t.channel] for t in turns]
+    assert [u.channel for u in utts] == [t.channel for t in turns]
+    assert "internet" in utts[1].text.lower()
 
 
 def test_dashboard_page(service):
