@@ -331,7 +331,9 @@ class Ingress:
     async def health(self) -> dict[str, Any]:
         if self.version is None:
             self.version = await self.model.version.remote()
-        return {"status": "ok", "model_version": self.version, "streams": self._streams}
+        # Batching across streams, as seen by the model replica that answers (one of them when scaled out).
+        batching = await self.model.stats.remote()
+        return {"status": "ok", "model_version": self.version, "streams": self._streams, "model_batches": batching}
 
     @api.get("/")
     async def dashboard(self) -> FileResponse:

@@ -114,6 +114,7 @@ def _int16_frames(x: np.ndarray, n: int = 3200) -> list[bytes]:
 
 def test_health(service):
     assert service["status"] == "ok" and service["model_version"].startswith("egmf-")
+    assert set(service["model_batches"]) == {"batches", "mean_batch_size", "max_batch_size"}
 
 
 def test_stream_real_speech_one_event_per_utterance(service, recording):
