@@ -19,7 +19,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .data import DatasetError, UtteranceRecord, load_dataset
-from .examples import AudioLookup, Example, build_examples
+from .examples import AudioLookup, Example, build_examples, text_length
 from .metrics import classification_report, expert_similarity, gate_report, score_report
 from .model import EGMFModel, Prediction
 
@@ -30,7 +30,7 @@ def predict_examples(
     model: EGMFModel, examples: Sequence[Example], batch_size: int = 16, progress: bool = False
 ) -> list[Prediction]:
     """Score examples in length-sorted batches (less padding), returning predictions in the original order."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input.current.text_ids) + sum(len(t.text_ids) for t in examples[i].input.context))
+    order = sorted(range(len(examples)), key=lambda i: text_length(examples[i].input))
     preds: list[Prediction | None] = [None] * len(examples)
     start = time.perf_counter()
     for b in range(0, len(order), batch_size):

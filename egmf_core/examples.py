@@ -30,6 +30,11 @@ class Example:
     input: ModelInput
 
 
+def text_length(x: ModelInput) -> int:
+    """Tokens of the utterance and its context: the part of a prompt that varies, for length-bucketed batches."""
+    return len(x.current.text_ids) + sum(len(t.text_ids) for t in x.context)
+
+
 def ravdess_label(original: str) -> str:
     """RAVDESS's own 8 classes in the label set the model answers with (MELD names plus 'calm')."""
     return original if original in ("neutral", "calm") else RAVDESS_TO_MELD[original]

@@ -27,7 +27,6 @@ class Conversation:
     """One stream's context: the last few turns, tokenized once each."""
 
     window: ContextWindow
-    turns_seen: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -86,6 +85,5 @@ class EGMFPredictor:
                 pred = self.model.score([x])[0]
             if text.strip():
                 conversation.window.append(turn)
-            conversation.turns_seen += 1
         pred.expert_outputs = None
         return pred

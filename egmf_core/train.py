@@ -29,7 +29,7 @@ from .checkpoint import load_weights, save_checkpoint
 from .config import ConfigError, EGMFConfig, build_dataclass
 from .data import MeldConfig, MeldDataset, RavdessConfig, RavdessDataset
 from .evaluate import predict_examples, report, whisper_audio_lookup
-from .examples import AudioFeaturePack, Example, build_examples
+from .examples import AudioFeaturePack, Example, build_examples, text_length
 from .model import EGMFModel
 
 log = logging.getLogger(__name__)
@@ -124,11 +124,10 @@ def make_batches(examples: Sequence[Example], batch_size: int, rng: random.Rando
     """Shuffle, then sort within windows of 50 batches by prompt length, so batches have little padding."""
     idx = list(range(len(examples)))
     rng.shuffle(idx)
-    size = lambda i: len(examples[i].input.current.text_ids) + sum(len(t.text_ids) for t in examples[i].input.context)  # noqa: E731
     batches = []
     window = batch_size * 50
     for w in range(0, len(idx), window):
-        chunk = sorted(idx[w : w + window], key=size)
+        chunk = sorted(idx[w : w + window], key=lambda i: text_length(examples[i].input))
         batches += [[examples[i] for i in chunk[b : b + batch_size]] for b in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches

@@ -24,22 +24,13 @@ from test_streaming_support import (
     word_error_rate,
 )
 
+from egmf_core.model import Prediction
 from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 from streaming.events import EMOTION_LABELS, UtteranceEvent
 from streaming.pipeline import StreamAnalyzer, StreamConfig
 from streaming.sources import AVFileSource
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class _Prediction:
-    emotion: str
-    emotion_probs: dict[str, float]
-    sentiment_score: float
-    sentiment_label: str
-    alpha: list[float]
-    modalities: dict[str, bool]
 
 
 @dataclass
@@ -58,7 +49,7 @@ class RecordingPredictor:
         self.calls.append(dict(conv=conv, text=text, speaker=speaker, audio_features=audio_features,
                                visual_features=visual_features, visual_valid=visual_valid, language=language))
         conv.append((speaker, text))
-        return _Prediction("neutral", {lab: 1 / 7 for lab in EMOTION_LABELS}, 0.0, "neutral", [1 / 3] * 3,
+        return Prediction("neutral", {lab: 1 / 7 for lab in EMOTION_LABELS}, 0.0, "neutral", [1 / 3] * 3,
                            {"audio": audio_features is not None, "video": visual_features is not None,
                             "text": bool(text)})
 
