@@ -86,7 +86,12 @@ def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFMode
     return model
 
 
-def load_weights(model: EGMFModel, path: str | Path) -> None:
+# Blocks whose output starts at exactly zero: a staged run may add them to a checkpoint trained without them.
+_ZERO_INIT_BLOCKS = ("audio_stats.",)
+
+
+def load_weights(model: EGMFModel, path: str | Path, initialising: bool = False) -> None:
+    """Load fusion + LoRA weights. `initialising` (staged training's init_from) tolerates absent zero-init blocks."""
     p = resolve(path)
     fusion, lora = {}, {}
     with safe_open(str(p), framework="pt", device="cpu") as fh:
@@ -95,6 +100,8 @@ def load_weights(model: EGMFModel, path: str | Path) -> None:
             (fusion if group == "fusion" else lora)[name] = fh.get_tensor(key)
     missing, unexpected = model.fusion.load_state_dict(fusion, strict=False)
     missing = [k for k in missing if not k.startswith("aux_head.")]  # training-only head, absent in older files
+    if initialising:
+        missing = [k for k in missing if not k.startswith(_ZERO_INIT_BLOCKS)]
     if missing or unexpected:
         raise CheckpointError(f"{p}: fusion weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     if model.cfg.lora.enabled:

@@ -63,6 +63,9 @@ class FusionConfig:
     dropout: float = 0.1
     pseudo_tokens: int = 8  # K
     max_text_tokens: int = 64  # utterance tokens seen by the fusion text branch
+    # Utterance-level acoustic statistics (masked mean and std of the audio frames) added to f: the summary a
+    # linear probe on the same encoder states already finds discriminative, given a short path past the attention.
+    audio_stats: bool = False
 
 
 @dataclass

@@ -179,6 +179,28 @@ class FusionOutput:
     enhanced: torch.Tensor | None = None  # (B, d_h) f_enhanced, the source of the pseudo tokens
 
 
+class AudioStatistics(nn.Module):
+    """Masked mean and standard deviation of the raw audio frames -> d_h, added to the fused vector f.
+
+    Emotion in the voice is largely an utterance-level property (pitch range, energy, rate), which mean+std pooling
+    of the recognizer's states captures well: a linear probe on exactly this summary is a strong RAVDESS baseline.
+    The attention path has to rediscover it from frames; this gives it a direct route. The last layer starts at zero,
+    so adding the block to a trained model changes nothing until it is trained. No valid frame -> exact zeros.
+    """
+
+    def __init__(self, audio_dim: int, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(2 * audio_dim), nn.Linear(2 * audio_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, audio: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        mean, has = _masked_mean(audio, valid)
+        var, _ = _masked_mean((audio - mean[:, None]).pow(2), valid)
+        stats = torch.cat([mean, torch.sqrt(var + 1e-6)], dim=-1)
+        return self.net(stats) * has[:, None]
+
+
 class FusionStack(nn.Module):
     """Frame features + text embeddings -> K pseudo tokens (plus gate weights).
 
@@ -200,6 +222,7 @@ class FusionStack(nn.Module):
         self.av_to_text = CrossAttention(d, cfg.heads, cfg.dropout)
         self.presence = nn.Linear(3, d)  # which modalities exist is real information, not fake data
         self.fuse = nn.Sequential(nn.Linear(2 * d, d), nn.GELU(), nn.LayerNorm(d))
+        self.audio_stats = AudioStatistics(cfg.audio_dim, d) if cfg.audio_stats else None
         self.enhancer = AdaptiveFeatureEnhancer(d, cfg.dropout, ablation)
         self.to_pseudo = nn.Linear(d, cfg.pseudo_tokens * llm_hidden)
         self.pseudo_gain = nn.Parameter(torch.ones(llm_hidden))
@@ -233,6 +256,8 @@ class FusionStack(nn.Module):
             [has_t, audio_valid.any(dim=1).to(has_t.dtype), visual_valid.any(dim=1).to(has_t.dtype)], dim=-1
         )
         fused = self.fuse(torch.cat([pooled_t, pooled_av], dim=-1)) + self.presence(present)
+        if self.audio_stats is not None:
+            fused = fused + self.audio_stats(audio, audio_valid)
 
         enhanced, alpha, outputs = self.enhancer(fused)
         b = enhanced.shape[0]

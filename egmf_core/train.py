@@ -190,7 +190,7 @@ class Trainer:
         self.model = EGMFModel.build(cfg.model)
         t = cfg.train
         if t.init_from:
-            load_weights(self.model, t.init_from)
+            load_weights(self.model, t.init_from, initialising=True)
             print(f"initialised from {t.init_from}", flush=True)
         if not t.train_lora:
             for p in self.model.llm.parameters():

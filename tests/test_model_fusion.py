@@ -147,3 +147,31 @@ def test_config_validation_names_the_field(tmp_path):
     cfg = EGMFConfig.from_yaml(path)
     assert cfg.fusion.hidden == 128 and cfg.fusion.pseudo_tokens == 4 and not cfg.lora.enabled
     assert EGMFConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_audio_statistics_block_starts_as_a_no_op_and_ignores_padding(real_audio):
+    """The zero-initialised statistics block can join a trained stack without changing it; once trained, padded
+    frames and clips without audio still contribute nothing."""
+    import dataclasses
+
+    from egmf_core.fusion import AudioStatistics
+
+    plain = make_stack()
+    torch.manual_seed(0)
+    with_stats = FusionStack(dataclasses.replace(FusionConfig(), audio_stats=True), AblationConfig(), LLM_HIDDEN, EMBED_RMS)
+    with_stats.load_state_dict(plain.state_dict(), strict=False)
+    with_stats.eval()
+    x = inputs(real_audio[0])
+    with torch.no_grad():
+        assert torch.equal(with_stats(**x).pseudo_tokens, plain(**x).pseudo_tokens)
+
+    block = AudioStatistics(384, 32)
+    nn.init.normal_(block.net[-1].weight)  # as if trained
+    a = x["audio"]
+    padded = torch.cat([a, torch.randn(1, 30, 384) * 50], dim=1)
+    valid = torch.cat([x["audio_valid"], torch.zeros(1, 30, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        out = block(a, x["audio_valid"])
+        assert out.abs().sum() > 0
+        assert torch.allclose(block(padded, valid), out, atol=1e-5)
+        assert torch.equal(block(a, torch.zeros_like(x["audio_valid"])), torch.zeros_like(out))
