@@ -1,4 +1,4 @@
-"""`python -m egmf_core.evaluate --checkpoint <path|default> --dataset meld|ravdess --split test [--limit N]`.
+"""`python -m egmf_core.evaluate --checkpoint <path|default> --dataset meld|ravdess|... --split test [--limit N]`.
 
 Runs the fast scoring path over a dataset split and writes a JSON report: emotion accuracy / weighted F1 /
 per-class F1 / confusion matrix, sentiment accuracy / weighted F1 and score MAE / correlation (MELD), RAVDESS's
@@ -24,6 +24,8 @@ from .metrics import classification_report, expert_similarity, gate_report, scor
 from .model import EGMFModel, Prediction
 
 log = logging.getLogger(__name__)
+# Datasets with labels to score (`egmf_core.data` also loads unlabelled media sets).
+EVAL_DATASETS: tuple[str, ...] = ("meld", "ravdess", "meld_raw", "iemocap", "cherma")
 
 
 def predict_examples(
@@ -67,15 +69,30 @@ def report(model: EGMFModel, examples: Sequence[Example], preds: Sequence[Predic
 
 
 def dataset_examples(
-    model: EGMFModel, dataset: str, split: str, limit: int | None = None, audio: AudioLookup | None = None
+    model: EGMFModel,
+    dataset: str,
+    split: str,
+    limit: int | None = None,
+    audio: AudioLookup | None = None,
+    label_set: str | None = None,
 ) -> list[Example]:
+    """The labelled examples of a split. `label_set` defaults to RAVDESS's own for RAVDESS and MELD's seven
+    otherwise; IEMOCAP's benchmarks are `iemocap6`/`iemocap4`, for a checkpoint whose config lists them.
+    Unlabelled records (no emotion in the label set) are context for their successors but are not scored."""
+    label_set = label_set or ("ravdess" if dataset == "ravdess" else "default")
+    model.prompts.check_label_set(label_set)
     records: list[UtteranceRecord] = list(load_dataset(dataset, split))
     if limit is not None:
         records = records[:limit]  # a prefix keeps whole dialogues' past context intact
-    if dataset == "ravdess" and audio is None:
+    if audio is None and any(r.audio_path for r in records):
         audio = whisper_audio_lookup()
-    label_set = "ravdess" if dataset == "ravdess" else "default"
-    return build_examples(records, model.prompts, audio=audio, label_set=label_set)
+    examples = build_examples(records, model.prompts, audio=audio, label_set=label_set)
+    labelled = [e for e in examples if e.input.emotion is not None]
+    if not labelled:
+        raise DatasetError(f"{dataset} {split}: no utterance has a label in the label set {label_set!r}")
+    if len(labelled) < len(examples):
+        log.info("%s %s: %d unlabelled utterances kept as context only", dataset, split, len(examples) - len(labelled))
+    return labelled
 
 
 def whisper_audio_lookup() -> AudioLookup:
@@ -90,7 +107,9 @@ def whisper_audio_lookup() -> AudioLookup:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m egmf_core.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default", help="checkpoint file, or 'default' for the shipped one")
-    ap.add_argument("--dataset", required=True, choices=["meld", "ravdess"])
+    ap.add_argument("--dataset", required=True, choices=EVAL_DATASETS)
+    ap.add_argument("--label-set", default=None, help="emotion labels offered (default: RAVDESS's own for ravdess, "
+                    "MELD's seven otherwise; IEMOCAP's benchmarks: iemocap6, iemocap4)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -100,12 +119,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         model = load_checkpoint(args.checkpoint)
-        examples = dataset_examples(model, args.dataset, args.split, args.limit)
+        examples = dataset_examples(model, args.dataset, args.split, args.limit, label_set=args.label_set)
         preds = predict_examples(model, examples, args.batch_size, progress=True)
         result = {
             "checkpoint": str(args.checkpoint),
             "dataset": args.dataset,
             "split": args.split,
+            "label_set": examples[0].input.label_set,
             "limit": args.limit,
             **report(model, examples, preds),
             "seconds": round(time.perf_counter() - t0, 1),

@@ -15,6 +15,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .data import UtteranceRecord, group_dialogues
+from .data.iemocap import IEMOCAP_LABEL_SETS
 from .data.ravdess import RAVDESS_TO_MELD
 from .model import ModelInput
 from .prompt import PromptBuilder
@@ -40,6 +41,14 @@ def ravdess_label(original: str) -> str:
     return original if original in ("neutral", "calm") else RAVDESS_TO_MELD[original]
 
 
+# A record's gold label in each dataset-specific label set, from its `emotion_original`; None = outside that set
+# (IEMOCAP's "xxx"): the example is unlabelled but its turn is still context. Other label sets use `rec.emotion`.
+DATASET_LABELS: dict[str, Callable[[str], str | None]] = {
+    "ravdess": ravdess_label,
+    **{name: mapping.get for name, mapping in IEMOCAP_LABEL_SETS.items()},
+}
+
+
 def build_examples(
     records: Iterable[UtteranceRecord],
     prompts: PromptBuilder,
@@ -53,7 +62,11 @@ def build_examples(
         for rec in dialogue:
             turn = prompts.make_turn(rec.speaker, rec.text)
             feats = audio(rec) if audio is not None and rec.audio_path else None
-            emotion = ravdess_label(rec.emotion_original) if label_set == "ravdess" else rec.emotion
+            gold = DATASET_LABELS.get(label_set)
+            if gold is None:
+                emotion = rec.emotion
+            else:
+                emotion = gold(rec.emotion_original) if rec.emotion_original is not None else None
             x = ModelInput(
                 context=context.snapshot(),
                 current=turn,
@@ -61,6 +74,7 @@ def build_examples(
                 emotion=emotion,
                 sentiment=rec.sentiment,
                 label_set=label_set,
+                language=rec.language,
             )
             out.append(Example(rec, x))
             context.append(turn)

@@ -8,16 +8,21 @@ ever looking at a future utterance. New benchmarks (CMU-MOSEI, CH-SIMS, CHERMA, 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from egmf_core.config import EMOTIONS
 
+log = logging.getLogger(__name__)
+
 DATA_DIR_ENV = "EGMF_DATA_DIR"
+# What a loader does with a record whose audio or video file is missing (see `apply_missing_media`).
+MISSING_MEDIA_POLICIES: tuple[str, ...] = ("error", "skip", "mask")
 
 # Repository root = two levels above this package (egmf_core/data/base.py -> repo); shared data sits beside it.
 _DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -59,7 +64,9 @@ class UtteranceRecord:
     `emotion` is always one of MELD's seven names (`egmf_core.config.EMOTIONS`) or `None` when the clip has no label
     or its label has no MELD equivalent; `emotion_original` keeps the dataset's own label (e.g. RAVDESS's 8 classes,
     whose benchmark is 8-class accuracy). `sentiment` is a score in [-1, 1] (-1/0/+1 for MELD's three classes).
-    `start_s`/`end_s` cut the utterance out of the media files; `None` means the whole file.
+    `audio_path` always holds just the utterance (the audio branch encodes whole files of at most 30 s).
+    `start_s`/`end_s` locate the utterance inside a `video_path` that holds more than the utterance (IEMOCAP's
+    dialogue videos); `None` means the whole file.
     """
 
     dataset: str
@@ -133,3 +140,50 @@ def group_dialogues(records: Iterable[UtteranceRecord]) -> Iterator[list[Utteran
         current.append(record)
     if current:
         yield current
+
+
+def check_missing_policy(policy: str) -> None:
+    """Raise `DatasetError` unless `policy` is one of `MISSING_MEDIA_POLICIES` (for the loaders' configs)."""
+    if policy not in MISSING_MEDIA_POLICIES:
+        raise DatasetError(f"on_missing must be one of {MISSING_MEDIA_POLICIES}, got {policy!r}")
+
+
+def apply_missing_media(records: Sequence[UtteranceRecord], policy: str, where: str) -> list[UtteranceRecord]:
+    """Check that every record's `audio_path`/`video_path` exists and apply `policy` to the records that lack one.
+
+    Public copies of the benchmarks often miss a few clips (MELD's dev set lacks `dia110_utt7.mp4`), and a partial
+    download must never pass unnoticed. `"error"` raises a `DatasetError` with the number of missing files and the
+    first few names; `"skip"` drops the records with a missing file and `"mask"` sets the missing path to `None`
+    (that modality is masked), both with a logged warning that gives the same count.
+    """
+    check_missing_policy(policy)
+    exists: dict[str, bool] = {}
+
+    def found(path: str | None) -> bool:
+        if path is None:
+            return True
+        if path not in exists:
+            exists[path] = Path(path).is_file()
+        return exists[path]
+
+    lacking = [r for r in records if not (found(r.audio_path) and found(r.video_path))]
+    if not lacking:
+        return list(records)
+    missing = sorted(path for path, ok in exists.items() if not ok)
+    summary = (
+        f"{where}: {len(missing)} media file(s) not found for {len(lacking)} of {len(records)} utterances, "
+        f"e.g. {', '.join(Path(p).name for p in missing[:5])}"
+    )
+    if policy == "error":
+        raise DatasetError(f"{summary}; set on_missing='skip' to drop those utterances or 'mask' to mask the modality")
+    log.warning("%s; %s", summary, "dropping those utterances" if policy == "skip" else "masking those modalities")
+    if policy == "skip":
+        return [r for r in records if found(r.audio_path) and found(r.video_path)]
+    return [
+        replace(
+            r,
+            audio_path=r.audio_path if found(r.audio_path) else None,
+            video_path=r.video_path if found(r.video_path) else None,
+        )
+        for r in records
+    ]

@@ -1,8 +1,9 @@
 """MELD (Friends dialogues): text, speakers, dialogue order, 7 emotions and 3 sentiments.
 
 Only the CSVs are available here (no audio or video), so every record has `audio_path=None` and
-`video_path=None` and those branches are masked. MELD's `StartTime`/`EndTime` locate the line inside the TV
-episode, not inside any file we have, so they go to `meta` rather than `start_s`/`end_s`.
+`video_path=None` and those branches are masked; `meld_raw.py` reads the same CSVs with the official clips. MELD's
+`StartTime`/`EndTime` locate the line inside the TV episode, not inside any file we have, so they go to `meta`
+rather than `start_s`/`end_s`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from egmf_core.data.base import DatasetError, UtteranceRecord, resolve_data_dir
 
@@ -97,9 +99,13 @@ class MeldDataset:
             raise DatasetError(f"MELD split must be one of {MELD_SPLITS}, got {split!r}")
         self.split = split
         self.config = config or MeldConfig()
-        self.path = resolve_data_dir(self.config.data_dir) / "meld" / f"{split}_sent_emo.csv"
+        self.path = self._csv_path()
         self._records = self._load()
-        log.info("MELD %s: %d utterances in %d dialogues", split, len(self._records), self.num_dialogues)
+        log.info("%s %s: %d utterances in %d dialogues", self.name, split, len(self._records), self.num_dialogues)
+
+    def _csv_path(self) -> Path:
+        """The split's `<split>_sent_emo.csv` (a hook: `MeldRawDataset` reads the copy inside MELD.Raw)."""
+        return resolve_data_dir(self.config.data_dir) / "meld" / f"{self.split}_sent_emo.csv"
 
     def _load(self) -> list[UtteranceRecord]:
         if not self.path.is_file():
