@@ -27,12 +27,36 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_weights, save_checkpoint
 from .config import ConfigError, EGMFConfig, build_dataclass
-from .data import MeldConfig, MeldDataset, RavdessConfig, RavdessDataset
+from .data import DATASETS, MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
 from .evaluate import predict_examples, report, whisper_audio_lookup
 from .examples import AudioFeaturePack, Example, build_examples, text_length
 from .model import EGMFModel
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtraDataset:
+    """A further labelled data set from `egmf_core.data.load_dataset` (e.g. `iemocap`, `cherma`, `meld_raw`).
+
+    `label_set` names the answer labels (`default` = MELD's seven, or a `model.task.dataset_emotions` entry such as
+    `iemocap6`); audio features come from the speech recognizer through the feature cache. Its dev split is scored
+    by emotion weighted F1 and joins the selection score.
+    """
+
+    name: str = ""
+    train_split: str = "train"
+    dev_split: str | None = "dev"
+    label_set: str = "default"
+    repeat: int = 1
+    train_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASETS or self.name in ("meld", "ravdess"):
+            others = [d for d in DATASETS if d not in ("meld", "ravdess")]
+            raise ConfigError(f"data.extra.name must be one of {others} (meld and ravdess have their own switches), got {self.name!r}")
+        if self.repeat < 1:
+            raise ConfigError(f"data.extra.repeat must be >= 1, got {self.repeat}")
 
 
 @dataclass
@@ -45,6 +69,7 @@ class DataConfig:
     ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
     data_dir: str | None = None
+    extra: list[ExtraDataset] = field(default_factory=list)  # the paper's benchmarks, where the user has them
 
 
 @dataclass
@@ -115,8 +140,21 @@ def load_splits(cfg: RunConfig, model: EGMFModel) -> tuple[list[Example], dict[s
             raise ConfigError("data.audio_pack lacks features for some RAVDESS training clips")
         train += r_train * d.ravdess_repeat
         dev["ravdess"] = build_examples(RavdessDataset("dev", rcfg), model.prompts, audio=audio, label_set="ravdess")
+    for extra in d.extra:
+        model.prompts.check_label_set(extra.label_set)
+        audio = whisper_audio_lookup()
+        records = list(load_dataset(extra.name, extra.train_split, d.data_dir))[: extra.train_limit]
+        labelled = [e for e in build_examples(records, model.prompts, audio=audio, label_set=extra.label_set)
+                    if e.input.emotion is not None]  # unlabelled turns stay as context only
+        if not labelled:
+            raise ConfigError(f"data.extra {extra.name!r}: no {extra.train_split} utterance has a label in {extra.label_set!r}")
+        train += labelled * extra.repeat
+        if extra.dev_split:
+            dev_records = list(load_dataset(extra.name, extra.dev_split, d.data_dir))[: cfg.train.dev_limit]
+            dev[extra.name] = [e for e in build_examples(dev_records, model.prompts, audio=audio, label_set=extra.label_set)
+                               if e.input.emotion is not None]
     if not train:
-        raise ConfigError("data: enable at least one of meld, ravdess")
+        raise ConfigError("data: enable at least one of meld, ravdess, extra")
     return train, dev
 
 
@@ -145,6 +183,7 @@ def evaluate_dev(model: EGMFModel, dev: dict[str, list[Example]], batch_size: in
         parts.append(results["meld"]["emotion"]["weighted_f1"])
     if "ravdess" in results:
         parts.append(results["ravdess"]["emotion"]["accuracy"])
+    parts += [r["emotion"]["weighted_f1"] for name, r in results.items() if name not in ("meld", "ravdess")]
     results["selection_score"] = float(np.mean(parts))
     return results
 
@@ -176,6 +215,8 @@ def _summary(results: dict) -> str:
         out.append(f"MELD dev wF1 {results['meld']['emotion']['weighted_f1']:.2f} sentiment wF1 {results['meld']['sentiment']['weighted_f1']:.2f}")
     if "ravdess" in results:
         out.append(f"RAVDESS dev acc8 {results['ravdess']['emotion']['accuracy']:.2f}")
+    out += [f"{name} dev wF1 {r['emotion']['weighted_f1']:.2f}" for name, r in results.items()
+            if name not in ("meld", "ravdess", "selection_score")]
     return "; ".join(out) + f" (selection {results['selection_score']:.2f})"
 
 

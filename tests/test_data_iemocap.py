@@ -195,3 +195,43 @@ def test_unannotated_transcript_and_missing_files(root: Path, tmp_path: Path) ->
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def test_training_on_iemocap_with_its_six_class_label_set(root: Path, tmp_path: Path) -> None:
+    """`python -m egmf_core.train` with a `data.extra` entry: IEMOCAP's 6-class benchmark trains and is scored on its
+    dev split, in the dataset's own labels (so users with the data need one config, one command)."""
+    import json
+
+    import yaml
+
+    from egmf_core.train import main
+
+    labels = sorted(set(IEMOCAP_LABEL_SETS["iemocap6"].values()))
+    config = {
+        "model": {"task": {"dataset_emotions": {"iemocap6": labels}}},
+        "data": {
+            "meld": False,
+            "ravdess": False,
+            "data_dir": str(root.parent),
+            "extra": [{"name": "iemocap", "train_split": "train", "dev_split": "test", "label_set": "iemocap6"}],
+        },
+        "train": {"epochs": 1, "max_steps": 2, "batch_size": 4, "warmup_steps": 1, "out_dir": str(tmp_path / "run")},
+    }
+    path = tmp_path / "iemocap.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["--config", str(path)]) == 0
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    dev = history[-1]["dev"]["iemocap"]
+    assert dev["emotion"]["labels"] == labels
+    assert dev["emotion"]["n"] == 3  # session 5's three turns: neutral, excited, frustrated are all 6-class labels
+    assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_training_config_names_an_unknown_extra_dataset(tmp_path: Path) -> None:
+    from egmf_core.config import ConfigError
+    from egmf_core.train import RunConfig
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  extra:\n    - name: mosei_typo\n")
+    with pytest.raises(ConfigError, match="data.extra.name"):
+        RunConfig.from_yaml(path)
