@@ -159,7 +159,9 @@ class EGMFModel:
         for turn in req.get("context") or ():
             window.append(turn)
         turn = self.model.prompts.make_turn(req.get("speaker") or "Speaker", text)
-        return ModelInput(context=window.snapshot(), current=turn, audio=req.get("audio_features")), turn
+        x = ModelInput(context=window.snapshot(), current=turn, audio=req.get("audio_features"),
+                       language=req.get("language"))
+        return x, turn
 
     def _score_all(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any] | None] = [None] * len(requests)

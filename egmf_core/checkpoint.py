@@ -1,6 +1,11 @@
 """Checkpoint format: one safetensors file with the trained weights (fusion stack + LoRA) and, in its metadata,
 the full config and label sets.
 
+Tensors: `fusion.<key>` for the fusion stack, `lora.<key>` for the default language's LoRA adapter and
+`lora.<language>.<key>` for each further language adapter (`lora.languages`), keys as peft's
+`get_peft_model_state_dict` gives them; metadata `lora_adapters` lists the adapters' languages, default first.
+A file with one adapter (as all files from before language adapters) loads it as the default adapter.
+
 safetensors holds tensors only, so loading can never execute code (unlike pickled .pt/.bin files). The base LLM is
 not stored: it is rebuilt from `config.backbone` (a registry package or a user path).
 """
@@ -12,7 +17,6 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -38,9 +42,6 @@ def resolve(path: str | Path) -> Path:
 
 def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = None) -> Path:
     tensors = {f"fusion.{k}": v.detach().cpu().contiguous() for k, v in model.fusion.state_dict().items()}
-    if model.cfg.lora.enabled:
-        lora = get_peft_model_state_dict(model.llm)
-        tensors.update({f"lora.{k}": v.detach().cpu().contiguous() for k, v in lora.items()})
     meta = {
         "format": "egmf",
         "format_version": FORMAT_VERSION,
@@ -49,6 +50,11 @@ def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = Non
         "sentiments": json.dumps(model.cfg.task.sentiments),
         "extra": json.dumps(extra or {}),
     }
+    if model.cfg.lora.enabled:
+        for i, language in enumerate(model.languages):
+            prefix = "lora." if i == 0 else f"lora.{language}."
+            tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in model.lora_state(language).items()})
+        meta["lora_adapters"] = json.dumps(model.languages)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -91,13 +97,23 @@ _ZERO_INIT_BLOCKS = ("audio_stats.",)
 
 
 def load_weights(model: EGMFModel, path: str | Path, initialising: bool = False) -> None:
-    """Load fusion + LoRA weights. `initialising` (staged training's init_from) tolerates absent zero-init blocks."""
+    """Load fusion + LoRA weights. `initialising` (staged training's init_from) tolerates absent zero-init blocks, and
+    language adapters the file lacks start as a copy of its default adapter (the only trained starting point)."""
     p = resolve(path)
-    fusion, lora = {}, {}
+    fusion: dict[str, torch.Tensor] = {}
+    lora: dict[str, dict[str, torch.Tensor]] = {}  # adapter language -> its weights
     with safe_open(str(p), framework="pt", device="cpu") as fh:
+        stored = json.loads((fh.metadata() or {}).get("lora_adapters", "[]"))
+        if len(stored) < 2:  # one adapter (or a file from before language adapters): the default, whatever its language
+            stored = model.languages[:1]
         for key in fh.keys():
             group, name = key.split(".", 1)
-            (fusion if group == "fusion" else lora)[name] = fh.get_tensor(key)
+            if group == "fusion":
+                fusion[name] = fh.get_tensor(key)
+                continue
+            head, rest = name.split(".", 1)
+            language, name = (head, rest) if head in stored[1:] else (stored[0], name)
+            lora.setdefault(language, {})[name] = fh.get_tensor(key)
     missing, unexpected = model.fusion.load_state_dict(fusion, strict=False)
     missing = [k for k in missing if not k.startswith("aux_head.")]  # training-only head, absent in older files
     if initialising:
@@ -107,7 +123,18 @@ def load_weights(model: EGMFModel, path: str | Path, initialising: bool = False)
     if model.cfg.lora.enabled:
         if not lora:
             raise CheckpointError(f"{p}: the config enables LoRA but the checkpoint holds no LoRA weights")
-        result = set_peft_model_state_dict(model.llm, {k: v.to(model.device) for k, v in lora.items()})
-        if getattr(result, "unexpected_keys", None):
-            raise CheckpointError(f"{p}: unexpected LoRA weights {result.unexpected_keys[:5]}")
-    log.info("checkpoint loaded", extra={"path": str(p), "tensors": len(fusion) + len(lora)})
+        unknown = [lang for lang in lora if lang not in model.languages]
+        if unknown:
+            raise CheckpointError(f"{p}: holds LoRA adapters for {unknown}; lora.languages is {model.languages}")
+        absent = [lang for lang in model.languages if lang not in lora]
+        if absent and not initialising:
+            raise CheckpointError(f"{p}: no LoRA weights for {absent} of lora.languages {model.languages}")
+        for language in model.languages:
+            try:
+                model.load_lora_state(language, lora.get(language, lora[stored[0]]))
+            except ValueError as e:
+                raise CheckpointError(f"{p}: {e}") from None
+        if absent:
+            log.info("language adapters %s initialised from the checkpoint's %r adapter", absent, stored[0])
+    tensors = len(fusion) + sum(len(state) for state in lora.values())
+    log.info("checkpoint loaded", extra={"path": str(p), "tensors": tensors})

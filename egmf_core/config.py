@@ -46,6 +46,28 @@ class LoRAConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     # Restrict LoRA to these decoder layers (None = all). Upper layers only lets the backward pass stop early on CPU.
     layers: list[int] | None = None
+    # One adapter per utterance language, e.g. ["en", "zh"]: each utterance runs through its language's adapter and
+    # prompt template; the first is the default, which also takes every language without an adapter, and must be
+    # prompt.language. None = one adapter for every language (checkpoints from before language adapters).
+    languages: list[str] | None = None
+
+    def check_languages(self, prompt_language: str) -> None:
+        """Each adapter is trained with its language's prompt template, so every language needs one, and the default
+        adapter's is prompt.language (the template of utterances in any other language)."""
+        langs = self.languages
+        if langs is None:
+            return
+        if not langs or len(set(langs)) != len(langs):
+            raise ConfigError(f"lora.languages must be distinct language codes (or null), got {langs}")
+        if langs[0] != prompt_language:
+            raise ConfigError(
+                f"lora.languages[0] is the default adapter and must be prompt.language {prompt_language!r}, got {langs}"
+            )
+        unknown = [lang for lang in langs if lang not in ("en", "zh")]
+        if unknown:
+            raise ConfigError(f"lora.languages {unknown}: no prompt template for them (templates: 'en', 'zh')")
+        if len(langs) > 1 and not self.enabled:
+            raise ConfigError(f"lora.languages lists {len(langs)} adapters but lora.enabled is false")
 
 
 @dataclass
@@ -126,6 +148,7 @@ class EGMFConfig:
             raise ConfigError(f"ablation.gating must be 'hierarchical' or 'uniform', got {a.gating!r}")
         if p.language not in ("en", "zh"):
             raise ConfigError(f"prompt.language must be 'en' or 'zh', got {p.language!r}")
+        self.lora.check_languages(p.language)
         if not p.score_min < p.score_max:
             raise ConfigError("prompt.score_min must be below prompt.score_max")
         if len(set(self.task.emotions)) != len(self.task.emotions) or len(self.task.emotions) < 2:

@@ -6,17 +6,26 @@ Two inference paths share all preparation:
   of each label, renormalized over the closed label set), then the rest of the answer is read by greedy decoding
   restricted to valid answers, reusing the prompt's KV cache. When greedy generation produces a valid answer the two
   paths agree exactly (argmax over a subset that contains the global argmax).
+
+Language adapters (`lora.languages`): one LoRA adapter per utterance language, each prompted in its language's
+template. Inference runs a mixed-language batch in one pass with peft's per-row `adapter_names`; a batch whose rows
+all use the default adapter runs exactly the single-adapter code. Training passes group the rows by adapter instead
+(peft refuses `adapter_names` in training mode).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from torch.nn import functional as F
 
@@ -27,6 +36,7 @@ from .prompt import PromptBuilder, Turn
 
 log = logging.getLogger(__name__)
 IGNORE = -100
+DEFAULT_ADAPTER = "default"  # peft's name for the adapter get_peft_model creates: the default language's
 
 
 @dataclass
@@ -41,6 +51,9 @@ class ModelInput:
     emotion: str | None = None  # training target
     sentiment: float | None = None  # training target (None = unknown, not trained)
     label_set: str = "default"  # which emotion label set the task prompt offers (see TaskConfig.dataset_emotions)
+    # The utterance's language (e.g. the speech recognizer's): picks the LoRA adapter and the prompt template.
+    # None = the model's default language; a language without an adapter falls back to the default (logged once).
+    language: str | None = None
 
 
 @dataclass
@@ -53,6 +66,10 @@ class Prediction:
     modalities: dict[str, bool]
     raw_text: str | None = None  # generated text (generation path only)
     expert_outputs: np.ndarray | None = field(default=None, repr=False)
+    # Wall time of the stages of the call that made this prediction (scoring path only; for a batch, the whole
+    # batch's times): "fusion" (fusion stack), "llm_prefill" (prompt assembly + the LLM pass over the prompt),
+    # "llm_answer" (constrained decoding of the rest of the answer on the KV cache). Not part of any event.
+    timings_ms: dict[str, float] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -63,6 +80,8 @@ class PreparedBatch:
     labels: torch.Tensor | None  # (B, A) answer targets, right-aligned, IGNORE elsewhere
     fusion: FusionOutput
     modalities: list[dict[str, bool]]
+    fusion_ms: float = 0.0  # wall time of run_fusion
+    languages: list[str] = field(default_factory=list)  # per row: the language whose adapter and template it uses
 
 
 class EGMFModel(nn.Module):
@@ -74,23 +93,21 @@ class EGMFModel(nn.Module):
         self.prompts = PromptBuilder(backbone.tokenizer, cfg.prompt, cfg.task, use_text=cfg.ablation.use_text)
         llm = backbone.model
         if cfg.lora.enabled:
-            lora = LoraConfig(
-                r=cfg.lora.r,
-                lora_alpha=cfg.lora.alpha,
-                lora_dropout=cfg.lora.dropout,
-                target_modules=list(cfg.lora.target_modules),
-                layers_to_transform=cfg.lora.layers,
-                bias="none",
-                task_type="CAUSAL_LM",
-            )
-            llm = get_peft_model(llm, lora)
+            with warnings.catch_warnings():  # peft 0.21 calls an attribute transformers 5 deprecates: not ours to fix
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+                llm = get_peft_model(llm, self._lora_config())
         self.llm = llm
+        # Adapter languages, default first: one adapter (prompt.language's) unless lora.languages lists more.
+        self.languages: list[str] = list(cfg.lora.languages or [cfg.prompt.language])
+        self._fallbacks: set[str] = set()  # languages without an adapter whose fallback was already logged
         # Auxiliary head classes: every emotion label of every label set (MELD's 7 + RAVDESS's "calm").
         self.aux_labels = sorted({lab for labels in self.prompts.label_sets.values() for lab in labels})
         self.fusion = FusionStack(
             cfg.fusion, cfg.ablation, backbone.hidden_size, backbone.embed_rms, aux_classes=len(self.aux_labels)
         )
         self.fusion.to(next(llm.parameters()).device)
+        for language in self.languages[1:]:  # after the fusion stack, whose initialisation stays seed-for-seed the same
+            self._inject_adapter(language)
         self._build_answer_trie()
 
     @classmethod
@@ -103,6 +120,99 @@ class EGMFModel(nn.Module):
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    # -- language adapters --------------------------------------------------------------------------------------
+    def _lora_config(self) -> LoraConfig:
+        c = self.cfg.lora
+        return LoraConfig(
+            r=c.r,
+            lora_alpha=c.alpha,
+            lora_dropout=c.dropout,
+            target_modules=list(c.target_modules),
+            layers_to_transform=c.layers,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def _inject_adapter(self, language: str) -> None:
+        self.llm.add_adapter(language, self._lora_config())
+        self.llm.set_requires_grad(language, True)  # peft adds it frozen; like the default adapter, it is trained
+        self.train(self.training)  # its new dropout modules start in training mode: an eval model would sample them
+
+    def _adapter_name(self, language: str) -> str:
+        if language not in self.languages:
+            raise ValueError(f"no LoRA adapter for language {language!r}; adapters: {self.languages}")
+        return DEFAULT_ADAPTER if language == self.languages[0] else language
+
+    def add_language_adapter(self, language: str, init_from: str | None = None) -> None:
+        """Add a LoRA adapter for `language` (also to `cfg.lora.languages`, so a saved checkpoint holds it).
+
+        `init_from` copies an existing adapter (e.g. the default language's, to fine-tune from what it learned);
+        None keeps peft's initialisation (B = 0: the adapter starts as the plain LLM, which never saw the prompt).
+        """
+        if init_from is not None and init_from not in self.languages:
+            raise ValueError(f"init_from: no LoRA adapter for language {init_from!r}; adapters: {self.languages}")
+        languages = self.languages + [language]
+        dataclasses.replace(self.cfg.lora, languages=languages).check_languages(self.cfg.prompt.language)
+        self._inject_adapter(language)
+        self.languages, self.cfg.lora.languages = languages, list(languages)
+        if init_from is not None:
+            self.load_lora_state(language, self.lora_state(init_from))
+
+    def lora_state(self, language: str) -> dict[str, torch.Tensor]:
+        """`language`'s LoRA weights under peft's adapter-independent keys (the checkpoint layout)."""
+        return get_peft_model_state_dict(self.llm, adapter_name=self._adapter_name(language))
+
+    def load_lora_state(self, language: str, state: dict[str, torch.Tensor]) -> None:
+        """Load `language`'s LoRA weights (keys as `lora_state` gives them); every weight must be there."""
+        expected = self.lora_state(language).keys()
+        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"LoRA weights of language {language!r} do not match the model "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        set_peft_model_state_dict(
+            self.llm, {k: v.to(self.device) for k, v in state.items()}, adapter_name=self._adapter_name(language)
+        )
+
+    def language_of(self, x: ModelInput) -> str:
+        """The language whose adapter and prompt template `x` uses: its own when the model has an adapter for it,
+        else the default. A missing adapter costs accuracy, never a crash of a live stream: it is logged once."""
+        if not x.language or x.language in self.languages:
+            return x.language or self.languages[0]
+        if x.language not in self._fallbacks:
+            self._fallbacks.add(x.language)
+            log.warning("no LoRA adapter for language %r: using the default language %r (adapter and prompt)",
+                        x.language, self.languages[0])
+        return self.languages[0]
+
+    def _adapter_kwargs(self, prep: PreparedBatch) -> dict:
+        """peft's per-row adapters for an inference pass; none when every row uses the default adapter, so that such a
+        batch runs exactly the single-adapter code (bit-identical outputs)."""
+        names = [self._adapter_name(language) for language in prep.languages]
+        return {} if set(names) == {DEFAULT_ADAPTER} else {"adapter_names": names}
+
+    @contextmanager
+    def _active_adapter(self, language: str) -> Iterator[None]:
+        """Run the enclosed passes with `language`'s adapter active (training passes: peft refuses per-row
+        `adapter_names` in training mode). peft's set_adapter also changes which adapters require gradients, which
+        is the trainer's choice (e.g. a frozen LoRA), so those flags are kept as they were."""
+        name = self._adapter_name(language)
+        if name == DEFAULT_ADAPTER:  # the default adapter is active outside this context
+            yield
+            return
+        self._set_active(name)
+        try:
+            yield
+        finally:
+            self._set_active(DEFAULT_ADAPTER)
+
+    def _set_active(self, name: str) -> None:
+        flags = [(p, p.requires_grad) for p in self.llm.parameters()]
+        self.llm.set_adapter(name)
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
     # -- input preparation --------------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -163,12 +273,15 @@ class EGMFModel(nn.Module):
 
     def prepare(self, batch: Sequence[ModelInput], with_answers: bool = False) -> PreparedBatch:
         """Build left-padded input embeddings [prefix; pseudo; suffix+task (; answer)] for the batch."""
+        t0 = time.perf_counter()
         fusion, modalities = self.run_fusion(batch)
+        fusion_ms = (time.perf_counter() - t0) * 1000.0
         k = self.cfg.fusion.pseudo_tokens
         pad = self.tokenizer.pad_token_id
         rows, answers = [], []
-        for x in batch:
-            p = self.prompts.build(x.context, x.current, x.label_set)
+        languages = [self.language_of(x) for x in batch]
+        for x, language in zip(batch, languages):
+            p = self.prompts.build(x.context, x.current, x.label_set, language)
             ans: list[int] = []
             n_loss = 0
             if with_answers:
@@ -202,7 +315,7 @@ class EGMFModel(nn.Module):
                 if ans:
                     labels[i, a - len(ans) : a - len(ans) + n_loss] = torch.tensor(ans[:n_loss])
             labels = labels.to(dev)
-        return PreparedBatch(embeds, attn, position_ids, labels, fusion, modalities)
+        return PreparedBatch(embeds, attn, position_ids, labels, fusion, modalities, fusion_ms, languages)
 
     # -- training -----------------------------------------------------------------------------------------------
     def aux_loss(self, batch: Sequence[ModelInput], fusion: FusionOutput | None = None) -> torch.Tensor:
@@ -214,17 +327,28 @@ class EGMFModel(nn.Module):
 
     def loss(self, batch: Sequence[ModelInput], aux_weight: float = 0.0) -> torch.Tensor:
         """Cross-entropy on the answer tokens only (logits are computed only where the answer is), plus optionally
-        `aux_weight` x the auxiliary emotion head's cross-entropy on f_enhanced."""
+        `aux_weight` x the auxiliary emotion head's cross-entropy on f_enhanced.
+
+        Each row runs through its language's adapter: the rows of one adapter go through the LLM together, and the
+        logits are put back in batch order, so the loss is the same mean over all answer tokens of the batch.
+        """
         prep = self.prepare(batch, with_answers=True)
         a = prep.labels.shape[1]
-        out = self.llm(
-            inputs_embeds=prep.embeds,
-            attention_mask=prep.attention_mask,
-            position_ids=prep.position_ids,
-            logits_to_keep=a + 1,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1].float()  # position j predicts answer token j
+        parts, order = [], []
+        for language in dict.fromkeys(prep.languages):
+            rows = [i for i, lang in enumerate(prep.languages) if lang == language]
+            idx = torch.tensor(rows, device=self.device)
+            with self._active_adapter(language):
+                out = self.llm(
+                    inputs_embeds=prep.embeds[idx],
+                    attention_mask=prep.attention_mask[idx],
+                    position_ids=prep.position_ids[idx],
+                    logits_to_keep=a + 1,
+                    use_cache=False,
+                )
+            parts.append(out.logits[:, :-1].float())  # position j predicts answer token j
+            order += rows
+        logits = torch.cat(parts)[torch.argsort(torch.tensor(order, device=self.device))]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), prep.labels.reshape(-1), ignore_index=IGNORE)
         if aux_weight:
             loss = loss + aux_weight * self.aux_loss(batch, prep.fusion)
@@ -245,13 +369,16 @@ class EGMFModel(nn.Module):
 
     @torch.no_grad()
     def score(self, batch: Sequence[ModelInput]) -> list[Prediction]:
+        t0 = time.perf_counter()
         prep = self.prepare(batch)
+        adapters = self._adapter_kwargs(prep)
         out = self.llm(
             inputs_embeds=prep.embeds,
             attention_mask=prep.attention_mask,
             position_ids=prep.position_ids,
             logits_to_keep=1,
             use_cache=True,
+            **adapters,
         )
         logits = out.logits[:, -1].float()
         cache = out.cache
@@ -261,6 +388,7 @@ class EGMFModel(nn.Module):
             first = [self.prompts.label_ids[lab][0] for lab in labels]
             probs = torch.softmax(logits[i, first], dim=-1).tolist()
             label_probs.append(dict(zip(labels, probs)))
+        t1 = time.perf_counter()  # after .tolist(): on CUDA the prompt pass has finished by now
 
         nodes = [self._tries[x.label_set] for x in batch]
         results: list[tuple[str, float] | None] = [None] * len(batch)
@@ -289,12 +417,17 @@ class EGMFModel(nn.Module):
                 cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **adapters,
             )
             logits, cache = out.logits[:, -1].float(), out.cache
+        t2 = time.perf_counter()
 
+        timings = {"fusion": round(prep.fusion_ms, 2), "llm_prefill": round((t1 - t0) * 1000.0 - prep.fusion_ms, 2),
+                   "llm_answer": round((t2 - t1) * 1000.0, 2)}
         preds = []
         for i, (label, value) in enumerate(results):
             preds.append(self._prediction(prep, i, label, label_probs[i], value))
+            preds[-1].timings_ms = dict(timings)
         return preds
 
     # -- inference: plain greedy generation (paper path) --------------------------------------------------------
@@ -308,6 +441,7 @@ class EGMFModel(nn.Module):
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.prompts.eos_id,
+            **self._adapter_kwargs(prep),
         )
         preds = []
         for i in range(len(batch)):

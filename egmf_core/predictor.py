@@ -8,7 +8,6 @@ conversation is re-tokenized or re-encoded from scratch, and the cost does not g
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,6 @@ import numpy as np
 from .checkpoint import load_checkpoint, resolve
 from .model import EGMFModel, ModelInput, Prediction
 from .prompt import ContextWindow
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,13 +62,14 @@ class EGMFPredictor:
         audio_features: np.ndarray | None = None,
         visual_features: np.ndarray | None = None,
         visual_valid: np.ndarray | None = None,
-        language: str = "en",
+        language: str | None = None,
     ) -> Prediction:
-        """Predict emotion + sentiment for one utterance, then append it to the conversation's context."""
+        """Predict emotion + sentiment for one utterance, then append it to the conversation's context.
+
+        `language` (the speech recognizer's) picks the LoRA adapter and prompt template; None = the model's default.
+        """
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
-        if language != self.model.cfg.prompt.language:
-            log.debug("utterance language %s differs from the prompt language %s", language, self.model.cfg.prompt.language)
         turn = self.model.prompts.make_turn(speaker, text)
         with conversation.lock:
             x = ModelInput(
@@ -80,6 +78,7 @@ class EGMFPredictor:
                 audio=audio_features,
                 visual=visual_features,
                 visual_valid=visual_valid,
+                language=language,
             )
             with self._lock:
                 pred = self.model.score([x])[0]

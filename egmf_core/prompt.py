@@ -78,6 +78,19 @@ class ContextWindow:
 
 
 @dataclass(frozen=True)
+class TemplateIds:
+    """One language's constant prompt pieces, tokenized once."""
+
+    prefix: list[int]  # chat head + system message + "cues" line, before the pseudo tokens
+    suffix: list[int]  # between the pseudo tokens and the task prompt
+    context: list[int]
+    no_context: list[int]
+    current: list[int]
+    no_text: list[int]
+    instruction: dict[str, list[int]]  # per label set, up to the start of the answer
+
+
+@dataclass(frozen=True)
 class PromptIds:
     before: list[int]  # prefix: ids placed before the K pseudo tokens
     after: list[int]  # suffix + task prompt, up to the start of the answer
@@ -95,21 +108,9 @@ class PromptBuilder:
         self.cfg = prompt
         self.task = task
         self.use_text = use_text
-        t = _TEMPLATES[prompt.language]
-        self._t = t
-        head, middle, tail = self._chat_frame(t["system"])
-        self.prefix_ids = self._ids(head + t["cues"])
-        self.suffix_ids = self._ids("\n" + middle)
-        self.context_ids = self._ids(t["context"])
-        self.no_context_ids = self._ids(t["no_context"])
-        self.current_ids = self._ids(t["current"])
-        self.no_text_ids = self._ids(t["no_text"])
-        lo, hi = format_score(prompt.score_min, prompt.score_decimals), format_score(prompt.score_max, prompt.score_decimals)
         self.label_sets: dict[str, list[str]] = {DEFAULT_LABEL_SET: list(task.emotions), **task.dataset_emotions}
-        self.instruction_ids = {
-            name: self._ids(t["instruction"].format(labels=", ".join(labels), lo=lo, hi=hi) + tail)
-            for name, labels in self.label_sets.items()
-        }
+        # Every language's template, so that each utterance can be prompted in its own language (language adapters).
+        self.templates = {language: self._template_ids(language) for language in _TEMPLATES}
         self.eos_id = self._end_of_turn_id()
         self.label_ids = {label: self._ids(label) for labels in self.label_sets.values() for label in labels}
         for name, labels in self.label_sets.items():
@@ -126,6 +127,23 @@ class PromptBuilder:
     # -- construction -------------------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
+
+    def _template_ids(self, language: str) -> TemplateIds:
+        t, p = _TEMPLATES[language], self.cfg
+        head, middle, tail = self._chat_frame(t["system"])
+        lo, hi = format_score(p.score_min, p.score_decimals), format_score(p.score_max, p.score_decimals)
+        return TemplateIds(
+            prefix=self._ids(head + t["cues"]),
+            suffix=self._ids("\n" + middle),
+            context=self._ids(t["context"]),
+            no_context=self._ids(t["no_context"]),
+            current=self._ids(t["current"]),
+            no_text=self._ids(t["no_text"]),
+            instruction={
+                name: self._ids(t["instruction"].format(labels=", ".join(labels), lo=lo, hi=hi) + tail)
+                for name, labels in self.label_sets.items()
+            },
+        )
 
     def _chat_frame(self, system: str) -> tuple[str, str, str]:
         """Split the backbone's chat template into text before the pseudo tokens, between, and after the task.
@@ -170,20 +188,27 @@ class PromptBuilder:
             raise ValueError(f"label_set {name!r} is unknown; known: {sorted(self.label_sets)}")
         return self.label_sets[name]
 
-    def build(self, context: Sequence[Turn], current: Turn, label_set: str = "default") -> PromptIds:
-        """[prefix] + pseudo + [suffix; context; current utterance; instruction; assistant start]."""
-        after = list(self.suffix_ids)
+    def build(
+        self, context: Sequence[Turn], current: Turn, label_set: str = "default", language: str | None = None
+    ) -> PromptIds:
+        """[prefix] + pseudo + [suffix; context; current utterance; instruction; assistant start], in the template of
+        `language` (None = prompt.language)."""
+        language = language or self.cfg.language
+        if language not in self.templates:
+            raise ValueError(f"language {language!r} has no prompt template; known: {sorted(self.templates)}")
+        t = self.templates[language]
+        after = list(t.suffix)
         if self.use_text and context:
-            after += self.context_ids
+            after += t.context
             for turn in context:
                 after += turn.speaker_ids + turn.text_ids
         else:
-            after += self.no_context_ids
-        after += self.current_ids + list(current.speaker_ids)
-        after += list(current.text_ids) if self.use_text else self.no_text_ids
+            after += t.no_context
+        after += t.current + list(current.speaker_ids)
+        after += list(current.text_ids) if self.use_text else t.no_text
         self.check_label_set(label_set)
-        after += self.instruction_ids[label_set]
-        return PromptIds(before=list(self.prefix_ids), after=after)
+        after += t.instruction[label_set]
+        return PromptIds(before=list(t.prefix), after=after)
 
     # -- answers ------------------------------------------------------------------------------------------------
     def snap_score(self, value: float) -> float:
