@@ -1,0 +1,156 @@
+"""Shared plumbing of the analysis commands (`egmf_core.ablate`, `egmf_core.gate_analysis`).
+
+Both score checkpoints on several datasets with exactly `egmf_core.evaluate`'s code, so their numbers are the ones
+`python -m egmf_core.evaluate` prints. What lives here is what they have in common beyond that: the dataset and
+limit options, building each dataset's examples once (tokenized turns and audio features, the slow part to load)
+for every model scored on them, and Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+from .data import UtteranceRecord
+from .evaluate import EVAL_DATASETS, dataset_examples, whisper_audio_lookup
+from .examples import AudioLookup, Example
+from .model import EGMFModel
+
+DEFAULT_DATASETS: tuple[str, ...] = ("meld", "ravdess")
+EXPERT_NAMES: tuple[str, ...] = ("E1 local", "E2 semantic", "E3 global")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One benchmark: a dataset and optionally its label set (`iemocap:iemocap6`), as `evaluate --label-set`."""
+
+    name: str
+    label_set: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.label_set}" if self.label_set else self.name
+
+    @classmethod
+    def parse(cls, text: str) -> "DatasetSpec":
+        name, _, label_set = text.partition(":")
+        if name not in EVAL_DATASETS:
+            raise argparse.ArgumentTypeError(f"unknown dataset {name!r}; choose from {', '.join(EVAL_DATASETS)}")
+        return cls(name, label_set or None)
+
+
+def add_dataset_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--datasets", nargs="+", type=DatasetSpec.parse, default=[DatasetSpec(d) for d in DEFAULT_DATASETS],
+                    metavar="NAME[:LABEL_SET]", help=f"datasets to score (default: {' '.join(DEFAULT_DATASETS)}); any of "
+                    f"{', '.join(EVAL_DATASETS)}, optionally with a label set as in evaluate's --label-set (iemocap:iemocap6)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", action="append", default=[], metavar="N|DATASET=N",
+                    help="score only the first N utterances of every dataset, or of one dataset (repeatable): "
+                    "--limit 200 --limit ravdess=120")
+    ap.add_argument("--batch-size", type=int, default=16)
+
+
+def parse_limits(values: Sequence[str], datasets: Sequence[DatasetSpec]) -> dict[str, int | None]:
+    """`--limit` values -> the limit of each dataset (by name); a per-dataset value beats the global one."""
+    names = {d.name for d in datasets}
+    default: int | None = None
+    per: dict[str, int] = {}
+    for value in values:
+        name, sep, number = value.rpartition("=")
+        if not number.isdigit() or int(number) < 1:
+            raise ValueError(f"--limit {value!r}: expected a positive N or DATASET=N")
+        if not sep:
+            default = int(number)
+        elif name in names:
+            per[name] = int(number)
+        else:
+            raise ValueError(f"--limit {value!r}: {name!r} is not one of the datasets scored ({', '.join(sorted(names))})")
+    return {name: per.get(name, default) for name in names}
+
+
+class ExampleSets:
+    """Each dataset's examples, built once and handed to every model scored on them.
+
+    An example holds the tokenized turns and the audio features; nothing in it depends on an ablation (text removal
+    is applied when the prompt is assembled, modalities are masked inside the fusion stack). It does depend on the
+    tokenizer and the prompt and task settings, so checkpoints that differ there get their own copy. The Whisper
+    front end is opened only when a dataset has audio.
+    """
+
+    def __init__(self, split: str, limits: dict[str, int | None]):
+        self.split = split
+        self.limits = limits
+        self._built: dict[tuple[str, str], list[Example]] = {}
+        self._lookup: AudioLookup | None = None
+
+    def _audio(self, rec: UtteranceRecord):
+        if self._lookup is None:
+            self._lookup = whisper_audio_lookup()
+        return self._lookup(rec)
+
+    def get(self, model: EGMFModel, spec: DatasetSpec) -> list[Example]:
+        cfg = model.cfg
+        prompt_key = json.dumps(
+            {"backbone": cfg.backbone.name, "prompt": dataclasses.asdict(cfg.prompt), "task": dataclasses.asdict(cfg.task)},
+            sort_keys=True,
+        )
+        key = (spec.key, prompt_key)
+        if key not in self._built:
+            t0 = time.perf_counter()
+            limit = self.limits.get(spec.name)
+            examples = dataset_examples(model, spec.name, self.split, limit, audio=self._audio, label_set=spec.label_set)
+            progress(f"  {spec.key} {self.split}: {len(examples)} examples built in {time.perf_counter() - t0:.1f} s")
+            self._built[key] = examples
+        return self._built[key]
+
+
+def progress(line: str) -> None:
+    print(line, flush=True)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_triple(values: Sequence[float], digits: int = 2) -> str:
+    """Gate weights of the three experts in one cell: "0.74 / 0.24 / 0.02"."""
+    return " / ".join(f"{v:.{digits}f}" for v in values)
+
+
+def command_line(prog: str, argv: Sequence[str] | None) -> str:
+    """The command as run, for the report's header (so a table says how to reproduce it)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return " ".join([f"python -m {prog}", *args])
+
+
+def describe_examples(spec: DatasetSpec, split: str, limit: int | None, examples: Sequence[Example]) -> dict:
+    """What was scored, whatever the model: the utterances, their gold labels and the modalities present."""
+    xs = [e.input for e in examples]
+    return {
+        "dataset": spec.name,
+        "key": spec.key,
+        "label_set": xs[0].label_set,
+        "split": split,
+        "limit": limit,
+        "n": len(xs),
+        "utterances": [f"{e.record.dialogue_id}/{e.record.utterance_index}" for e in examples],
+        "gold_emotion": [x.emotion for x in xs],
+        "modalities_present": {
+            "audio": sum(x.audio is not None and len(x.audio) > 0 for x in xs),
+            "video": sum(x.visual is not None and len(x.visual) > 0 for x in xs),
+            "text": sum(bool(x.current.text.strip()) for x in xs),
+        },
+    }
+
+
+def dataset_title(info: dict) -> str:
+    """"meld test (first 200 utterances: n = 200 scored)" from `describe_examples`' output."""
+    kind = f"first {info['limit']} utterances" if info["limit"] is not None else "all utterances"
+    return f"{info['key']} {info['split']} ({kind}: n = {info['n']} scored)"
