@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
 
 from .config import BackboneConfig, ConfigError
 
@@ -111,7 +112,14 @@ def load_backbone(cfg: BackboneConfig) -> LoadedBackbone:
         raise ConfigError(f"backbone.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
     folder = resolve_folder(cfg.name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[cfg.dtype]).to(cfg.device)
+    # A local folder loads in about a second: no "Loading weights" progress bar on stderr (logs stay quiet).
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[cfg.dtype]).to(cfg.device)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,15 +126,19 @@ class EGMFUtteranceAnalyzer:
             audio = audio[:limit]
         asr = self.frontend.process(np.ascontiguousarray(audio, dtype=np.float32), language=self.config.language)
         text = asr.text.strip()
+        timings = {"asr_encoder": float(asr.encoder_ms), "asr_decode": float(asr.asr_ms - asr.encoder_ms)}
 
         visual_features = visual_valid = None
         if video:
             face = self._face_extractor()
             if face is not None:
+                t0 = time.perf_counter()
                 vf = face.extract(video)
+                timings["face"] = (time.perf_counter() - t0) * 1000.0
                 if len(vf) and bool(np.any(vf.valid)):  # no face at all = no visual modality, not zeros
                     visual_features, visual_valid = vf.features, vf.valid
 
+        t0 = time.perf_counter()
         p = self.predictor.predict(
             conversation,
             text=text,
@@ -143,6 +148,9 @@ class EGMFUtteranceAnalyzer:
             visual_valid=visual_valid,
             language=asr.language,
         )
+        # predict = the whole predictor call; fusion/llm_* its parts where the model reports them
+        timings["predict"] = (time.perf_counter() - t0) * 1000.0
+        timings.update(getattr(p, "timings_ms", None) or {})
         return AnalysisResult(
             text=text,
             language=asr.language,
@@ -152,4 +160,5 @@ class EGMFUtteranceAnalyzer:
             sentiment_label=p.sentiment_label,
             alpha=[float(a) for a in p.alpha],
             modalities=dict(p.modalities),
+            timings_ms={k: round(float(v), 2) for k, v in timings.items()},
         )

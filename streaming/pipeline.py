@@ -59,6 +59,8 @@ class AnalysisResult:
 
     ``emotion_probs`` must cover the 7 labels of :data:`streaming.events.EMOTION_LABELS`; ``alpha`` holds the 3
     gate weights in :data:`streaming.events.MODALITIES` order; ``modalities`` says which inputs carried data.
+    ``timings_ms`` (optional): wall time per stage of this analysis (e.g. ``asr_encoder``, ``fusion``,
+    ``llm_prefill``), for logs and benchmarks; it is not part of the event.
     """
 
     text: str
@@ -69,6 +71,7 @@ class AnalysisResult:
     sentiment_label: str
     alpha: list[float]
     modalities: dict[str, bool]
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -134,6 +137,8 @@ class StreamAnalyzer:
         self._source: Source | None = None
         self._finished = False
         self.latencies_ms: list[float] = []
+        #: Wall time spent in the VAD segmenter so far (all chunks), for benchmarks.
+        self.segmenter_ms = 0.0
 
     # ---------------------------------------------------------------------------------------------- set-up
 
@@ -173,7 +178,9 @@ class StreamAnalyzer:
         self._arr_t.append(chunk.end_s)
         self._arr_wall.append(time.monotonic())
         self._audio_clock = max(self._audio_clock, chunk.end_s)
+        t0 = time.perf_counter()
         self._pending.extend(self._segmenter.feed(x, chunk.start_s))
+        self.segmenter_ms += (time.perf_counter() - t0) * 1000.0
         return self._drain()
 
     def process_video(self, frame: VideoFrame) -> list[Event]:
@@ -273,8 +280,9 @@ class StreamAnalyzer:
             return
         self._next_utterance_id += 1
         self.latencies_ms.append(latency_ms)
-        log.debug("stream %s: utterance %d %.2f-%.2f s %s latency %.0f ms", self.stream_id, event.utterance_id,
-                  event.start, event.end, event.emotion.label, latency_ms)
+        log.debug("stream %s: utterance %d %.2f-%.2f s %s latency %.0f ms%s", self.stream_id, event.utterance_id,
+                  event.start, event.end, event.emotion.label, latency_ms,
+                  "".join(f", {k} {v:.0f}" for k, v in (res.timings_ms or {}).items()))
         self._out.append(event)
 
     def _make_event(self, seg: SpeechSegment, res: AnalysisResult, latency_ms: float) -> UtteranceEvent:

@@ -103,3 +103,26 @@ def test_pose_from_matrices_recovers_angles() -> None:
     matrix[:3, 3] = [2.0, -3.0, -40.0]
     pose = pose_from_matrices(matrix[None])[0]
     np.testing.assert_allclose(pose, [yaw, pitch, roll, 0.2, -0.3, -4.0], atol=1e-5)
+
+
+def test_mediapipe_native_logs_are_quiet_by_default(extractor: FaceFeatureExtractor, capfd, caplog) -> None:
+    """mediapipe's C++ log lines (written to fd 2 when a landmarker is created) go to the module's logger at DEBUG,
+    not to stderr; anything else written to stderr meanwhile is passed through."""
+    import logging
+    import os
+
+    from egmf_core.features.visual import _NATIVE_LOG_LINE, _native_stderr
+
+    caplog.set_level(logging.DEBUG, logger="egmf_core.features.visual")
+    frames = list(read_video_frames(resolve_data_dir() / VIDEO, fps=10.0))[:3]
+    capfd.readouterr()
+    assert extractor.extract(frames).valid.all()
+    with _native_stderr:
+        os.write(2, b"W0000 00:00:1795801822.370922    2704 face_landmarker_graph.cc:181] a native warning\n")
+        os.write(2, b"not from mediapipe\n")
+    err = capfd.readouterr().err
+    assert err == "not from mediapipe\n"
+    assert not any(_NATIVE_LOG_LINE.match(line) for line in err.splitlines())
+    native = [r for r in caplog.records if r.message.startswith("mediapipe: ")]
+    assert any("a native warning" in r.message for r in native)
+    assert all(r.levelno == logging.DEBUG for r in native)

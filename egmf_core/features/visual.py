@@ -12,6 +12,14 @@ frame sequence (~25 ms) and closes it afterwards; the extractor object itself ho
 
 A frame without a face gets `valid=False`. Its feature row is zeros purely as storage: consumers must use the mask
 and never read those rows as data.
+
+Quiet by default: mediapipe's C++ side (absl logging, TFLite) writes routine lines straight to file descriptor 2
+whenever a landmarker is created ("Logging before InitGoogle()", "Created TensorFlow Lite XNNPACK delegate",
+"inference_feedback_manager ..."), and mediapipe 1.2 has no API or environment variable that lowers that level.
+While a landmarker exists, fd 2 therefore points at a temporary file; afterwards mediapipe's lines go to this
+module's logger (DEBUG, or WARNING for its errors: `python -m streaming -vv` shows them) and anything else written
+to stderr meanwhile (another thread's output) is passed through unchanged. `EGMF_MEDIAPIPE_STDERR=1` leaves stderr
+alone (e.g. to see a native crash's last words).
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ import importlib.util
 import logging
 import math
 import os
+import re
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -51,6 +63,78 @@ VISUAL_DIM = len(FEATURE_NAMES)  # 58
 # The transformation matrix translates in the canonical face model's units (centimetres); a face sits ~25-60 cm from
 # the camera. Decimetres keep x, y within about +-1 and z around -2.5..-6, the same order as the other features.
 TRANSLATION_SCALE = 0.1
+
+
+# A line of mediapipe's native logging: absl/glog "W1127 17:38:02.370922    2704 file.cc:181] ..." (before absl is
+# initialised the date is 0000 and the time "00:00:<epoch seconds>"), or TFLite's and absl's plain "INFO: ...",
+# "WARNING: ...", "ERROR: ...".
+_NATIVE_LOG_LINE = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+\s+\S+:\d+\]|(INFO|WARNING|ERROR|FATAL): )")
+
+
+class _NativeStderrToLog:
+    """Context manager: what native code writes to fd 2 inside it goes to `log` instead (see the module docstring).
+
+    Reference-counted, so concurrent extractions in several threads share one redirection and the first one out does
+    not restore fd 2 under the others. If fd 2 cannot be redirected (no such descriptor), it does nothing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved_fd: int | None = None
+        self._file: object | None = None
+
+    def __enter__(self) -> None:
+        if os.environ.get("EGMF_MEDIAPIPE_STDERR") == "1":
+            return
+        with self._lock:
+            if self._depth == 0:
+                try:
+                    _flush_stderr()
+                    f = tempfile.TemporaryFile()
+                    saved = os.dup(2)
+                    os.dup2(f.fileno(), 2)
+                except OSError as e:
+                    log.debug("not capturing mediapipe's stderr: %s", e)
+                    return
+                self._file, self._saved_fd = f, saved
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self._depth == 0:  # __enter__ did not redirect
+                return
+            self._depth -= 1
+            if self._depth:
+                return
+            _flush_stderr()
+            f, saved = self._file, self._saved_fd
+            self._file = self._saved_fd = None
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)  # type: ignore[attr-defined]
+        data = f.read().decode("utf-8", "replace")  # type: ignore[attr-defined]
+        f.close()  # type: ignore[attr-defined]
+        passthrough = []
+        for line in data.splitlines():
+            m = _NATIVE_LOG_LINE.match(line)
+            if m is None:
+                if line.strip():
+                    passthrough.append(line)
+                continue
+            severe = (m.group(1) or m.group(2)[0]) in "EF"
+            log.log(logging.WARNING if severe else logging.DEBUG, "mediapipe: %s", line)
+        if passthrough:
+            os.write(2, ("\n".join(passthrough) + "\n").encode("utf-8", "replace"))
+
+
+def _flush_stderr() -> None:
+    try:
+        sys.stderr.flush()
+    except (AttributeError, OSError, ValueError):  # replaced or closed stderr
+        pass
+
+
+_native_stderr = _NativeStderrToLog()
 
 
 def default_face_model_path() -> Path:
@@ -222,7 +306,7 @@ class FaceFeatureExtractor:
         valid: list[bool] = []
         last_ms = -1
         start = time.perf_counter()
-        with self._vision.FaceLandmarker.create_from_options(self._options) as landmarker:
+        with _native_stderr, self._vision.FaceLandmarker.create_from_options(self._options) as landmarker:
             for t, frame in frames:
                 if not sampler.keep(t):
                     continue

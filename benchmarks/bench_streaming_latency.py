@@ -1,0 +1,718 @@
+"""End-of-speech -> event latency, real-time factor and the cost of context of the live pipeline, on this CPU.
+
+    python benchmarks/bench_streaming_latency.py            # 50 utterances, ~5 min; benchmarks/results/streaming_latency.{json,md}
+    python benchmarks/bench_streaming_latency.py --quick    # 5 utterances, < 2 min; results to a temporary folder
+
+What runs: the shipped checkpoint (``egmf_core/checkpoints/default.safetensors``) on CPU behind the same
+:class:`streaming.pipeline.StreamAnalyzer` + :class:`streaming.analyzer.EGMFUtteranceAnalyzer` that ``python -m
+streaming`` and the service use (webrtcvad segmenter, faster-whisper tiny.en with its one encoder pass, the EGMF
+fusion stack and the LoRA LLM), with the CLI's default settings. The audio is real speech: RAVDESS clips from
+``../shared/data/ravdess`` (one sentence each, ~1.5-2.5 s) and espeak-ng sentences of 2-7.5 s, each trimmed to its
+speech +-0.15 s and separated by 1 s of silence with a -70 dBFS noise floor, pushed into a
+:class:`~streaming.sources.PushSource` in 30 ms blocks (the microphone's block size) at real-time pace by a feeder
+thread, while the main thread iterates the stream as the CLI does.
+
+Measured per utterance:
+
+* **latency**: wall time the utterance event came out of the stream minus wall time the block holding the
+  utterance's reference end of speech (energy-based, independent of the VAD) was pushed. It includes the VAD's
+  end-of-speech hangover (300 ms), recognition, the model, and any time the utterance waited behind the previous
+  one. The events' own ``latency_ms`` (from the dequeuing of the VAD's end) is recorded too.
+* **real-time factor**: analysis wall time (recognizer + model) / the utterance's speech duration (VAD span);
+  ``overall`` = sum of analysis times / sum of durations. The VAD's cost is measured over the whole stream.
+* **stages** (from ``AnalysisResult.timings_ms``): ``asr_encoder`` (log-mel + the Whisper encoder, which always
+  runs over the padded 30 s window), ``asr_decode``, ``predict`` (the whole EGMF predictor call) and its parts
+  ``fusion``, ``llm_prefill`` (prompt assembly + the LLM pass over the prompt) and ``llm_answer`` (the constrained
+  decoding of the remaining answer tokens on the KV cache).
+* **cost of context**: the 50 utterances are ONE conversation (one stream). Utterances 1-5 and 46-50 are the same
+  five recordings (46-50 = 2, 3, 4, 5, 1), so utterance 1 and 50 are the same audio with an empty vs a full context
+  window; with every context turn tokenized once and the window bounded (3 turns), model time must stay flat. An
+  offline check then scores utterance 50's inputs with an empty and with its real context, interleaved, to isolate
+  the model's cost of the context from the noise of the live run.
+
+The machine: CPU model, ``os.getloadavg()`` before and after, and the CPU time other processes used during the
+run (from /proc/stat): on a shared 2-core machine another busy process slows every stage, so read the numbers with
+it. The targets (p95 latency <= 1.0 s for utterances up to 8 s, overall real-time factor <= 0.25) are reported as
+met or not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+for p in (ROOT, ROOT / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+SR = 16000
+BLOCK = 480  # 30 ms pushed at a time, as the microphone source delivers
+GAP_S = 1.0  # silence between utterances
+TRIM_PAD_S = 0.15  # audio kept around each piece's speech span
+TARGET_P95_MS = 1000.0
+TARGET_RTF = 0.25
+MAX_UTTERANCE_S = 8.0
+LENGTH_BINS = (0.0, 2.0, 4.0, 6.0, 8.0)
+
+# espeak-ng sentences, 2 s to 7.5 s at 160 words per minute; emotional content varies.
+SENTENCES = (
+    "I am really worried that something happened to her on the way home last night.",
+    "I can't believe you did that.",
+    "The meeting has been moved to Thursday afternoon because the manager is still travelling and cannot join us "
+    "before then.",
+    "Oh wow, that is amazing news!",
+    "Honestly this is the best news I have heard all week.",
+    "We waited for two hours and nobody even bothered to call us back.",
+    "Please stop calling me about this because I already told you no.",
+    "Thank you so much for helping me move all of these heavy boxes up the stairs this morning.",
+    "This is the third time this month that my order arrived broken and frankly I am completely done with your "
+    "company and I want my money back.",
+    "I am so sorry for your loss. He was a wonderful man.",
+    "When I opened the door and saw everyone standing there with the cake I honestly could not stop smiling for the "
+    "rest of the evening.",
+    "Get out of my office right now.",
+)
+VOICES = ("en-us", "en-gb+f3")
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(eq=False)
+class Piece:
+    name: str
+    source: str  # "ravdess" or "espeak-ng"
+    audio: np.ndarray  # trimmed to the speech +- TRIM_PAD_S
+    speech: tuple[float, float]  # reference speech span inside `audio`
+    script: str | None = None  # what was said (espeak-ng), or the RAVDESS emotion label
+
+    @property
+    def speech_s(self) -> float:
+        return self.speech[1] - self.speech[0]
+
+
+def _trim(name: str, source: str, x: np.ndarray, script: str | None) -> Piece:
+    from test_streaming_support import speech_bounds
+
+    b0, b1 = speech_bounds(x)
+    lo, hi = max(0, int((b0 - TRIM_PAD_S) * SR)), min(len(x), int(np.ceil((b1 + TRIM_PAD_S) * SR)))
+    return Piece(name, source, np.ascontiguousarray(x[lo:hi], np.float32), (b0 - lo / SR, b1 - lo / SR), script)
+
+
+def espeak_pieces(tmp: Path, sentences: tuple[str, ...] = SENTENCES) -> list[Piece]:
+    from test_streaming_support import load_audio
+
+    out = []
+    for i, text in enumerate(sentences):
+        wav = tmp / f"espeak_{i}.wav"
+        subprocess.run(["espeak-ng", "-v", VOICES[i % 2], "-s", "160", "-w", str(wav), text], check=True,
+                       capture_output=True)
+        out.append(_trim(f"espeak{i:02d}", "espeak-ng", load_audio(wav), text))  # PyAV resamples to 16 kHz
+    return out
+
+
+def ravdess_pieces(n: int, seed: int = 5) -> list[Piece]:
+    from test_streaming_support import ravdess_clips
+
+    return [_trim(Path(c.file).stem, "ravdess", c.audio, c.emotion) for c in ravdess_clips(n, seed=seed)]
+
+
+def make_pool(tmp: Path, n_ravdess: int, n_espeak: int) -> list[Piece]:
+    """Alternating espeak-ng / RAVDESS pieces (espeak-ng first), so any prefix mixes long and short utterances."""
+    es = espeak_pieces(tmp, SENTENCES[:n_espeak]) if n_espeak and shutil.which("espeak-ng") else []
+    rv = ravdess_pieces(n_ravdess) if n_ravdess else []
+    pool = [p for pair in zip(es, rv) for p in pair] + es[len(rv):] + rv[len(es):]
+    too_long = [p.name for p in pool if p.speech_s > MAX_UTTERANCE_S - 0.3]
+    if too_long:
+        raise RuntimeError(f"pieces longer than {MAX_UTTERANCE_S} s would be split by the VAD: {too_long}")
+    return pool
+
+
+def conversation_order(pool: list[Piece], n: int) -> list[Piece]:
+    """n utterances; the last ones repeat the first ones' audio so that first and last compare cleanly.
+
+    n >= 10: [A B C D E] + (n - 10 from the rest of the pool, cycling) + [B C D E A]; smaller n: [A B ... A]."""
+    if n < 2:
+        raise ValueError("need at least 2 utterances")
+    if n < 10:
+        return pool[: n - 1] + pool[:1]
+    head = pool[:5]
+    rest = pool[5:] or pool
+    middle = [rest[i % len(rest)] for i in range(n - 10)]
+    return head + middle + head[1:] + head[:1]
+
+
+def build_stream(seq: list[Piece], gap_s: float = GAP_S, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """The pieces separated by silence with a faint noise floor; returns the signal and the reference speech spans
+    in stream seconds. Starts with `gap_s` of silence and ends with 1.5 s (the VAD closes the last one itself)."""
+    gap = np.zeros(int(gap_s * SR), np.float32)
+    parts, refs, t = [gap], [], gap_s
+    for p in seq:
+        refs.append((t + p.speech[0], t + p.speech[1]))
+        parts += [p.audio, gap]
+        t += len(p.audio) / SR + gap_s
+    parts.append(np.zeros(int(0.5 * SR), np.float32))
+    x = np.concatenate(parts)
+    x += np.random.default_rng(seed).normal(0, 10 ** (-70 / 20), len(x)).astype(np.float32)
+    return x, refs
+
+
+# ------------------------------------------------------------------------------------------------------ machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _proc_stat_busy_s() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (all cores; idle and iowait excluded)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_idle(timeout_s: float, say=print, window_s: float = 10.0, max_other_cores: float = 0.2) -> dict:
+    """Wait (up to ``timeout_s``) until other processes used less than ``max_other_cores`` over ``window_s``."""
+    t0 = time.monotonic()
+    while True:
+        a = (time.monotonic(), _proc_stat_busy_s(), time.process_time())
+        time.sleep(window_s)
+        other = _other_cores(a, (time.monotonic(), _proc_stat_busy_s(), time.process_time()))
+        waited = time.monotonic() - t0
+        if other is None or other < max_other_cores:
+            return {"waited_s": round(waited, 1), "idle_reached": other is not None, "other_cores_last_window": other}
+        if waited >= timeout_s:
+            return {"waited_s": round(waited, 1), "idle_reached": False, "other_cores_last_window": other}
+        say(f"machine busy (other processes {other:.2f} cores over {window_s:.0f} s), waiting ...")
+
+
+class MachineLoad:
+    """Load average and the CPU time of OTHER processes over an interval (this process's own time subtracted)."""
+
+    def __init__(self) -> None:
+        self.load_before = os.getloadavg()
+        self._busy0, self._own0, self._wall0 = _proc_stat_busy_s(), time.process_time(), time.monotonic()
+
+    def finish(self) -> dict[str, Any]:
+        busy1, own1, wall1 = _proc_stat_busy_s(), time.process_time(), time.monotonic()
+        wall = wall1 - self._wall0
+        d: dict[str, Any] = {"load_average_before": [round(v, 2) for v in self.load_before],
+                             "load_average_after": [round(v, 2) for v in os.getloadavg()],
+                             "interval_s": round(wall, 1), "this_process_cores": round((own1 - self._own0) / wall, 2)}
+        if busy1 is not None and self._busy0 is not None:
+            d["other_processes_cores"] = round(max(0.0, (busy1 - self._busy0) - (own1 - self._own0)) / wall, 2)
+        return d
+
+
+# ------------------------------------------------------------------------------------------------------ the run
+
+
+class RecordingAnalyzer:
+    """Delegates to the real analyzer and records, per call, the wall time of ``analyze``, its stage timings and the
+    context the conversation held before the call (for the prompt length). Adds nothing to the work itself."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.records: list[dict[str, Any]] = []
+
+    @property
+    def version(self) -> str:
+        return self.inner.version
+
+    def new_conversation(self) -> Any:
+        return self.inner.new_conversation()
+
+    def analyze(self, segment, video, conversation):
+        window = getattr(conversation, "window", None)
+        context = window.snapshot() if window is not None else ()
+        t0 = time.perf_counter()
+        res = self.inner.analyze(segment, video, conversation)
+        ms = (time.perf_counter() - t0) * 1000.0
+        self.records.append({"start": round(segment.start_s, 6), "end": round(segment.end_s, 6), "analyze_ms": ms,
+                             "timings_ms": dict(res.timings_ms), "context": context, "segment": segment})
+        return res
+
+
+def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True) -> dict[str, Any]:
+    """Push ``x`` in 30 ms blocks (at real-time pace when ``paced``) from a feeder thread; iterate the stream in this
+    thread. Returns the events with the wall time each came out, and the wall time each block was pushed."""
+    from streaming.pipeline import StreamAnalyzer, StreamConfig
+    from streaming.sources import PushSource
+
+    src = PushSource()
+    pushed = np.zeros((len(x) + BLOCK - 1) // BLOCK)
+    errors: list[BaseException] = []
+
+    def feed() -> None:
+        try:
+            t0 = time.monotonic()
+            for k, i in enumerate(range(0, len(x), BLOCK)):
+                if paced:
+                    time.sleep(max(0.0, t0 + (i + BLOCK) / SR - time.monotonic()))
+                src.push_audio(x[i:i + BLOCK])
+                pushed[k] = time.monotonic()
+            src.end()
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+            src.end()
+
+    sa = StreamAnalyzer(analyzer, StreamConfig(stream_id=stream_id))
+    th = threading.Thread(target=feed, name="feeder", daemon=True)
+    start = time.monotonic()
+    cpu = [(start, _proc_stat_busy_s(), time.process_time())]  # [0]: stream start, then one per event
+    th.start()
+    events = []
+    for ev in sa.run(src):
+        now = time.monotonic()
+        events.append((now, ev))
+        cpu.append((now, _proc_stat_busy_s(), time.process_time()))
+    th.join()
+    if errors:
+        raise errors[0]
+    return {"events": events, "pushed": pushed, "wall_s": time.monotonic() - start, "segmenter_ms": sa.segmenter_ms,
+            "stream_s": len(x) / SR, "cpu": cpu}
+
+
+def _other_cores(a: tuple, b: tuple) -> float | None:
+    """Cores other processes kept busy on average between two (wall, machine busy s, own CPU s) samples."""
+    if a[1] is None or b[1] is None or b[0] <= a[0]:
+        return None
+    return round(max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]), 2)
+
+
+def _block_wall(pushed: np.ndarray, t: float) -> float:
+    """Wall time the block holding stream time ``t`` was pushed."""
+    k = min(len(pushed) - 1, max(0, int(np.ceil(t * SR / BLOCK)) - 1))
+    return float(pushed[k])
+
+
+def _pct(a: list[float] | np.ndarray, q: float) -> float | None:
+    a = np.asarray(a, float)
+    return round(float(np.percentile(a, q)), 1) if len(a) else None
+
+
+def _dist(a: list[float] | np.ndarray, nd: int = 1) -> dict[str, Any]:
+    a = np.asarray(a, float)
+    if not len(a):
+        return {"n": 0}
+    return {"n": int(len(a)), "p50": round(float(np.median(a)), nd), "p95": round(float(np.percentile(a, 95)), nd),
+            "mean": round(float(a.mean()), nd), "min": round(float(a.min()), nd), "max": round(float(a.max()), nd)}
+
+
+def _mean_or_none(a: list[float]) -> float | None:
+    return round(float(np.mean(a)), 2) if a else None
+
+
+def prompt_tokens(model: Any, context: tuple, speaker: str, text: str) -> tuple[int, Any]:
+    turn = model.prompts.make_turn(speaker, text)
+    p = model.prompts.build(context, turn)
+    return len(p.before) + model.cfg.fusion.pseudo_tokens + len(p.after), turn
+
+
+def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker: str, reps: int) -> dict[str, Any]:
+    """The model alone on one utterance's real inputs: empty context vs the context it had in the stream,
+    ``reps`` interleaved calls each (model.score, what predictor.predict runs, without appending a turn)."""
+    from egmf_core.model import ModelInput
+
+    model = analyzer.predictor.model
+    asr = analyzer.frontend.process(np.ascontiguousarray(rec["segment"].audio, np.float32))
+    ctx_full = rec["context"]
+    n_full, turn = prompt_tokens(model, ctx_full, speaker, text)
+    n_empty, _ = prompt_tokens(model, (), speaker, text)
+    inputs = {"empty": ModelInput(context=(), current=turn, audio=asr.encoder_states),
+              "stream": ModelInput(context=ctx_full, current=turn, audio=asr.encoder_states)}
+    times: dict[str, list[float]] = {"empty": [], "stream": []}
+    parts: dict[str, list[dict]] = {"empty": [], "stream": []}
+    for name in inputs:  # one untimed call each
+        model.score([inputs[name]])
+    for i in range(reps):
+        for name in (("empty", "stream") if i % 2 == 0 else ("stream", "empty")):
+            t0 = time.perf_counter()
+            pred = model.score([inputs[name]])[0]
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+            parts[name].append(pred.timings_ms or {})
+    out: dict[str, Any] = {"reps": reps, "context_turns_stream": len(ctx_full)}
+    for name, n_tok in (("empty", n_empty), ("stream", n_full)):
+        out[name] = {"prompt_tokens": n_tok, "score_ms": _dist(times[name]),
+                     **{f"{k}_ms_p50": round(float(np.median([p.get(k, np.nan) for p in parts[name]])), 1)
+                        for k in ("fusion", "llm_prefill", "llm_answer")}}
+    out["ratio_stream_over_empty_p50"] = round(out["stream"]["score_ms"]["p50"] / out["empty"]["score_ms"]["p50"], 3)
+    return out
+
+
+def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int = 12, offline_reps: int = 8,
+                  gap_s: float = GAP_S, wait_idle_s: float = 0.0, say=print) -> dict[str, Any]:
+    import torch
+
+    from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
+    from streaming.events import SpeechStartedEvent, UtteranceEvent
+
+    t_setup = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
+        pool = make_pool(Path(tmp), n_ravdess, n_espeak)
+    seq = conversation_order(pool, n_utterances)
+    x, refs = build_stream(seq, gap_s)
+    say(f"{len(seq)} utterances from {len(pool)} pieces ({sum(p.source == 'ravdess' for p in pool)} RAVDESS, "
+        f"{sum(p.source == 'espeak-ng' for p in pool)} espeak-ng), stream {len(x) / SR:.1f} s "
+        f"(inputs ready in {time.monotonic() - t_setup:.1f} s)")
+
+    t_load = time.monotonic()
+    inner = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"))  # what `python -m streaming` builds
+    load_s = time.monotonic() - t_load
+    say(f"model loaded in {load_s:.1f} s: {inner.version}")
+    analyzer = RecordingAnalyzer(inner)
+
+    # Warm-up on two other pieces (first calls pay for lazy initialisation), not paced, own conversation.
+    warm_pieces = [p for p in pool if all(p is not q for q in seq[:5])][:2] or pool[:2]
+    xw, _ = build_stream(warm_pieces, 0.8, seed=1)
+    run_stream(analyzer, xw, "warmup", paced=False)
+    analyzer.records.clear()
+
+    idle_wait = wait_for_idle(wait_idle_s, say) if wait_idle_s > 0 else None
+    load = MachineLoad()
+    say(f"load average before: {' '.join(f'{v:.2f}' for v in load.load_before)}; streaming at real-time pace ...")
+    r = run_stream(analyzer, x, "bench")
+    machine_load = load.finish()
+    # "shared": other processes kept at least a quarter of a core busy on average while the stream ran
+    machine_load["shared"] = machine_load.get("other_processes_cores", 0.0) >= 0.25
+    if idle_wait is not None:
+        machine_load["wait_for_idle"] = idle_wait
+
+    utts = [(t, e) for t, e in r["events"] if isinstance(e, UtteranceEvent)]
+    # other processes' CPU use between consecutive utterance events (the first: since the stream started)
+    ev_cpu = [c for (_, e), c in zip(r["events"], r["cpu"][1:]) if isinstance(e, UtteranceEvent)]
+    other_by_event = [_other_cores(a, b) for a, b in zip([r["cpu"][0]] + ev_cpu[:-1], ev_cpu)]
+    starts = [(t, e) for t, e in r["events"] if isinstance(e, SpeechStartedEvent)]
+    errors = [e.to_dict() for _, e in r["events"] if e.type == "error"]
+    recs = {(rec["start"], rec["end"]): rec for rec in analyzer.records}
+    model = inner.predictor.model
+
+    rows: list[dict[str, Any]] = []
+    unmatched_refs = 0
+    used: set[int] = set()
+    for i, ((lo, hi), piece) in enumerate(zip(refs, seq)):
+        match = [(j, t, e) for j, (t, e) in enumerate(utts) if e.start < hi and e.end > lo]
+        if not match:
+            unmatched_refs += 1
+            continue
+        j, t_ev, ev = match[-1]
+        used.update(m[0] for m in match)
+        rec = recs.get((round(ev.start, 6), round(ev.end, 6)), {})
+        ss = [t for t, s in starts if abs(s.start - ev.start) < 1e-6]
+        n_tok = prompt_tokens(model, rec.get("context", ()), ev.speaker, ev.text)[0] if rec else None
+        tm = rec.get("timings_ms", {})
+        dur = ev.end - ev.start
+        rows.append({
+            "index": i + 1, "piece": piece.name, "source": piece.source, "script": piece.script,
+            "ref_start_s": round(lo, 3), "ref_end_s": round(hi, 3), "ref_speech_s": round(hi - lo, 3),
+            "vad_start_s": ev.start, "vad_end_s": ev.end, "vad_speech_s": round(dur, 3),
+            "text": ev.text, "emotion": ev.emotion.label, "sentiment": ev.sentiment.score,
+            "latency_ms": round((t_ev - _block_wall(r["pushed"], hi)) * 1000.0, 1),
+            "event_latency_ms": ev.latency_ms,
+            "speech_started_latency_ms": round((ss[0] - _block_wall(r["pushed"], lo)) * 1000.0, 1) if ss else None,
+            "analyze_ms": round(rec.get("analyze_ms", float("nan")), 1),
+            "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
+            "stages_ms": {k: round(v, 1) for k, v in tm.items()},
+            "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok,
+            "other_processes_cores": other_by_event[j],
+            "events_for_this_utterance": len(match),
+        })
+    extra_events = len(utts) - len(used)
+
+    def col(key: str, subset: list[dict] | None = None) -> list[float]:
+        return [row[key] for row in (rows if subset is None else subset) if row.get(key) is not None]
+
+    def stage(name: str, subset: list[dict] | None = None) -> list[float]:
+        return [row["stages_ms"][name] for row in (rows if subset is None else subset) if name in row["stages_ms"]]
+
+    durs = col("vad_speech_s")
+    within = [row for row in rows if row["vad_speech_s"] <= MAX_UTTERANCE_S + 1e-6]
+    lat = col("latency_ms", within)
+    analyze_total = sum(col("analyze_ms"))
+    overall_rtf = analyze_total / 1000.0 / sum(durs) if durs else None
+    hist = np.histogram(durs, bins=LENGTH_BINS)[0].tolist() if durs else []
+    by_length = []
+    for lo_b, hi_b in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
+        sub = [row for row in rows if lo_b <= row["vad_speech_s"] < hi_b or (hi_b == LENGTH_BINS[-1] and
+                                                                             row["vad_speech_s"] == hi_b)]
+        rtf_sub = col("rtf", sub)
+        by_length.append({"speech_s": f"{lo_b:g}-{hi_b:g}", "n": len(sub), "latency_ms_p50": _pct(col("latency_ms", sub), 50),
+                          "analyze_ms_p50": _pct(col("analyze_ms", sub), 50),
+                          "rtf_p50": round(float(np.median(rtf_sub)), 3) if rtf_sub else None})
+
+    stage_names = ["asr_encoder", "asr_decode", "predict", "fusion", "llm_prefill", "llm_answer", "face"]
+    stages = {s: _dist(stage(s)) for s in stage_names if stage(s)}
+    stages["analyze"] = _dist(col("analyze_ms"))
+    stages["wait_before_analysis"] = _dist([row["latency_ms"] - row["analyze_ms"] for row in rows])
+    shares = {s: round(sum(stage(s)) / analyze_total, 3) for s in ("asr_encoder", "asr_decode", "fusion",
+                                                                  "llm_prefill", "llm_answer") if stage(s)}
+
+    # Cost of context: same audio at the start and the end of the conversation.
+    by_index = {row["index"]: row for row in rows}
+    n = len(seq)
+    first, last = by_index.get(1), by_index.get(n)
+    # conversation_order: with >= 10 utterances the last five are the first five recordings (rotated by one)
+    head_idx, tail_idx = (list(range(1, 6)), list(range(n - 4, n + 1))) if n >= 10 else ([], [])
+    context: dict[str, Any] = {"same_audio_first_and_last": seq[0] is seq[-1],
+                               "max_context_turns": model.cfg.prompt.max_context_turns}
+    # asr_encoder does not depend on the context at all (fixed 30 s window): its ratio is the control for drift in
+    # machine load between the start and the end of the conversation.
+    for key in ("predict", "llm_prefill", "llm_answer", "fusion", "asr_encoder"):
+        if first and last and key in first["stages_ms"] and key in last["stages_ms"]:
+            context[f"{key}_ms_first"] = first["stages_ms"][key]
+            context[f"{key}_ms_last"] = last["stages_ms"][key]
+            context[f"{key}_ratio_last_over_first"] = round(last["stages_ms"][key] / first["stages_ms"][key], 3)
+    if first and last:
+        context.update({"utterance_first": 1, "utterance_last": n, "latency_ms_first": first["latency_ms"],
+                        "other_processes_cores_first": first["other_processes_cores"],
+                        "other_processes_cores_last": last["other_processes_cores"],
+                        "latency_ms_last": last["latency_ms"], "context_turns_first": first["context_turns"],
+                        "context_turns_last": last["context_turns"], "prompt_tokens_first": first["prompt_tokens"],
+                        "prompt_tokens_last": last["prompt_tokens"],
+                        "same_transcript_first_and_last": first["text"] == last["text"]})
+    head = [by_index[i] for i in head_idx if i in by_index]
+    tail = [by_index[i] for i in tail_idx if i in by_index]
+    if head and tail:
+        mp_head, mp_tail = float(np.mean(stage("predict", head))), float(np.mean(stage("predict", tail)))
+        enc_head, enc_tail = float(np.mean(stage("asr_encoder", head))), float(np.mean(stage("asr_encoder", tail)))
+        context.update({"head": f"{head_idx[0]}-{head_idx[-1]}", "tail": f"{tail_idx[0]}-{tail_idx[-1]}",
+                        "predict_ms_mean_head": round(mp_head, 1), "predict_ms_mean_tail": round(mp_tail, 1),
+                        "predict_ratio_tail_over_head": round(mp_tail / mp_head, 3),
+                        "asr_encoder_ratio_tail_over_head": round(enc_tail / enc_head, 3),
+                        "latency_ms_mean_head": round(float(np.mean(col("latency_ms", head))), 1),
+                        "latency_ms_mean_tail": round(float(np.mean(col("latency_ms", tail))), 1),
+                        "other_processes_cores_head": _mean_or_none(col("other_processes_cores", head)),
+                        "other_processes_cores_tail": _mean_or_none(col("other_processes_cores", tail))})
+    full = [row for row in rows if row["context_turns"] >= model.cfg.prompt.max_context_turns]
+    if len(full) >= 5:
+        xs = np.array([row["index"] for row in full], float)
+        pm = np.array([row["stages_ms"].get("predict", np.nan) for row in full], float)
+        tok = np.array([row["prompt_tokens"] for row in full], float)
+        slope = np.polyfit(xs, pm, 1)[0]
+        context.update({"full_window_utterances": len(full),
+                        "predict_ms_slope_per_utterance": round(float(slope), 2),
+                        "prompt_tokens_full_window": _dist(tok, 0)})
+    if last is not None:
+        say("offline check: the model on utterance %d's inputs, empty vs its stream context ..." % n)
+        rec_last = recs.get((round(last["vad_start_s"], 6), round(last["vad_end_s"], 6)))
+        if rec_last is not None and offline_reps > 0:
+            context["offline"] = offline_context_check(inner, rec_last, last["text"], "Speaker", offline_reps)
+
+    p95 = _pct(lat, 95)
+    result = {
+        "benchmark": "streaming pipeline: end of speech -> event latency, real-time factor, cost of context",
+        "command": "python benchmarks/bench_streaming_latency.py",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), **machine_load},
+        "versions": _versions(torch),
+        "model_version": inner.version, "model_load_s": round(load_s, 1),
+        "threads": {"torch": torch.get_num_threads(), "whisper_cpu_threads": inner.frontend.config.cpu_threads},
+        "setup": {"utterances": n, "pool": [{"name": p.name, "source": p.source, "speech_s": round(p.speech_s, 2),
+                                              "script": p.script} for p in pool],
+                  "gap_s": gap_s, "block_ms": BLOCK * 1000 // SR, "paced": "real time",
+                  "stream_s": round(r["stream_s"], 1), "wall_s": round(r["wall_s"], 1)},
+        "counts": {"utterance_events": len(utts), "references": len(refs), "unmatched_references": unmatched_refs,
+                   "extra_events": extra_events, "errors": errors},
+        "lengths_s": {**_dist(durs, 2), "histogram_bins_s": list(LENGTH_BINS), "histogram": hist},
+        "latency_ms": {**_dist(lat), "utterances_up_to_8s": len(within)},
+        "event_latency_ms": _dist(col("event_latency_ms")),
+        "speech_started_latency_ms": _dist(col("speech_started_latency_ms")),
+        "rtf": {**_dist(col("rtf"), 3), "overall": round(overall_rtf, 3) if overall_rtf is not None else None,
+                "whole_stream_incl_vad": round((analyze_total + r["segmenter_ms"]) / 1000.0 / r["stream_s"], 3)},
+        "vad": {"segmenter_ms_total": round(r["segmenter_ms"], 1),
+                "rtf": round(r["segmenter_ms"] / 1000.0 / r["stream_s"], 4),
+                "ms_per_30ms_block": round(r["segmenter_ms"] / max(1, len(r["pushed"])), 3)},
+        "stages_ms": stages, "stage_share_of_analysis": shares,
+        "by_length": by_length,
+        "context": context,
+        "targets": {"p95_latency_ms": TARGET_P95_MS, "p95_latency_met": p95 is not None and p95 <= TARGET_P95_MS,
+                    "rtf": TARGET_RTF, "rtf_met": overall_rtf is not None and overall_rtf <= TARGET_RTF},
+        "utterances": rows,
+    }
+    return result
+
+
+def _versions(torch: Any) -> dict[str, str]:
+    import importlib.metadata as md
+
+    v = {"python": sys.version.split()[0], "torch": torch.__version__}
+    for pkg in ("transformers", "peft", "faster-whisper", "ctranslate2", "webrtcvad-wheels"):
+        try:
+            v[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return v
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    jpath.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+    m, lat, rtf, ctx, st = res["machine"], res["latency_ms"], res["rtf"], res["context"], res["stages_ms"]
+    tg = res["targets"]
+    yes = lambda ok: "**met**" if ok else "**not met**"  # noqa: E731
+    f = lambda v, nd=0: "-" if v is None else f"{v:.{nd}f}"  # noqa: E731
+    other = m.get("other_processes_cores")
+    shared = bool(m.get("shared"))
+    lines = [
+        "# Streaming latency: end of speech -> event, real-time factor, cost of context",
+        "",
+        f"{res['date']}; {m['cpu']}, {m['cores']} cores{' (shared: other processes were busy)' if shared else ''}; "
+        f"load average {m['load_average_before'][0]:.2f} before, {m['load_average_after'][0]:.2f} after "
+        f"(1 min); other processes used {f(other, 2)} cores on average during the run, this benchmark "
+        f"{f(m.get('this_process_cores'), 2)}"
+        + (f" (it first waited {m['wait_for_idle']['waited_s']:.0f} s for the machine to go idle: "
+           f"{'reached' if m['wait_for_idle']['idle_reached'] else 'not reached'})" if m.get("wait_for_idle") else "")
+        + f". Model `{res['model_version']}` on CPU (torch {res['versions']['torch']}, "
+        f"{res['threads']['torch']} threads; faster-whisper tiny.en int8, {res['threads']['whisper_cpu_threads']} "
+        f"threads), the CLI's StreamAnalyzer and defaults.",
+        "",
+        f"Input: {res['setup']['utterances']} utterances in ONE conversation, real speech (RAVDESS clips and espeak-ng "
+        f"sentences), {res['setup']['gap_s']:g} s pauses, {res['setup']['stream_s']} s pushed in "
+        f"{res['setup']['block_ms']} ms blocks at real-time pace. Utterance lengths (VAD span): "
+        f"{res['lengths_s'].get('min', 0):.2f}-{res['lengths_s'].get('max', 0):.2f} s, median "
+        f"{res['lengths_s'].get('p50', 0):.2f} s; per 2 s bin "
+        f"({', '.join(f'{a:g}-{b:g} s' for a, b in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]))}): "
+        f"{res['lengths_s'].get('histogram')}. Events: {res['counts']['utterance_events']} for "
+        f"{res['counts']['references']} utterances ({res['counts']['unmatched_references']} missed, "
+        f"{res['counts']['extra_events']} extra, {len(res['counts']['errors'])} errors).",
+        "",
+        "| measure | p50 | p95 | max | target | |",
+        "|---|---|---|---|---|---|",
+        f"| end of speech -> event (ms, utterances <= 8 s) | {f(lat.get('p50'))} | {f(lat.get('p95'))} | "
+        f"{f(lat.get('max'))} | p95 <= {TARGET_P95_MS:.0f} | {yes(tg['p95_latency_met'])} |",
+        f"| events' own latency_ms (from the VAD's end) | {f(res['event_latency_ms'].get('p50'))} | "
+        f"{f(res['event_latency_ms'].get('p95'))} | {f(res['event_latency_ms'].get('max'))} | | |",
+        f"| real-time factor (analysis / speech duration) | {f(rtf.get('p50'), 3)} | {f(rtf.get('p95'), 3)} | "
+        f"{f(rtf.get('max'), 3)} | overall <= {TARGET_RTF} | overall {f(rtf.get('overall'), 3)}: "
+        f"{yes(tg['rtf_met'])} |",
+        f"| start of speech -> speech_started event (ms) | {f(res['speech_started_latency_ms'].get('p50'))} | "
+        f"{f(res['speech_started_latency_ms'].get('p95'))} | {f(res['speech_started_latency_ms'].get('max'))} | | |",
+        "",
+        "Where the time goes, per utterance (ms; share = of the summed analysis time):",
+        "",
+        "| stage | p50 | p95 | mean | share |",
+        "|---|---|---|---|---|",
+    ]
+    for s in ("asr_encoder", "asr_decode", "predict", "fusion", "llm_prefill", "llm_answer", "face", "analyze",
+              "wait_before_analysis"):
+        if s in st and st[s].get("n"):
+            share = res["stage_share_of_analysis"].get(s)
+            lines.append(f"| {s} | {f(st[s]['p50'])} | {f(st[s]['p95'])} | {f(st[s]['mean'])} | "
+                         f"{'-' if share is None else f'{share:.0%}'} |")
+    lines += [
+        "",
+        f"`predict` = the whole EGMF predictor call (`fusion` + `llm_prefill` + `llm_answer` + tokenizing the turn); "
+        f"`analyze` = recognizer + predictor; `wait_before_analysis` = latency - analyze (the VAD's 300 ms "
+        f"end-of-speech hangover, plus time spent behind the previous utterance when analysis is slower than the "
+        f"pause). VAD (webrtcvad segmenter) over the whole stream: {res['vad']['segmenter_ms_total']:.0f} ms for "
+        f"{res['setup']['stream_s']} s (real-time factor {res['vad']['rtf']:.4f}).",
+        "",
+        "By utterance length:",
+        "",
+        "| speech | n | latency p50 ms | analysis p50 ms | RTF p50 |",
+        "|---|---|---|---|---|",
+    ]
+    for b in res["by_length"]:
+        lines.append(f"| {b['speech_s']} s | {b['n']} | {f(b['latency_ms_p50'])} | {f(b['analyze_ms_p50'])} | "
+                     f"{f(b['rtf_p50'], 3)} |")
+    lines += ["", "Cost of context (one conversation; the first and last utterances are the same recording):", ""]
+    if "predict_ms_first" in ctx:
+        lines.append(
+            f"- utterance 1 vs {ctx['utterance_last']} (same audio, same transcript: "
+            f"{ctx.get('same_transcript_first_and_last')}; context {ctx['context_turns_first']} vs "
+            f"{ctx['context_turns_last']} turns, prompt {ctx['prompt_tokens_first']} vs {ctx['prompt_tokens_last']} "
+            f"tokens): model (predict) {ctx['predict_ms_first']:.0f} vs {ctx['predict_ms_last']:.0f} ms "
+            f"(x{ctx['predict_ratio_last_over_first']:.2f}); end-to-end latency {ctx['latency_ms_first']:.0f} vs "
+            f"{ctx['latency_ms_last']:.0f} ms; other processes meanwhile {f(ctx['other_processes_cores_first'], 2)} vs "
+            f"{f(ctx['other_processes_cores_last'], 2)} cores; control, the recognizer's encoder (independent of the "
+            f"context): {ctx['asr_encoder_ms_first']:.0f} vs {ctx['asr_encoder_ms_last']:.0f} ms "
+            f"(x{ctx['asr_encoder_ratio_last_over_first']:.2f}).")
+    if "predict_ms_mean_head" in ctx:
+        lines.append(
+            f"- mean of utterances {ctx['head']} vs {ctx['tail']} (same five recordings): model "
+            f"{ctx['predict_ms_mean_head']:.0f} vs {ctx['predict_ms_mean_tail']:.0f} ms "
+            f"(x{ctx['predict_ratio_tail_over_head']:.2f}); latency {ctx['latency_ms_mean_head']:.0f} vs "
+            f"{ctx['latency_ms_mean_tail']:.0f} ms; other processes {f(ctx['other_processes_cores_head'], 2)} vs "
+            f"{f(ctx['other_processes_cores_tail'], 2)} cores; control (recognizer's encoder) "
+            f"x{ctx['asr_encoder_ratio_tail_over_head']:.2f}.")
+    if "predict_ms_slope_per_utterance" in ctx:
+        lines.append(
+            f"- once the window is full ({ctx['max_context_turns']} turns; {ctx['full_window_utterances']} "
+            f"utterances): model time changes by {ctx['predict_ms_slope_per_utterance']:+.1f} ms per utterance "
+            f"(least-squares slope over the conversation), prompt {ctx['prompt_tokens_full_window'].get('min', 0):.0f}-"
+            f"{ctx['prompt_tokens_full_window'].get('max', 0):.0f} tokens.")
+    off = ctx.get("offline")
+    if off:
+        lines.append(
+            f"- offline, the model alone on utterance {ctx.get('utterance_last')}'s inputs, {off['reps']} interleaved "
+            f"calls each: empty context ({off['empty']['prompt_tokens']} tokens) {off['empty']['score_ms']['p50']:.0f} "
+            f"ms vs its stream context ({off['context_turns_stream']} turns, {off['stream']['prompt_tokens']} tokens) "
+            f"{off['stream']['score_ms']['p50']:.0f} ms median (x{off['ratio_stream_over_empty_p50']:.2f}); LLM "
+            f"prompt pass {off['empty']['llm_prefill_ms_p50']:.0f} vs {off['stream']['llm_prefill_ms_p50']:.0f} ms, "
+            f"answer decoding {off['empty']['llm_answer_ms_p50']:.0f} vs {off['stream']['llm_answer_ms_p50']:.0f} ms.")
+    lines += ["", f"Command: `{res['command']}`; per-utterance rows in `{jpath.name}`.", ""]
+    mpath.write_text("\n".join(lines))
+    return jpath, mpath
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="5 utterances (smoke check, < 2 min); writes to a temporary "
+                    "folder unless --out is given")
+    ap.add_argument("--utterances", type=int, help="utterances in the conversation (default 50, --quick 5)")
+    ap.add_argument("--offline-reps", type=int, help="interleaved calls per context in the offline check "
+                    "(default 8, --quick 2)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="on a shared machine: wait up to this long for other processes to go idle (< 0.2 cores over "
+                         "10 s) before streaming (default: start at once)")
+    ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
+    a = ap.parse_args(argv)
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    n = a.utterances or (5 if a.quick else 50)
+    reps = a.offline_reps if a.offline_reps is not None else (2 if a.quick else 8)
+    t0 = time.monotonic()
+    res = run_benchmark(n, offline_reps=reps, wait_idle_s=a.wait_idle)
+    res["command"] = " ".join(["python benchmarks/bench_streaming_latency.py", *(argv if argv is not None else
+                                                                                  sys.argv[1:])])
+    res["total_wall_s"] = round(time.monotonic() - t0, 1)
+    out = Path(a.out) if a.out else (Path(tempfile.mkdtemp(prefix="bench_streaming_")) if a.quick
+                                     else ROOT / "benchmarks" / "results")
+    jpath, mpath = write_report(res, out, "streaming_latency")
+    print(mpath.read_text())
+    print(f"wrote {jpath} and {mpath} ({res['total_wall_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The streaming latency benchmark (``benchmarks/bench_streaming_latency.py``) on a 3-utterance conversation: its
+report has the fields the README quotes, every utterance gets exactly one event, the first and last utterance are
+the same recording with a growing context, and the stage timings are there. No timing thresholds: the latency and
+real-time targets are judged (and reported as met / not met) by the benchmark itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+from test_streaming_support import REPO, needs_ravdess
+
+pytestmark = [pytest.mark.slow, needs_ravdess,
+              pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng missing")]
+
+STAGES = {"asr_encoder", "asr_decode", "predict", "fusion", "llm_prefill", "llm_answer"}
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_streaming_latency",
+                                                  REPO / "benchmarks" / "bench_streaming_latency.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_three_utterance_report(tmp_path):
+    from streaming.analyzer import ModelUnavailableError
+
+    bench = _bench()
+    try:
+        res = bench.run_benchmark(3, n_ravdess=2, n_espeak=2, offline_reps=1, say=lambda *a: None)
+    except ModelUnavailableError as e:
+        pytest.skip(f"model unavailable: {e}")
+    jpath, mpath = bench.write_report(res, tmp_path, "streaming_latency")
+    assert json.loads(jpath.read_text()) == json.loads(json.dumps(res))
+
+    c = res["counts"]
+    assert (c["utterance_events"], c["references"], c["unmatched_references"], c["extra_events"], c["errors"]) == \
+        (3, 3, 0, 0, [])
+    rows = res["utterances"]
+    assert [r["index"] for r in rows] == [1, 2, 3]
+    assert all(r["events_for_this_utterance"] == 1 for r in rows)
+    # the conversation: utterance 3 repeats utterance 1's recording, with two turns of context instead of none
+    assert rows[0]["piece"] == rows[2]["piece"] and rows[0]["piece"] != rows[1]["piece"]
+    assert [r["context_turns"] for r in rows] == [0, 1, 2]
+    assert rows[0]["prompt_tokens"] < rows[2]["prompt_tokens"]
+    assert {r["source"] for r in rows} == {"ravdess", "espeak-ng"}
+    for r in rows:
+        assert r["text"] and STAGES <= set(r["stages_ms"]), r
+        assert r["latency_ms"] > 0 and r["analyze_ms"] > 0 and r["rtf"] > 0
+        # the VAD found the reference utterance (frame-exact boundaries within 150 ms of the energy reference)
+        assert abs(r["vad_start_s"] - r["ref_start_s"]) < 0.15 and abs(r["vad_end_s"] - r["ref_end_s"]) < 0.15
+
+    for key in ("p50", "p95", "max"):
+        assert res["latency_ms"][key] > 0 and res["event_latency_ms"][key] > 0
+    assert res["latency_ms"]["utterances_up_to_8s"] == 3
+    assert res["rtf"]["overall"] > 0 and res["rtf"]["p95"] >= res["rtf"]["p50"]
+    assert res["lengths_s"]["n"] == 3 and sum(res["lengths_s"]["histogram"]) == 3
+    assert STAGES <= set(res["stages_ms"]) and res["vad"]["segmenter_ms_total"] > 0
+    assert isinstance(res["targets"]["p95_latency_met"], bool) and isinstance(res["targets"]["rtf_met"], bool)
+    m = res["machine"]
+    assert m["cpu"] and len(m["load_average_before"]) == 3 and len(m["load_average_after"]) == 3
+    assert "other_processes_cores" in m and isinstance(m["shared"], bool)
+    ctx = res["context"]
+    assert ctx["same_audio_first_and_last"] and ctx["same_transcript_first_and_last"]
+    assert ctx["utterance_last"] == 3 and ctx["predict_ms_first"] > 0 and ctx["predict_ms_last"] > 0
+    assert ctx["offline"]["empty"]["prompt_tokens"] < ctx["offline"]["stream"]["prompt_tokens"]
+    md = mpath.read_text()
+    assert "end of speech -> event" in md and ("**met**" in md or "**not met**" in md)
