@@ -326,6 +326,24 @@ def _mean_or_none(a: list[float]) -> float | None:
     return round(float(np.mean(a)), 2) if a else None
 
 
+class AnswerSteps:
+    """LLM forward passes the constrained decoding of an answer takes: the answer's tokens minus the first (read off
+    the prompt pass). It depends on the answer ("neutral 0.0" is shorter than "sadness -1.0"), which is why the
+    answer stage is also reported per step."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._n = {(lab, round(val, 4)): len(ids) for lab, val, ids in model.prompts.answer_candidates("default")}
+
+    def __call__(self, emotion: str, score: float) -> int | None:
+        n = self._n.get((emotion, round(self.model.prompts.snap_score(score), 4)))
+        return None if n is None else n - 1
+
+
+def _per(num: float | None, den: float | None, nd: int = 2) -> float | None:
+    return round(num / den, nd) if num is not None and den else None
+
+
 def prompt_tokens(model: Any, context: tuple, speaker: str, text: str) -> tuple[int, Any]:
     turn = model.prompts.make_turn(speaker, text)
     p = model.prompts.build(context, turn)
@@ -346,8 +364,10 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
               "stream": ModelInput(context=ctx_full, current=turn, audio=asr.encoder_states)}
     times: dict[str, list[float]] = {"empty": [], "stream": []}
     parts: dict[str, list[dict]] = {"empty": [], "stream": []}
+    answers = {}
     for name in inputs:  # one untimed call each
-        model.score([inputs[name]])
+        pred = model.score([inputs[name]])[0]
+        answers[name] = (pred.emotion, float(pred.sentiment_score))
     for i in range(reps):
         for name in (("empty", "stream") if i % 2 == 0 else ("stream", "empty")):
             t0 = time.perf_counter()
@@ -355,10 +375,15 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
             times[name].append((time.perf_counter() - t0) * 1000.0)
             parts[name].append(pred.timings_ms or {})
     out: dict[str, Any] = {"reps": reps, "context_turns_stream": len(ctx_full)}
+    steps = AnswerSteps(model)
     for name, n_tok in (("empty", n_empty), ("stream", n_full)):
         out[name] = {"prompt_tokens": n_tok, "score_ms": _dist(times[name]),
                      **{f"{k}_ms_p50": round(float(np.median([p.get(k, np.nan) for p in parts[name]])), 1)
-                        for k in ("fusion", "llm_prefill", "llm_answer")}}
+                        for k in ("fusion", "llm_prefill", "llm_answer")},
+                     "answer": f"{answers[name][0]} {answers[name][1]:+.1f}",
+                     "answer_steps": steps(*answers[name])}
+        out[name]["llm_prefill_ms_per_token"] = _per(out[name]["llm_prefill_ms_p50"], n_tok)
+        out[name]["llm_answer_ms_per_step"] = _per(out[name]["llm_answer_ms_p50"], out[name]["answer_steps"], 1)
     out["ratio_stream_over_empty_p50"] = round(out["stream"]["score_ms"]["p50"] / out["empty"]["score_ms"]["p50"], 3)
     return out
 
@@ -410,6 +435,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
     recs = {(rec["start"], rec["end"]): rec for rec in analyzer.records}
     model = inner.predictor.model
 
+    answer_steps = AnswerSteps(model)
     rows: list[dict[str, Any]] = []
     unmatched_refs = 0
     used: set[int] = set()
@@ -437,6 +463,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
             "stages_ms": {k: round(v, 1) for k, v in tm.items()},
             "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok,
+            "answer_steps": answer_steps(ev.emotion.label, ev.sentiment.score),
+            "llm_prefill_ms_per_token": _per(tm.get("llm_prefill"), n_tok, 3),
+            "llm_answer_ms_per_step": _per(tm.get("llm_answer"), answer_steps(ev.emotion.label, ev.sentiment.score), 1),
             "other_processes_cores": other_by_event[j],
             "events_for_this_utterance": len(match),
         })
@@ -485,6 +514,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             context[f"{key}_ms_first"] = first["stages_ms"][key]
             context[f"{key}_ms_last"] = last["stages_ms"][key]
             context[f"{key}_ratio_last_over_first"] = round(last["stages_ms"][key] / first["stages_ms"][key], 3)
+    for key in ("answer_steps", "llm_prefill_ms_per_token", "llm_answer_ms_per_step"):
+        if first and last:
+            context[f"{key}_first"], context[f"{key}_last"] = first[key], last[key]
     if first and last:
         context.update({"utterance_first": 1, "utterance_last": n, "latency_ms_first": first["latency_ms"],
                         "other_processes_cores_first": first["other_processes_cores"],
@@ -502,6 +534,10 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
                         "predict_ms_mean_head": round(mp_head, 1), "predict_ms_mean_tail": round(mp_tail, 1),
                         "predict_ratio_tail_over_head": round(mp_tail / mp_head, 3),
                         "asr_encoder_ratio_tail_over_head": round(enc_tail / enc_head, 3),
+                        "llm_prefill_ms_per_token_head": _mean_or_none(col("llm_prefill_ms_per_token", head)),
+                        "llm_prefill_ms_per_token_tail": _mean_or_none(col("llm_prefill_ms_per_token", tail)),
+                        "llm_answer_ms_per_step_head": _mean_or_none(col("llm_answer_ms_per_step", head)),
+                        "llm_answer_ms_per_step_tail": _mean_or_none(col("llm_answer_ms_per_step", tail)),
                         "latency_ms_mean_head": round(float(np.mean(col("latency_ms", head))), 1),
                         "latency_ms_mean_tail": round(float(np.mean(col("latency_ms", tail))), 1),
                         "other_processes_cores_head": _mean_or_none(col("other_processes_cores", head)),
@@ -512,8 +548,21 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         pm = np.array([row["stages_ms"].get("predict", np.nan) for row in full], float)
         tok = np.array([row["prompt_tokens"] for row in full], float)
         slope = np.polyfit(xs, pm, 1)[0]
+
+        def rel_slope(key: str) -> float | None:
+            """Least-squares change per utterance, as a fraction of the mean (0.001 = +0.1 % per utterance)."""
+            ok = [(row["index"], row.get(key, row["stages_ms"].get(key))) for row in full]
+            ok = [(i, v) for i, v in ok if v is not None]
+            if len(ok) < 5:
+                return None
+            a = np.array(ok, float)
+            return round(float(np.polyfit(a[:, 0], a[:, 1], 1)[0] / a[:, 1].mean()), 5)
+
         context.update({"full_window_utterances": len(full),
                         "predict_ms_slope_per_utterance": round(float(slope), 2),
+                        "llm_prefill_ms_per_token_relative_slope": rel_slope("llm_prefill_ms_per_token"),
+                        "llm_answer_ms_per_step_relative_slope": rel_slope("llm_answer_ms_per_step"),
+                        "asr_encoder_ms_relative_slope": rel_slope("asr_encoder"),
                         "prompt_tokens_full_window": _dist(tok, 0)})
     if last is not None:
         say("offline check: the model on utterance %d's inputs, empty vs its stream context ..." % n)
@@ -568,6 +617,10 @@ def _versions(torch: Any) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ report
+
+
+def _pct_str(v: float | None) -> str:
+    return "-" if v is None else f"{v * 100:+.2f} %"
 
 
 def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -653,7 +706,11 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"{ctx['latency_ms_last']:.0f} ms; other processes meanwhile {f(ctx['other_processes_cores_first'], 2)} vs "
             f"{f(ctx['other_processes_cores_last'], 2)} cores; control, the recognizer's encoder (independent of the "
             f"context): {ctx['asr_encoder_ms_first']:.0f} vs {ctx['asr_encoder_ms_last']:.0f} ms "
-            f"(x{ctx['asr_encoder_ratio_last_over_first']:.2f}).")
+            f"(x{ctx['asr_encoder_ratio_last_over_first']:.2f}). Answers took {ctx.get('answer_steps_first')} vs "
+            f"{ctx.get('answer_steps_last')} decoding steps; per unit of work: LLM prompt pass "
+            f"{f(ctx.get('llm_prefill_ms_per_token_first'), 2)} vs {f(ctx.get('llm_prefill_ms_per_token_last'), 2)} "
+            f"ms per prompt token, answer decoding {f(ctx.get('llm_answer_ms_per_step_first'))} vs "
+            f"{f(ctx.get('llm_answer_ms_per_step_last'))} ms per step.")
     if "predict_ms_mean_head" in ctx:
         lines.append(
             f"- mean of utterances {ctx['head']} vs {ctx['tail']} (same five recordings): model "
@@ -661,13 +718,19 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"(x{ctx['predict_ratio_tail_over_head']:.2f}); latency {ctx['latency_ms_mean_head']:.0f} vs "
             f"{ctx['latency_ms_mean_tail']:.0f} ms; other processes {f(ctx['other_processes_cores_head'], 2)} vs "
             f"{f(ctx['other_processes_cores_tail'], 2)} cores; control (recognizer's encoder) "
-            f"x{ctx['asr_encoder_ratio_tail_over_head']:.2f}.")
+            f"x{ctx['asr_encoder_ratio_tail_over_head']:.2f}; LLM prompt pass "
+            f"{f(ctx['llm_prefill_ms_per_token_head'], 2)} vs {f(ctx['llm_prefill_ms_per_token_tail'], 2)} ms per "
+            f"token, answer decoding {f(ctx['llm_answer_ms_per_step_head'])} vs "
+            f"{f(ctx['llm_answer_ms_per_step_tail'])} ms per step.")
     if "predict_ms_slope_per_utterance" in ctx:
         lines.append(
             f"- once the window is full ({ctx['max_context_turns']} turns; {ctx['full_window_utterances']} "
             f"utterances): model time changes by {ctx['predict_ms_slope_per_utterance']:+.1f} ms per utterance "
             f"(least-squares slope over the conversation), prompt {ctx['prompt_tokens_full_window'].get('min', 0):.0f}-"
-            f"{ctx['prompt_tokens_full_window'].get('max', 0):.0f} tokens.")
+            f"{ctx['prompt_tokens_full_window'].get('max', 0):.0f} tokens; relative change per utterance of the LLM "
+            f"prompt pass per token {_pct_str(ctx.get('llm_prefill_ms_per_token_relative_slope'))}, of the answer "
+            f"decoding per step {_pct_str(ctx.get('llm_answer_ms_per_step_relative_slope'))} (control, the "
+            f"recognizer's encoder: {_pct_str(ctx.get('asr_encoder_ms_relative_slope'))}).")
     off = ctx.get("offline")
     if off:
         lines.append(
@@ -676,7 +739,12 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"ms vs its stream context ({off['context_turns_stream']} turns, {off['stream']['prompt_tokens']} tokens) "
             f"{off['stream']['score_ms']['p50']:.0f} ms median (x{off['ratio_stream_over_empty_p50']:.2f}); LLM "
             f"prompt pass {off['empty']['llm_prefill_ms_p50']:.0f} vs {off['stream']['llm_prefill_ms_p50']:.0f} ms, "
-            f"answer decoding {off['empty']['llm_answer_ms_p50']:.0f} vs {off['stream']['llm_answer_ms_p50']:.0f} ms.")
+            f"answer decoding {off['empty']['llm_answer_ms_p50']:.0f} vs {off['stream']['llm_answer_ms_p50']:.0f} ms "
+            f"(answers \"{off['empty'].get('answer')}\" vs \"{off['stream'].get('answer')}\": "
+            f"{off['empty'].get('answer_steps')} vs {off['stream'].get('answer_steps')} steps; "
+            f"{f(off['empty'].get('llm_answer_ms_per_step'))} vs {f(off['stream'].get('llm_answer_ms_per_step'))} ms "
+            f"per step; prompt pass {f(off['empty'].get('llm_prefill_ms_per_token'), 2)} vs "
+            f"{f(off['stream'].get('llm_prefill_ms_per_token'), 2)} ms per token).")
     lines += ["", f"Command: `{res['command']}`; per-utterance rows in `{jpath.name}`.", ""]
     mpath.write_text("\n".join(lines))
     return jpath, mpath

@@ -53,6 +53,7 @@ def test_three_utterance_report(tmp_path):
     for r in rows:
         assert r["text"] and STAGES <= set(r["stages_ms"]), r
         assert r["latency_ms"] > 0 and r["analyze_ms"] > 0 and r["rtf"] > 0
+        assert r["answer_steps"] >= 1 and r["llm_answer_ms_per_step"] > 0 and r["llm_prefill_ms_per_token"] > 0
         # the VAD found the reference utterance (frame-exact boundaries within 150 ms of the energy reference)
         assert abs(r["vad_start_s"] - r["ref_start_s"]) < 0.15 and abs(r["vad_end_s"] - r["ref_end_s"]) < 0.15
 
@@ -69,6 +70,8 @@ def test_three_utterance_report(tmp_path):
     ctx = res["context"]
     assert ctx["same_audio_first_and_last"] and ctx["same_transcript_first_and_last"]
     assert ctx["utterance_last"] == 3 and ctx["predict_ms_first"] > 0 and ctx["predict_ms_last"] > 0
-    assert ctx["offline"]["empty"]["prompt_tokens"] < ctx["offline"]["stream"]["prompt_tokens"]
+    off = ctx["offline"]
+    assert off["empty"]["prompt_tokens"] < off["stream"]["prompt_tokens"]
+    assert off["empty"]["answer_steps"] >= 1 and off["stream"]["answer_steps"] >= 1
     md = mpath.read_text()
     assert "end of speech -> event" in md and ("**met**" in md or "**not met**" in md)
