@@ -1,7 +1,10 @@
 """End-of-speech -> event latency, real-time factor and the cost of context of the live pipeline, on this CPU.
 
-    python benchmarks/bench_streaming_latency.py            # 50 utterances, ~5 min; benchmarks/results/streaming_latency.{json,md}
-    python benchmarks/bench_streaming_latency.py --quick    # 5 utterances, < 2 min; results to a temporary folder
+    python benchmarks/bench_streaming_latency.py            # 50 utterances, ~5 min -> benchmarks/results/
+    python benchmarks/bench_streaming_latency.py --quick    # 5 utterances, < 2 min -> a temporary folder
+    python benchmarks/bench_streaming_latency.py --wait-idle 1800   # shared machine: wait for other work to stop
+
+Results: ``benchmarks/results/streaming_latency.json`` (every utterance's row) and ``.md`` (the summary).
 
 What runs: the shipped checkpoint (``egmf_core/checkpoints/default.safetensors``) on CPU behind the same
 :class:`streaming.pipeline.StreamAnalyzer` + :class:`streaming.analyzer.EGMFUtteranceAnalyzer` that ``python -m
@@ -318,7 +321,7 @@ def _dist(a: list[float] | np.ndarray, nd: int = 1) -> dict[str, Any]:
     a = np.asarray(a, float)
     if not len(a):
         return {"n": 0}
-    return {"n": int(len(a)), "p50": round(float(np.median(a)), nd), "p95": round(float(np.percentile(a, 95)), nd),
+    return {"n": len(a), "p50": round(float(np.median(a)), nd), "p95": round(float(np.percentile(a, 95)), nd),
             "mean": round(float(a.mean()), nd), "min": round(float(a.min()), nd), "max": round(float(a.max()), nd)}
 
 
@@ -488,7 +491,8 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         sub = [row for row in rows if lo_b <= row["vad_speech_s"] < hi_b or (hi_b == LENGTH_BINS[-1] and
                                                                              row["vad_speech_s"] == hi_b)]
         rtf_sub = col("rtf", sub)
-        by_length.append({"speech_s": f"{lo_b:g}-{hi_b:g}", "n": len(sub), "latency_ms_p50": _pct(col("latency_ms", sub), 50),
+        by_length.append({"speech_s": f"{lo_b:g}-{hi_b:g}", "n": len(sub),
+                          "latency_ms_p50": _pct(col("latency_ms", sub), 50),
                           "analyze_ms_p50": _pct(col("analyze_ms", sub), 50),
                           "rtf_p50": round(float(np.median(rtf_sub)), 3) if rtf_sub else None})
 
@@ -565,7 +569,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
                         "asr_encoder_ms_relative_slope": rel_slope("asr_encoder"),
                         "prompt_tokens_full_window": _dist(tok, 0)})
     if last is not None:
-        say("offline check: the model on utterance %d's inputs, empty vs its stream context ..." % n)
+        say(f"offline check: the model on utterance {n}'s inputs, empty vs its stream context ...")
         rec_last = recs.get((round(last["vad_start_s"], 6), round(last["vad_end_s"], 6)))
         if rec_last is not None and offline_reps > 0:
             context["offline"] = offline_context_check(inner, rec_last, last["text"], "Speaker", offline_reps)
