@@ -140,9 +140,9 @@ def load_splits(cfg: RunConfig, model: EGMFModel) -> tuple[list[Example], dict[s
             raise ConfigError("data.audio_pack lacks features for some RAVDESS training clips")
         train += r_train * d.ravdess_repeat
         dev["ravdess"] = build_examples(RavdessDataset("dev", rcfg), model.prompts, audio=audio, label_set="ravdess")
+    audio = whisper_audio_lookup() if d.extra else None  # one recognizer for every extra data set
     for extra in d.extra:
         model.prompts.check_label_set(extra.label_set)
-        audio = whisper_audio_lookup()
         records = list(load_dataset(extra.name, extra.train_split, d.data_dir))[: extra.train_limit]
         labelled = [e for e in build_examples(records, model.prompts, audio=audio, label_set=extra.label_set)
                     if e.input.emotion is not None]  # unlabelled turns stay as context only
