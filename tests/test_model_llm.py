@@ -132,3 +132,48 @@ def test_bad_media_input_is_a_clear_error(model, meld_batch):
         model.score([bad])
     with pytest.raises(ValueError, match="label_set 'nope' is unknown"):
         model.score([replace(meld_batch[0], label_set="nope")])
+
+
+def test_answer_tree_feeds_only_decisions(model):
+    """Below "dis" the pass feeds the rest of the label, both signs, "+0"/"-0" and their "." (9 tokens); "+1.0",
+    "-1.0" and every fraction digit's end-of-answer follow without the model."""
+    first = model.prompts.label_ids["disgust"][0]
+    tree = model._answer_trees["default"][first]
+    ids = model.prompts.label_ids["disgust"] + model.prompts.score_ids[0.4]
+    assert len(tree.tokens) == 9 and tree.tokens[0] == first and set(ids[:-1]) <= set(tree.tokens)
+    assert tree.depths[0] == 1 and max(tree.depths) == len(ids) - 1
+    assert tree.ancestors.sum(-1).tolist() == tree.depths  # every node sees itself and each ancestor once
+
+
+def test_answer_tree_pass_equals_step_by_step_decoding(model, meld_batch):
+    """The one-pass tree logits at every fed node equal those of decoding its path token by token on the prompt's
+    KV cache, for rows of different (left-padded) lengths in one batch."""
+    import copy
+
+    model.eval()
+    batch = meld_batch[:3]
+    with torch.no_grad():
+        for n, p in model.llm.named_parameters():  # a non-trivial adapter
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+        prep = model.prepare(batch)
+        assert len(set(prep.attention_mask.sum(-1).tolist())) > 1  # the rows really are padded differently
+        out = model.llm(inputs_embeds=prep.embeds, attention_mask=prep.attention_mask,
+                        position_ids=prep.position_ids, logits_to_keep=1, use_cache=True)
+        trees = [model._answer_trees["default"][model.prompts.label_ids[lab][0]]
+                 for lab in ("disgust", "neutral", "surprise")]
+        tree_logits = model._answer_pass(trees, prep, copy.deepcopy(out.cache), {})
+        for i, tree in enumerate(trees):
+            paths = {0: [tree.tokens[0]]}
+            for q in range(1, len(tree.tokens)):
+                parent = max(k for k in range(q) if tree.ancestors[q, k] and tree.depths[k] == tree.depths[q] - 1)
+                paths[q] = paths[parent] + [tree.tokens[q]]
+            for q in (0, len(tree.tokens) - 1):  # the first token and the deepest-last node (a "." after a sign)
+                ids = torch.tensor([paths[q]])
+                cache = copy.deepcopy(out.cache)
+                mask = torch.cat([prep.attention_mask[i:i + 1], torch.ones_like(ids)], dim=1)
+                cache.batch_select_indices(torch.tensor([i]))
+                step = model.llm(inputs_embeds=model._embed(ids), attention_mask=mask,
+                                 position_ids=prep.position_ids[i:i + 1, -1:] + torch.arange(1, len(paths[q]) + 1),
+                                 cache=cache, use_cache=True, logits_to_keep=1)
+                assert torch.allclose(tree_logits[i, q], step.logits[0, -1].float(), atol=1e-3), (i, q)
