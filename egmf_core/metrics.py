@@ -166,3 +166,15 @@ def sims_regression_report(preds: Sequence[float], labels: Sequence[float]) -> d
         "acc5": 100.0 * float(np.mean(_sims_classes(p, SIMS_BINS_5) == _sims_classes(t, SIMS_BINS_5))),
         "f1": 100.0 * f1_score(t2, p2, average="weighted", zero_division=0),
     }
+
+
+def word_error_rate(ref: str, hyp: str) -> float:
+    """Word-level Levenshtein distance / reference words (case and punctuation ignored)."""
+    norm = lambda s: "".join(ch.lower() if ch.isalnum() or ch == "'" else " " for ch in s).split()
+    r, h = norm(ref), norm(hyp)
+    d = np.arange(len(h) + 1)
+    for i, rw in enumerate(r, 1):
+        prev, d[0] = d.copy(), i
+        for j, hw in enumerate(h, 1):
+            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (rw != hw))
+    return float(d[len(h)]) / max(1, len(r))

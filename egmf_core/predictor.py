@@ -37,8 +37,9 @@ class EGMFPredictor:
     def load(
         cls, checkpoint: str | Path = "default", device: str | None = None, engines: str | Path | None = None
     ) -> "EGMFPredictor":
-        """Load a checkpoint; with `engines` (a `python -m export` folder) the fusion stack runs in onnxruntime /
-        TensorRT and the LLM is the LoRA-merged one."""
+        """Load a checkpoint for serving; with `engines` (a `python -m export` folder) the fusion stack runs in
+        onnxruntime / TensorRT and the LLM is the exported LoRA-merged one. Without engines the LoRA is merged into
+        the LLM in memory (`EGMFModel.merge_lora_for_inference`), so the model this returns is for inference only."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
@@ -49,6 +50,8 @@ class EGMFPredictor:
 
             engine = use_engines(model, engines, checkpoint=path)
             version += f"+engines-{engine.provider}"
+        model.eval()
+        model.merge_lora_for_inference()
         return cls(model, version)
 
     def new_conversation(self) -> Conversation:

@@ -188,6 +188,14 @@ class PromptBuilder:
             raise ValueError(f"label_set {name!r} is unknown; known: {sorted(self.label_sets)}")
         return self.label_sets[name]
 
+    def build_prefix(self, language: str | None = None) -> list[int]:
+        """The template's prefix (before the pseudo tokens) in `language`: what every prompt of that language starts
+        with, so its KV cache can be computed once (`EGMFModel.score`)."""
+        language = language or self.cfg.language
+        if language not in self.templates:
+            raise ValueError(f"language {language!r} has no prompt template; known: {sorted(self.templates)}")
+        return list(self.templates[language].prefix)
+
     def build(
         self, context: Sequence[Turn], current: Turn, label_set: str = "default", language: str | None = None
     ) -> PromptIds:

@@ -19,6 +19,7 @@ from egmf_core.features import (
     load_audio,
     num_frames,
 )
+from egmf_core.metrics import word_error_rate
 
 pytestmark = pytest.mark.slow
 
@@ -37,15 +38,6 @@ def clip() -> np.ndarray:
 
 def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
-
-
-def _word_edit_distance(a: list[str], b: list[str]) -> int:
-    row = list(range(len(b) + 1))
-    for i, word in enumerate(a, start=1):
-        prev, row[0] = row[0], i
-        for j, other in enumerate(b, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (word != other))
-    return row[-1]
 
 
 def test_load_audio_flac_and_mp4(clip: np.ndarray) -> None:
@@ -101,8 +93,7 @@ def test_synthetic_sentence_transcribed(frontend: WhisperFrontend, tmp_path) -> 
     subprocess.run(["espeak-ng", "-w", str(wav), sentence], check=True, capture_output=True)
     audio = load_audio(wav)
     result = frontend.process(audio)
-    expected, got = _words(sentence), _words(result.text)
-    assert _word_edit_distance(expected, got) <= 1, result.text
+    assert word_error_rate(sentence, result.text) * len(_words(sentence)) <= 1, result.text  # at most one word off
     assert result.encoder_states.shape == (num_frames(audio.size), AUDIO_DIM)
 
 
@@ -143,3 +134,19 @@ def test_bad_input_is_rejected(frontend: WhisperFrontend, audio: np.ndarray, mes
 def test_english_only_model_rejects_other_language(frontend: WhisperFrontend, clip: np.ndarray) -> None:
     with pytest.raises(ValueError, match="English-only"):
         frontend.process(clip, language="de")
+
+
+def test_shorter_encoder_window(frontend: WhisperFrontend, clip: np.ndarray) -> None:
+    """A 10 s window gives states of the same shape, close to the 30 s ones, the same words, and its own cache key."""
+    short = WhisperFrontend(WhisperFrontendConfig(cpu_threads=2, window_s=10.0))
+    a, b = frontend.process(clip), short.process(clip)
+    assert b.encoder_states.shape == a.encoder_states.shape
+    cos = np.sum(a.encoder_states * b.encoder_states, 1) / (
+        np.linalg.norm(a.encoder_states, axis=1) * np.linalg.norm(b.encoder_states, axis=1))
+    assert cos.mean() > 0.9 and not np.allclose(a.encoder_states, b.encoder_states)
+    assert _words(b.text) == _words(a.text)
+    assert short.cache_identity["window_s"] == 10.0 and "window_s" not in frontend.cache_identity
+    long_audio = np.tile(clip, math.ceil(12 * 16000 / clip.size))[: 12 * 16000]  # longer than the window: 30 s
+    assert np.allclose(short.encoder_states(long_audio), frontend.encoder_states(long_audio))
+    with pytest.raises(ValueError, match="window_s must be in"):
+        WhisperFrontendConfig(window_s=45.0)

@@ -73,3 +73,19 @@ def test_context_is_bounded_and_incremental(predictor):
     assert max(lengths[10:]) - min(lengths[10:]) <= 4  # flat once the window is full
     p = predictor.predict(conv, text="I can't believe you did that!", speaker="S1")
     assert p.emotion in model.cfg.task.emotions and np.isfinite(p.sentiment_score)
+
+
+def test_serving_merges_lora_with_the_same_answers(predictor):
+    """The predictor folds LoRA into the LLM's weights for speed: same answers and probabilities as the checkpoint
+    loaded for training (adapters apart), and the merged model refuses to train."""
+    from egmf_core.checkpoint import load_checkpoint
+
+    merged = predictor.model
+    unmerged = load_checkpoint("default", overrides={"backbone": {"device": "cpu"}}).eval()
+    assert merged._merged and not unmerged._merged
+    inputs = [e.input for e in dataset_examples(merged, "meld", "test", limit=6)]
+    for a, b in zip(merged.score(inputs), unmerged.score(inputs)):
+        assert a.emotion == b.emotion and a.sentiment_score == b.sentiment_score
+        assert np.allclose(list(a.emotion_probs.values()), list(b.emotion_probs.values()), atol=1e-4)
+    with pytest.raises(RuntimeError, match="merged into the LLM for serving"):
+        merged.loss(inputs[:1])

@@ -21,9 +21,9 @@ from test_streaming_support import (
     espeak_conversation,
     needs_espeak,
     needs_talking_heads,
-    word_error_rate,
 )
 
+from egmf_core.metrics import word_error_rate
 from egmf_core.model import Prediction
 from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 from streaming.events import EMOTION_LABELS, UtteranceEvent

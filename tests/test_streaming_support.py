@@ -199,18 +199,6 @@ def espeak_conversation(tmp: Path, script: list[tuple[int, str, float]] = SCRIPT
     return stereo, turns
 
 
-def word_error_rate(ref: str, hyp: str) -> float:
-    """Word-level Levenshtein distance / reference words (case and punctuation ignored)."""
-    norm = lambda s: "".join(ch.lower() if ch.isalnum() or ch == "'" else " " for ch in s).split()
-    r, h = norm(ref), norm(hyp)
-    d = np.arange(len(h) + 1)
-    for i, rw in enumerate(r, 1):
-        prev, d[0] = d.copy(), i
-        for j, hw in enumerate(h, 1):
-            d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (rw != hw))
-    return float(d[len(h)]) / max(1, len(r))
-
-
 # ------------------------------------------------------------------------------------------------------ analyzer
 
 
