@@ -64,6 +64,9 @@ class AppArgs(BaseModel):
     torch_threads: int = 1
     whisper_model_path: str | None = None
     asr_cpu_threads: int = 1
+    #: Recognizer encoder window (see streaming.analyzer.EGMFAnalyzerConfig.asr_window_s) and device ("cuda" on GPU).
+    asr_window_s: float = 10.0
+    asr_device: str = "cpu"
     #: Recognizer language (None = the recognizer's default; "en" for the bundled tiny.en).
     language: str | None = None
     max_batch_size: int = 8
@@ -110,10 +113,12 @@ class AppArgs(BaseModel):
 class ASR:
     """Speech recognition + audio features for one utterance."""
 
-    def __init__(self, whisper_model_path: str | None = None, cpu_threads: int = 1, language: str | None = None):
+    def __init__(self, whisper_model_path: str | None = None, cpu_threads: int = 1, language: str | None = None,
+                 window_s: float = 10.0, device: str = "cpu"):
         from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig
 
-        kwargs: dict[str, Any] = {"model_path": whisper_model_path, "cpu_threads": cpu_threads}
+        kwargs: dict[str, Any] = {"model_path": whisper_model_path, "cpu_threads": cpu_threads, "window_s": window_s,
+                                  "device": device}
         if language is not None:
             kwargs["language"] = language
         self.frontend = WhisperFrontend(WhisperFrontendConfig(**kwargs))
@@ -594,7 +599,7 @@ class Ingress:
 def app(args: dict[str, Any] | None = None) -> serve.Application:
     """Application builder for ``deploy/config.yaml`` (``import_path: deploy.app:app``, ``args: {...}``)."""
     a = AppArgs(**(args or {}))
-    asr = ASR.bind(a.whisper_model_path, a.asr_cpu_threads, a.language)
+    asr = ASR.bind(a.whisper_model_path, a.asr_cpu_threads, a.language, a.asr_window_s, a.asr_device)
     model = EGMFModel.bind(a.checkpoint, a.device, a.engines, a.torch_threads, a.max_batch_size,
                            a.batch_wait_timeout_s)
     return Ingress.bind(asr, model, a.model_dump())

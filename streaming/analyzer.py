@@ -41,7 +41,11 @@ class EGMFAnalyzerConfig:
     CTranslate2 Whisper folder (default: the bundled tiny.en). ``language``: the recognizer/predictor language
     (``None`` = the recognizer's default, ``"en"`` for tiny.en). ``use_video``: compute face features when the stream
     has video (needs mediapipe and the face model; without them the analyzer carries on with audio and text and
-    logs why once). ``cpu_threads``: recognizer threads."""
+    logs why once). ``cpu_threads``: recognizer threads. ``asr_window_s``: the recognizer's encoder window. Live
+    utterances are at most ``max_utterance_s`` (8 s) long, and the encoder's cost follows the window, not the speech:
+    10 s costs a fifth of Whisper's native 30 s. The checkpoint's audio features were made with 30 s; on RAVDESS dev
+    10 s gave the same word error rate and accuracy within one clip of 120 (benchmarks/results/whisper_window.md),
+    so live defaults to 10 s; 30 s reproduces the training features exactly."""
 
     checkpoint: str = "default"
     whisper_model_path: str | None = None
@@ -49,6 +53,7 @@ class EGMFAnalyzerConfig:
     use_video: bool = True
     face_model_path: str | None = None
     cpu_threads: int = 2
+    asr_window_s: float = 10.0
 
 
 class EGMFUtteranceAnalyzer:
@@ -70,7 +75,8 @@ class EGMFUtteranceAnalyzer:
                 )
             except ImportError as e:
                 raise ModelUnavailableError(f"speech recognizer unavailable: {e}") from e
-            kwargs: dict[str, Any] = {"model_path": cfg.whisper_model_path, "cpu_threads": cfg.cpu_threads}
+            kwargs: dict[str, Any] = {"model_path": cfg.whisper_model_path, "cpu_threads": cfg.cpu_threads,
+                                      "window_s": cfg.asr_window_s}
             if cfg.language is not None:
                 kwargs["language"] = cfg.language
             try:

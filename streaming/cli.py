@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="default", help="EGMF checkpoint path, or 'default' (the shipped model)")
     p.add_argument("--language", help="speech language (default: the recognizer's, 'en' for the bundled tiny.en)")
     p.add_argument("--whisper-model", metavar="DIR", help="local CTranslate2 Whisper model folder")
+    p.add_argument("--asr-window-s", type=float, default=10.0,
+                   help="recognizer encoder window in seconds (default 10: a fifth of the cost of Whisper's native "
+                        "30, which reproduces the model's training features exactly)")
     p.add_argument("--no-video", action="store_true", help="ignore video even if the input has it")
     p.add_argument("--video-fps", type=float, default=10.0, help="video frames per second to analyze (default 10)")
     p.add_argument("--stream-id", help="stream id used in the events (default: random)")
@@ -145,7 +148,7 @@ def make_analyzer(args: argparse.Namespace) -> UtteranceAnalyzer:
 
     return EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(
         checkpoint=args.checkpoint, whisper_model_path=args.whisper_model, language=args.language,
-        use_video=not args.no_video))
+        use_video=not args.no_video, asr_window_s=args.asr_window_s))
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -62,6 +62,8 @@ class WhisperFrontendConfig:
     looks degenerate (repetitive or very unlikely), decoding is retried at the next of `temperatures` (the decoder
     only; the encoder output is reused), as Whisper does. `cpu_threads` 0 = CTranslate2's default.
 
+    `device`: "cpu", or "cuda" on a GPU machine (then e.g. `compute_type` "float16").
+
     `window_s`: the encoder's input window; audio is zero-padded to it. Whisper's native window is 30 s, and the
     shipped checkpoint's audio features were made with it. The encoder's cost grows with the window, not with the
     speech (on 2 CPU cores: ~530 ms at 30 s, ~125 ms at 10 s), so live use of short utterances can trade exact
@@ -69,6 +71,7 @@ class WhisperFrontendConfig:
     """
 
     model_path: str | None = None
+    device: str = "cpu"
     compute_type: str = "int8"
     cpu_threads: int = 2
     language: str | None = "en"
@@ -82,6 +85,8 @@ class WhisperFrontendConfig:
     window_s: float = MAX_WINDOW_S
 
     def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"WhisperFrontendConfig.device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if not 1.0 <= self.window_s <= MAX_WINDOW_S:
             raise ValueError(f"WhisperFrontendConfig.window_s must be in [1, {MAX_WINDOW_S:g}] s, got {self.window_s}")
         if self.beam_size < 1:
@@ -180,7 +185,7 @@ class WhisperFrontend:
         start = time.perf_counter()
         self._whisper = WhisperModel(
             str(self.model_path),
-            device="cpu",
+            device=self.config.device,
             compute_type=self.config.compute_type,
             cpu_threads=self.config.cpu_threads,
             local_files_only=True,
