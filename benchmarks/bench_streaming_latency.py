@@ -23,10 +23,11 @@ Measured per utterance:
   one. The events' own ``latency_ms`` (from the dequeuing of the VAD's end) is recorded too.
 * **real-time factor**: analysis wall time (recognizer + model) / the utterance's speech duration (VAD span);
   ``overall`` = sum of analysis times / sum of durations. The VAD's cost is measured over the whole stream.
-* **stages** (from ``AnalysisResult.timings_ms``): ``asr_encoder`` (log-mel + the Whisper encoder, which always
-  runs over the padded 30 s window), ``asr_decode``, ``predict`` (the whole EGMF predictor call) and its parts
-  ``fusion``, ``llm_prefill`` (prompt assembly + the LLM pass over the prompt) and ``llm_answer`` (the constrained
-  decoding of the remaining answer tokens on the KV cache).
+* **stages** (from ``AnalysisResult.timings_ms``): ``asr_encoder`` (log-mel + the Whisper encoder, which runs
+  over its whole padded window, 10 s live by default, whatever the utterance's length), ``asr_decode``, ``predict``
+  (the whole EGMF predictor call) and its parts ``fusion``, ``llm_prefill`` (prompt assembly + the LLM pass over the
+  prompt after the cached template prefix) and ``llm_answer`` (the one pass over the tree of valid answer
+  continuations on the KV cache).
 * **cost of context**: the 50 utterances are ONE conversation (one stream). Utterances 1-5 and 46-50 are the same
   five recordings (46-50 = 2, 3, 4, 5, 1), so utterance 1 and 50 are the same audio with an empty vs a full context
   window; with every context turn tokenized once and the window bounded (3 turns), model time must stay flat. An
@@ -329,18 +330,18 @@ def _mean_or_none(a: list[float]) -> float | None:
     return round(float(np.mean(a)), 2) if a else None
 
 
-class AnswerSteps:
-    """LLM forward passes the constrained decoding of an answer takes: the answer's tokens minus the first (read off
-    the prompt pass). It depends on the answer ("neutral 0.0" is shorter than "sadness -1.0"), which is why the
-    answer stage is also reported per step."""
+class AnswerTokens:
+    """Tokens the answer pass feeds: the answer is read in ONE LLM pass over the tree of valid continuations below
+    its first token (`egmf_core.model.AnswerTree`), whose size depends on the label ("joy" has one label token,
+    "disgust" three). Reported so the answer stage can be read per fed token."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
-        self._n = {(lab, round(val, 4)): len(ids) for lab, val, ids in model.prompts.answer_candidates("default")}
 
     def __call__(self, emotion: str, score: float) -> int | None:
-        n = self._n.get((emotion, round(self.model.prompts.snap_score(score), 4)))
-        return None if n is None else n - 1
+        ids = self.model.prompts.label_ids.get(emotion)
+        tree = self.model._answer_trees["default"].get(ids[0]) if ids else None
+        return None if tree is None else len(tree.tokens)
 
 
 def _per(num: float | None, den: float | None, nd: int = 2) -> float | None:
@@ -378,15 +379,15 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
             times[name].append((time.perf_counter() - t0) * 1000.0)
             parts[name].append(pred.timings_ms or {})
     out: dict[str, Any] = {"reps": reps, "context_turns_stream": len(ctx_full)}
-    steps = AnswerSteps(model)
+    tokens = AnswerTokens(model)
     for name, n_tok in (("empty", n_empty), ("stream", n_full)):
         out[name] = {"prompt_tokens": n_tok, "score_ms": _dist(times[name]),
                      **{f"{k}_ms_p50": round(float(np.median([p.get(k, np.nan) for p in parts[name]])), 1)
                         for k in ("fusion", "llm_prefill", "llm_answer")},
                      "answer": f"{answers[name][0]} {answers[name][1]:+.1f}",
-                     "answer_steps": steps(*answers[name])}
+                     "answer_tokens": tokens(*answers[name])}
         out[name]["llm_prefill_ms_per_token"] = _per(out[name]["llm_prefill_ms_p50"], n_tok)
-        out[name]["llm_answer_ms_per_step"] = _per(out[name]["llm_answer_ms_p50"], out[name]["answer_steps"], 1)
+        out[name]["llm_answer_ms_per_token"] = _per(out[name]["llm_answer_ms_p50"], out[name]["answer_tokens"], 1)
     out["ratio_stream_over_empty_p50"] = round(out["stream"]["score_ms"]["p50"] / out["empty"]["score_ms"]["p50"], 3)
     return out
 
@@ -438,7 +439,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
     recs = {(rec["start"], rec["end"]): rec for rec in analyzer.records}
     model = inner.predictor.model
 
-    answer_steps = AnswerSteps(model)
+    answer_tokens = AnswerTokens(model)
     rows: list[dict[str, Any]] = []
     unmatched_refs = 0
     used: set[int] = set()
@@ -466,9 +467,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
             "stages_ms": {k: round(v, 1) for k, v in tm.items()},
             "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok,
-            "answer_steps": answer_steps(ev.emotion.label, ev.sentiment.score),
+            "answer_tokens": answer_tokens(ev.emotion.label, ev.sentiment.score),
             "llm_prefill_ms_per_token": _per(tm.get("llm_prefill"), n_tok, 3),
-            "llm_answer_ms_per_step": _per(tm.get("llm_answer"), answer_steps(ev.emotion.label, ev.sentiment.score), 1),
+            "llm_answer_ms_per_token": _per(tm.get("llm_answer"), answer_tokens(ev.emotion.label, ev.sentiment.score), 1),
             "other_processes_cores": other_by_event[j],
             "events_for_this_utterance": len(match),
         })
@@ -511,14 +512,14 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
     head_idx, tail_idx = (list(range(1, 6)), list(range(n - 4, n + 1))) if n >= 10 else ([], [])
     context: dict[str, Any] = {"same_audio_first_and_last": seq[0] is seq[-1],
                                "max_context_turns": model.cfg.prompt.max_context_turns}
-    # asr_encoder does not depend on the context at all (fixed 30 s window): its ratio is the control for drift in
+    # asr_encoder does not depend on the context at all (fixed encoder window): its ratio is the control for drift in
     # machine load between the start and the end of the conversation.
     for key in ("predict", "llm_prefill", "llm_answer", "fusion", "asr_encoder"):
         if first and last and key in first["stages_ms"] and key in last["stages_ms"]:
             context[f"{key}_ms_first"] = first["stages_ms"][key]
             context[f"{key}_ms_last"] = last["stages_ms"][key]
             context[f"{key}_ratio_last_over_first"] = round(last["stages_ms"][key] / first["stages_ms"][key], 3)
-    for key in ("answer_steps", "llm_prefill_ms_per_token", "llm_answer_ms_per_step"):
+    for key in ("answer_tokens", "llm_prefill_ms_per_token", "llm_answer_ms_per_token"):
         if first and last:
             context[f"{key}_first"], context[f"{key}_last"] = first[key], last[key]
     if first and last:
@@ -540,8 +541,8 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
                         "asr_encoder_ratio_tail_over_head": round(enc_tail / enc_head, 3),
                         "llm_prefill_ms_per_token_head": _mean_or_none(col("llm_prefill_ms_per_token", head)),
                         "llm_prefill_ms_per_token_tail": _mean_or_none(col("llm_prefill_ms_per_token", tail)),
-                        "llm_answer_ms_per_step_head": _mean_or_none(col("llm_answer_ms_per_step", head)),
-                        "llm_answer_ms_per_step_tail": _mean_or_none(col("llm_answer_ms_per_step", tail)),
+                        "llm_answer_ms_per_token_head": _mean_or_none(col("llm_answer_ms_per_token", head)),
+                        "llm_answer_ms_per_token_tail": _mean_or_none(col("llm_answer_ms_per_token", tail)),
                         "latency_ms_mean_head": round(float(np.mean(col("latency_ms", head))), 1),
                         "latency_ms_mean_tail": round(float(np.mean(col("latency_ms", tail))), 1),
                         "other_processes_cores_head": _mean_or_none(col("other_processes_cores", head)),
@@ -565,7 +566,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         context.update({"full_window_utterances": len(full),
                         "predict_ms_slope_per_utterance": round(float(slope), 2),
                         "llm_prefill_ms_per_token_relative_slope": rel_slope("llm_prefill_ms_per_token"),
-                        "llm_answer_ms_per_step_relative_slope": rel_slope("llm_answer_ms_per_step"),
+                        "llm_answer_ms_per_token_relative_slope": rel_slope("llm_answer_ms_per_token"),
                         "asr_encoder_ms_relative_slope": rel_slope("asr_encoder"),
                         "prompt_tokens_full_window": _dist(tok, 0)})
     if last is not None:
@@ -583,6 +584,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         "versions": _versions(torch),
         "model_version": inner.version, "model_load_s": round(load_s, 1),
         "threads": {"torch": torch.get_num_threads(), "whisper_cpu_threads": inner.frontend.config.cpu_threads},
+        "asr_window_s": inner.frontend.config.window_s,
         "setup": {"utterances": n, "pool": [{"name": p.name, "source": p.source, "speech_s": round(p.speech_s, 2),
                                               "script": p.script} for p in pool],
                   "gap_s": gap_s, "block_ms": BLOCK * 1000 // SR, "paced": "real time",
@@ -648,7 +650,7 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
            f"{'reached' if m['wait_for_idle']['idle_reached'] else 'not reached'})" if m.get("wait_for_idle") else "")
         + f". Model `{res['model_version']}` on CPU (torch {res['versions']['torch']}, "
         f"{res['threads']['torch']} threads; faster-whisper tiny.en int8, {res['threads']['whisper_cpu_threads']} "
-        f"threads), the CLI's StreamAnalyzer and defaults.",
+        f"threads, {res.get('asr_window_s', 30.0):g} s encoder window), the CLI's StreamAnalyzer and defaults.",
         "",
         f"Input: {res['setup']['utterances']} utterances in ONE conversation, real speech (RAVDESS clips and espeak-ng "
         f"sentences), {res['setup']['gap_s']:g} s pauses, {res['setup']['stream_s']} s pushed in "
@@ -710,11 +712,11 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"{ctx['latency_ms_last']:.0f} ms; other processes meanwhile {f(ctx['other_processes_cores_first'], 2)} vs "
             f"{f(ctx['other_processes_cores_last'], 2)} cores; control, the recognizer's encoder (independent of the "
             f"context): {ctx['asr_encoder_ms_first']:.0f} vs {ctx['asr_encoder_ms_last']:.0f} ms "
-            f"(x{ctx['asr_encoder_ratio_last_over_first']:.2f}). Answers took {ctx.get('answer_steps_first')} vs "
-            f"{ctx.get('answer_steps_last')} decoding steps; per unit of work: LLM prompt pass "
+            f"(x{ctx['asr_encoder_ratio_last_over_first']:.2f}). Answers took {ctx.get('answer_tokens_first')} vs "
+            f"{ctx.get('answer_tokens_last')} tokens in the answer pass; per unit of work: LLM prompt pass "
             f"{f(ctx.get('llm_prefill_ms_per_token_first'), 2)} vs {f(ctx.get('llm_prefill_ms_per_token_last'), 2)} "
-            f"ms per prompt token, answer decoding {f(ctx.get('llm_answer_ms_per_step_first'))} vs "
-            f"{f(ctx.get('llm_answer_ms_per_step_last'))} ms per step.")
+            f"ms per prompt token, answer pass {f(ctx.get('llm_answer_ms_per_token_first'))} vs "
+            f"{f(ctx.get('llm_answer_ms_per_token_last'))} ms per answer-pass token.")
     if "predict_ms_mean_head" in ctx:
         lines.append(
             f"- mean of utterances {ctx['head']} vs {ctx['tail']} (same five recordings): model "
@@ -724,8 +726,8 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"{f(ctx['other_processes_cores_tail'], 2)} cores; control (recognizer's encoder) "
             f"x{ctx['asr_encoder_ratio_tail_over_head']:.2f}; LLM prompt pass "
             f"{f(ctx['llm_prefill_ms_per_token_head'], 2)} vs {f(ctx['llm_prefill_ms_per_token_tail'], 2)} ms per "
-            f"token, answer decoding {f(ctx['llm_answer_ms_per_step_head'])} vs "
-            f"{f(ctx['llm_answer_ms_per_step_tail'])} ms per step.")
+            f"token, answer pass {f(ctx['llm_answer_ms_per_token_head'])} vs "
+            f"{f(ctx['llm_answer_ms_per_token_tail'])} ms per answer-pass token.")
     if "predict_ms_slope_per_utterance" in ctx:
         lines.append(
             f"- once the window is full ({ctx['max_context_turns']} turns; {ctx['full_window_utterances']} "
@@ -733,7 +735,7 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"(least-squares slope over the conversation), prompt {ctx['prompt_tokens_full_window'].get('min', 0):.0f}-"
             f"{ctx['prompt_tokens_full_window'].get('max', 0):.0f} tokens; relative change per utterance of the LLM "
             f"prompt pass per token {_pct_str(ctx.get('llm_prefill_ms_per_token_relative_slope'))}, of the answer "
-            f"decoding per step {_pct_str(ctx.get('llm_answer_ms_per_step_relative_slope'))} (control, the "
+            f"pass per token {_pct_str(ctx.get('llm_answer_ms_per_token_relative_slope'))} (control, the "
             f"recognizer's encoder: {_pct_str(ctx.get('asr_encoder_ms_relative_slope'))}).")
     off = ctx.get("offline")
     if off:
@@ -743,11 +745,11 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"ms vs its stream context ({off['context_turns_stream']} turns, {off['stream']['prompt_tokens']} tokens) "
             f"{off['stream']['score_ms']['p50']:.0f} ms median (x{off['ratio_stream_over_empty_p50']:.2f}); LLM "
             f"prompt pass {off['empty']['llm_prefill_ms_p50']:.0f} vs {off['stream']['llm_prefill_ms_p50']:.0f} ms, "
-            f"answer decoding {off['empty']['llm_answer_ms_p50']:.0f} vs {off['stream']['llm_answer_ms_p50']:.0f} ms "
+            f"answer pass {off['empty']['llm_answer_ms_p50']:.0f} vs {off['stream']['llm_answer_ms_p50']:.0f} ms "
             f"(answers \"{off['empty'].get('answer')}\" vs \"{off['stream'].get('answer')}\": "
-            f"{off['empty'].get('answer_steps')} vs {off['stream'].get('answer_steps')} steps; "
-            f"{f(off['empty'].get('llm_answer_ms_per_step'))} vs {f(off['stream'].get('llm_answer_ms_per_step'))} ms "
-            f"per step; prompt pass {f(off['empty'].get('llm_prefill_ms_per_token'), 2)} vs "
+            f"{off['empty'].get('answer_tokens')} vs {off['stream'].get('answer_tokens')} answer-pass tokens; "
+            f"{f(off['empty'].get('llm_answer_ms_per_token'))} vs {f(off['stream'].get('llm_answer_ms_per_token'))} ms "
+            f"per answer-pass token; prompt pass {f(off['empty'].get('llm_prefill_ms_per_token'), 2)} vs "
             f"{f(off['stream'].get('llm_prefill_ms_per_token'), 2)} ms per token).")
     lines += ["", f"Command: `{res['command']}`; per-utterance rows in `{jpath.name}`.", ""]
     mpath.write_text("\n".join(lines))

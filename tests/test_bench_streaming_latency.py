@@ -11,6 +11,8 @@ import shutil
 import sys
 
 import pytest
+
+from egmf_core.metrics import word_error_rate
 from test_streaming_support import REPO, needs_ravdess
 
 pytestmark = [pytest.mark.slow, needs_ravdess,
@@ -53,7 +55,7 @@ def test_three_utterance_report(tmp_path):
     for r in rows:
         assert r["text"] and STAGES <= set(r["stages_ms"]), r
         assert r["latency_ms"] > 0 and r["analyze_ms"] > 0 and r["rtf"] > 0
-        assert r["answer_steps"] >= 1 and r["llm_answer_ms_per_step"] > 0 and r["llm_prefill_ms_per_token"] > 0
+        assert r["answer_tokens"] >= 1 and r["llm_answer_ms_per_token"] > 0 and r["llm_prefill_ms_per_token"] > 0
         # the VAD found the reference utterance (frame-exact boundaries within 150 ms of the energy reference)
         assert abs(r["vad_start_s"] - r["ref_start_s"]) < 0.15 and abs(r["vad_end_s"] - r["ref_end_s"]) < 0.15
 
@@ -68,10 +70,12 @@ def test_three_utterance_report(tmp_path):
     assert m["cpu"] and len(m["load_average_before"]) == 3 and len(m["load_average_after"]) == 3
     assert "other_processes_cores" in m and isinstance(m["shared"], bool)
     ctx = res["context"]
-    assert ctx["same_audio_first_and_last"] and ctx["same_transcript_first_and_last"]
+    assert ctx["same_audio_first_and_last"]
+    # the same recording, segmented at another stream offset: the recognizer may word it slightly differently
+    assert word_error_rate(rows[0]["text"], rows[2]["text"]) <= 0.2, (rows[0]["text"], rows[2]["text"])
     assert ctx["utterance_last"] == 3 and ctx["predict_ms_first"] > 0 and ctx["predict_ms_last"] > 0
     off = ctx["offline"]
     assert off["empty"]["prompt_tokens"] < off["stream"]["prompt_tokens"]
-    assert off["empty"]["answer_steps"] >= 1 and off["stream"]["answer_steps"] >= 1
+    assert off["empty"]["answer_tokens"] >= 1 and off["stream"]["answer_tokens"] >= 1
     md = mpath.read_text()
     assert "end of speech -> event" in md and ("**met**" in md or "**not met**" in md)
