@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -150,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     tmpdir.cleanup()
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    from bench_streaming_latency import cpu_model  # benchmarks/ is the script's folder
+
+    cpu = cpu_model()
     result = {
         "benchmark": "fusion stack per-utterance latency, PyTorch vs onnxruntime CPU EP",
         "command": "python benchmarks/bench_fusion_engines.py " + " ".join(argv if argv is not None else sys.argv[1:]),

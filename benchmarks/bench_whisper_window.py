@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
 
 NATIVE = 30.0
 
@@ -77,22 +78,12 @@ def run(windows: list[float], limit: int | None, batch: int = 8) -> dict:
         }
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores; load average {load_before:.2f} before, "
                    f"{os.getloadavg()[0]:.2f} after (1 min)",
         "model_version": predictor.version,
         "data": f"RAVDESS dev (actors 11-12), {len(records)} clips",
         "windows": table,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def markdown(result: dict) -> str:
