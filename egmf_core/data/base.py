@@ -116,6 +116,23 @@ class Dataset(Protocol):
     def __len__(self) -> int: ...
 
 
+class LoadedSplit:
+    """Base of the loaders that read their whole split up front (every data set here is small enough, and a
+    malformed entry then fails at construction, not mid-epoch): the records, in dataset order, in `_records`."""
+
+    _records: list[UtteranceRecord]
+
+    @property
+    def num_dialogues(self) -> int:
+        return len({r.dialogue_id for r in self._records})
+
+    def __iter__(self) -> Iterator[UtteranceRecord]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+
 def group_dialogues(records: Iterable[UtteranceRecord]) -> Iterator[list[UtteranceRecord]]:
     """Yield the records of each dialogue as one list, checking the ordering contract on the way.
 

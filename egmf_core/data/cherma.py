@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from egmf_core.data.base import (
     DatasetError,
+    LoadedSplit,
     UtteranceRecord,
     apply_missing_media,
     check_missing_policy,
@@ -70,7 +70,7 @@ class ChermaConfig:
         check_missing_policy(self.on_missing)
 
 
-class ChermaDataset:
+class ChermaDataset(LoadedSplit):
     """One CHERMA split in the order of its JSON file, one single-utterance dialogue per entry."""
 
     name = "cherma"
@@ -141,9 +141,3 @@ class ChermaDataset:
             emotion_original=labels["video_label"],
             meta={field: labels[field] for field in _LABEL_FIELDS[1:]},
         )
-
-    def __iter__(self) -> Iterator[UtteranceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)

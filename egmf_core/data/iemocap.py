@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from egmf_core.data.base import (
     DatasetError,
+    LoadedSplit,
     UtteranceRecord,
     apply_missing_media,
     check_missing_policy,
@@ -183,7 +183,7 @@ class IemocapConfig:
         check_missing_policy(self.on_missing)
 
 
-class IemocapDataset:
+class IemocapDataset(LoadedSplit):
     """One leave-one-session-out split, dialogue by dialogue (sessions and dialogues by name, utterances by time)."""
 
     name = "iemocap"
@@ -260,13 +260,3 @@ class IemocapDataset:
                 )
             )
         return records
-
-    @property
-    def num_dialogues(self) -> int:
-        return len({r.dialogue_id for r in self._records})
-
-    def __iter__(self) -> Iterator[UtteranceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)

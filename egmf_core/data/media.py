@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from egmf_core.config import EMOTIONS
-from egmf_core.data.base import DatasetError, UtteranceRecord, resolve_data_dir
+from egmf_core.data.base import (
+    DatasetError,
+    LoadedSplit,
+    UtteranceRecord,
+    resolve_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ class MediaConfig:
             raise DatasetError(f"media subset must be one of {MEDIA_SUBSETS}, got {self.subset!r}")
 
 
-class MediaDataset:
+class MediaDataset(LoadedSplit):
     """The clips of one media subset, one single-utterance "dialogue" per clip, ordered by file name."""
 
     name = "media"
@@ -86,9 +90,3 @@ class MediaDataset:
 
     def _load_unlabeled(self) -> list[UtteranceRecord]:
         return [self._record(p.name, None, None, has_audio=True) for p in sorted(self.root.glob("*.mp4"))]
-
-    def __iter__(self) -> Iterator[UtteranceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)

@@ -11,11 +11,15 @@ from __future__ import annotations
 import csv
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from egmf_core.data.base import DatasetError, UtteranceRecord, resolve_data_dir
+from egmf_core.data.base import (
+    DatasetError,
+    LoadedSplit,
+    UtteranceRecord,
+    resolve_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class MeldConfig:
     data_dir: str | None = None
 
 
-class MeldDataset:
+class MeldDataset(LoadedSplit):
     """One MELD split as an ordered sequence of `UtteranceRecord`s (dialogue by dialogue, in spoken order).
 
     The CSV is small (at most ~10k rows), so it is read and validated once, eagerly: a malformed row fails at
@@ -143,14 +147,4 @@ class MeldDataset:
                 "episode_end": row["EndTime"],
             },
         )
-
-    @property
-    def num_dialogues(self) -> int:
-        return len({r.dialogue_id for r in self._records})
-
-    def __iter__(self) -> Iterator[UtteranceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
 

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from egmf_core.data.base import DatasetError, UtteranceRecord, resolve_data_dir
+from egmf_core.data.base import (
+    DatasetError,
+    LoadedSplit,
+    UtteranceRecord,
+    resolve_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class RavdessConfig:
                 owner[actor] = split
 
 
-class RavdessDataset:
+class RavdessDataset(LoadedSplit):
     """One actor-independent RAVDESS split (`split="all"`: every actor of every configured split), ordered by actor then file name."""
 
     name = "ravdess"
@@ -113,9 +117,3 @@ class RavdessDataset:
             emotion_original=original,
             meta={"intensity": row["intensity"], "repetition": row["repetition"], "gender": row["gender"]},
         )
-
-    def __iter__(self) -> Iterator[UtteranceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
