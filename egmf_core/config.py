@@ -115,11 +115,36 @@ RAVDESS_EMOTIONS: tuple[str, ...] = ("neutral", "calm", "joy", "sadness", "anger
 
 
 @dataclass
+class ScoreScale:
+    """The answer scale of a sentiment-only task: the score alone, on a grid from score_min to score_max.
+
+    Sentiment-intensity benchmarks (CMU-MOSI/MOSEI in [-3, 3], CH-SIMS in [-1, 1]) are answered on their own scale:
+    the answer is the label as annotated to the grid's resolution (0.1 of the data set's own units, where [-1, 1]
+    would give MOSEI steps of 0.3), and the benchmark's metrics read it directly, with no rescaling that float
+    rounding could push across a class edge (Acc-7 rounds at x.5).
+    """
+
+    score_min: float = -1.0
+    score_max: float = 1.0
+    score_decimals: int = 1
+
+    def check(self, where: str) -> None:
+        """Refuse an empty range, and a grid too fine to list: scoring builds a trie of every valid answer."""
+        if not self.score_min < self.score_max:
+            raise ConfigError(f"{where}.score_min ({self.score_min}) must be below {where}.score_max ({self.score_max})")
+        if not 0 <= self.score_decimals <= 3:
+            raise ConfigError(f"{where}.score_decimals must be 0..3, got {self.score_decimals}")
+
+
+@dataclass
 class TaskConfig:
     emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
     # Dataset-specific label sets: the task prompt lists the dataset's own labels (the paper's per-dataset task
     # prompts), e.g. RAVDESS's 8 classes, whose "calm" has no MELD equivalent. Live analysis uses `emotions`.
     dataset_emotions: dict[str, list[str]] = field(default_factory=lambda: {"ravdess": list(RAVDESS_EMOTIONS)})
+    # Sentiment-only label sets (e.g. {"mosei": {score_min: -3.0, score_max: 3.0}}): the task prompt asks for a
+    # sentiment score only and the answer is the score alone on that scale, no emotion (MOSI, MOSEI, CH-SIMS).
+    score_tasks: dict[str, ScoreScale] = field(default_factory=dict)
     sentiments: list[str] = field(default_factory=lambda: list(SENTIMENTS))
     # Score -> sentiment label: below -threshold negative, above +threshold positive, else neutral.
     sentiment_threshold: float = 0.5
@@ -153,6 +178,16 @@ class EGMFConfig:
             raise ConfigError("prompt.score_min must be below prompt.score_max")
         if len(set(self.task.emotions)) != len(self.task.emotions) or len(self.task.emotions) < 2:
             raise ConfigError(f"task.emotions must be at least 2 distinct labels, got {self.task.emotions}")
+        self._check_score_tasks()
+
+    def _check_score_tasks(self) -> None:
+        """A score task's name is a label set like the emotion ones, so the two must not share a name."""
+        for name, scale in self.task.score_tasks.items():
+            if name == "default" or name in self.task.dataset_emotions:
+                raise ConfigError(
+                    f"task.score_tasks.{name}: the name is already an emotion label set (default or task.dataset_emotions)"
+                )
+            scale.check(f"task.score_tasks.{name}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

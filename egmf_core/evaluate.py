@@ -3,6 +3,8 @@
 Runs the fast scoring path over a dataset split and writes a JSON report: emotion accuracy / weighted F1 /
 per-class F1 / confusion matrix, sentiment accuracy / weighted F1 and score MAE / correlation (MELD), RAVDESS's
 8-class accuracy, and the paper's sanity checks (gate weights: mean and entropy; experts' mean pairwise cosine).
+The MMSA sentiment benchmarks (`--dataset mosi|mosei|sims|simsv2`, a converted folder) get MMSA's regression
+metrics instead (`metrics.mosei_regression_report` / `sims_regression_report`) on the data set's own label scale.
 """
 
 from __future__ import annotations
@@ -12,20 +14,48 @@ import json
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError, EGMFConfig
 from .data import DatasetError, UtteranceRecord, load_dataset
+from .data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
 from .examples import AudioLookup, Example, build_examples, text_length
-from .metrics import classification_report, expert_similarity, gate_report, score_report
+from .metrics import (
+    classification_report,
+    expert_similarity,
+    gate_report,
+    mosei_regression_report,
+    score_report,
+    sims_regression_report,
+)
 from .model import EGMFModel, Prediction
 
 log = logging.getLogger(__name__)
-# Datasets with labels to score (`egmf_core.data` also loads unlabelled media sets).
+# Datasets with emotion labels to score (`egmf_core.data` also loads unlabelled media sets).
 EVAL_DATASETS: tuple[str, ...] = ("meld", "ravdess", "meld_raw", "iemocap", "cherma")
+
+
+@dataclass(frozen=True)
+class MmsaScoring:
+    """How an MMSA benchmark is scored: MMSA's metrics, and the one that training's checkpoint selection uses."""
+
+    report: Callable[[Sequence[float], Sequence[float]], dict]
+    # Acc-2 over all clips ("has-0" for MOSI/MOSEI): in percent like the emotion benchmarks' parts of the
+    # selection score, and defined on any dev set (non-0 Acc-2 is nan when every label is 0).
+    selection: str
+
+
+MMSA_SCORING: dict[str, MmsaScoring] = {
+    "mosi": MmsaScoring(mosei_regression_report, "acc2_has0"),
+    "mosei": MmsaScoring(mosei_regression_report, "acc2_has0"),
+    "sims": MmsaScoring(sims_regression_report, "acc2"),
+    "simsv2": MmsaScoring(sims_regression_report, "acc2"),
+}
 
 
 def predict_examples(
@@ -47,7 +77,30 @@ def predict_examples(
 
 
 def report(model: EGMFModel, examples: Sequence[Example], preds: Sequence[Prediction]) -> dict:
-    """Metrics for one dataset's examples (all of one label set)."""
+    """Metrics for one dataset's examples (all of one label set): emotion and sentiment classification, or MMSA's
+    regression metrics for a sentiment-only label set; the gate and expert checks for both."""
+    if model.prompts.is_score_only(examples[0].input.label_set):
+        out = {"sentiment_regression": regression_report(examples, preds)}
+    else:
+        out = emotion_report(model, examples, preds)
+    out["gate"] = gate_report(np.array([p.alpha for p in preds]))
+    out["expert_cosine"] = expert_similarity(np.stack([p.expert_outputs for p in preds]))
+    out["modalities"] = {m: int(sum(p.modalities[m] for p in preds)) for m in ("audio", "video", "text")}
+    return out
+
+
+def regression_report(examples: Sequence[Example], preds: Sequence[Prediction]) -> dict:
+    """MMSA's metrics of the predicted scores against the clips' original labels, both on the data set's own scale
+    (the labels exactly as stored, `meta["label"]`, not the [-1, 1] sentiment scaled back)."""
+    dataset = examples[0].record.dataset
+    if dataset not in MMSA_SCORING:
+        raise ValueError(f"sentiment-only scoring is defined for the MMSA benchmarks {tuple(MMSA_SCORING)}, not {dataset!r}")
+    gold = [float(e.record.meta["label"]) for e in examples]
+    return MMSA_SCORING[dataset].report([p.sentiment_score for p in preds], gold)
+
+
+def emotion_report(model: EGMFModel, examples: Sequence[Example], preds: Sequence[Prediction]) -> dict:
+    """Emotion classification, and sentiment classification and score error where the data has sentiment."""
     label_set = examples[0].input.label_set
     labels = model.prompts.label_sets[label_set]
     gold = [e.input.emotion for e in examples]
@@ -62,9 +115,6 @@ def report(model: EGMFModel, examples: Sequence[Example], preds: Sequence[Predic
         s_gold = [model.prompts.sentiment_label(e.input.sentiment) for e, _ in with_sent]
         out["sentiment"] = classification_report(s_gold, [p.sentiment_label for _, p in with_sent], model.cfg.task.sentiments)
         out["sentiment_score"] = score_report([e.input.sentiment for e, _ in with_sent], [p.sentiment_score for _, p in with_sent])
-    out["gate"] = gate_report(np.array([p.alpha for p in preds]))
-    out["expert_cosine"] = expert_similarity(np.stack([p.expert_outputs for p in preds]))
-    out["modalities"] = {m: int(sum(p.modalities[m] for p in preds)) for m in ("audio", "video", "text")}
     return out
 
 
@@ -95,6 +145,42 @@ def dataset_examples(
     return labelled
 
 
+def check_mmsa_model(cfg: EGMFConfig, ds: MmsaDataset) -> None:
+    """Refuse a model that cannot answer `ds`: the answers are scores on the data set's own scale (its label set, a
+    `task.score_tasks` entry named after it), read from its features (the fusion stack's input dims) in its
+    language (an adapter and prompt template)."""
+    name, bound = ds.name, ds.label_bound
+    scale = cfg.task.score_tasks.get(name)
+    if scale is None:
+        raise ConfigError(f"model.task.score_tasks has no {name!r} entry: {name} is answered by a sentiment score alone, "
+                          f"e.g. task.score_tasks.{name}: {{score_min: {-bound}, score_max: {bound}}}")
+    if (scale.score_min, scale.score_max) != (-bound, bound):
+        raise ConfigError(f"model.task.score_tasks.{name} spans [{scale.score_min}, {scale.score_max}], but {name} labels "
+                          f"lie in [{-bound}, {bound}]: answers are on the data set's own scale")
+    dims = {"audio_dim": cfg.fusion.audio_dim, "visual_dim": cfg.fusion.visual_dim}
+    if dims != ds.fusion_dims:
+        raise ConfigError(f"model.fusion takes {dims} but {name}'s features in {ds.folder} have {ds.fusion_dims}: "
+                          f"the model must be built for this feature file")
+    languages = cfg.lora.languages or [cfg.prompt.language]
+    if ds.language not in languages:
+        raise ConfigError(f"{name} transcripts are {ds.language!r} but the model's prompt languages are {languages}: "
+                          f"set model.prompt.language: {ds.language}")
+
+
+def mmsa_examples(model: EGMFModel, ds: MmsaDataset, limit: int | None = None) -> list[Example]:
+    """A converted MMSA split as examples of its sentiment-only label set (named after the data set), with the
+    file's audio and visual features. `limit` keeps the first clips (whole videos' earlier clips as context)."""
+    check_mmsa_model(model.cfg, ds)
+    records = list(ds)[:limit]
+    return build_examples(records, model.prompts, label_set=ds.name, features=ds.features)
+
+
+def open_mmsa(dataset: str, split: str, folder: str | Path | None = None, data_dir: str | None = None) -> MmsaDataset:
+    """One split of a converted MMSA folder (default `<data dir>/mmsa/<dataset>`), checked to hold `dataset`."""
+    folder = folder or default_folder(dataset, data_dir)
+    return MmsaDataset(split, MmsaConfig(folder=str(folder), dataset=dataset))
+
+
 def whisper_audio_lookup() -> AudioLookup:
     """Audio features of a record's file: Whisper encoder states through the on-disk feature cache."""
     from .features.audio import WhisperFrontend
@@ -107,9 +193,12 @@ def whisper_audio_lookup() -> AudioLookup:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m egmf_core.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default", help="checkpoint file, or 'default' for the shipped one")
-    ap.add_argument("--dataset", required=True, choices=EVAL_DATASETS)
+    ap.add_argument("--dataset", required=True, choices=EVAL_DATASETS + tuple(MMSA_DATASETS))
     ap.add_argument("--label-set", default=None, help="emotion labels offered (default: RAVDESS's own for ravdess, "
-                    "MELD's seven otherwise; IEMOCAP's benchmarks: iemocap6, iemocap4)")
+                    "MELD's seven otherwise; IEMOCAP's benchmarks: iemocap6, iemocap4); not for the MMSA data sets, "
+                    "which are answered in their own sentiment-only label set")
+    ap.add_argument("--mmsa-folder", default=None, help="converted MMSA folder (python -m egmf_core.data.mmsa "
+                    "convert) for mosi/mosei/sims/simsv2; default <data dir>/mmsa/<dataset>")
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -119,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         model = load_checkpoint(args.checkpoint)
-        examples = dataset_examples(model, args.dataset, args.split, args.limit, label_set=args.label_set)
+        examples = _cli_examples(model, args)
         preds = predict_examples(model, examples, args.batch_size, progress=True)
         result = {
             "checkpoint": str(args.checkpoint),
@@ -136,15 +225,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"benchmarks/results/eval_{args.dataset}_{args.split}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    emo = result["emotion"]
-    print(f"{args.dataset} {args.split}: n={emo['n']} emotion acc {emo['accuracy']:.2f} weighted F1 {emo['weighted_f1']:.2f}")
-    if "sentiment" in result:
-        print(f"  sentiment acc {result['sentiment']['accuracy']:.2f} weighted F1 {result['sentiment']['weighted_f1']:.2f}"
-              f" score MAE {result['sentiment_score']['mae']:.3f} r {result['sentiment_score']['pearson']:.3f}")
+    if "sentiment_regression" in result:
+        _print_regression(args.dataset, args.split, result["sentiment_regression"])
+    else:
+        _print_emotion(args.dataset, args.split, result)
     print(f"  gate alpha mean {np.round(result['gate']['alpha_mean'], 3).tolist()} entropy {result['gate']['entropy_mean']:.3f}"
           f" expert cosine {result['expert_cosine']:.3f}")
     print(f"  report: {out}")
     return 0
+
+
+def _cli_examples(model: EGMFModel, args: argparse.Namespace) -> list[Example]:
+    if args.dataset not in MMSA_DATASETS:
+        return dataset_examples(model, args.dataset, args.split, args.limit, label_set=args.label_set)
+    if args.label_set is not None:
+        raise ValueError(f"--label-set does not apply to {args.dataset}: it is answered in its own sentiment-only "
+                         f"label set {args.dataset!r}")
+    return mmsa_examples(model, open_mmsa(args.dataset, args.split, args.mmsa_folder), args.limit)
+
+
+def _print_regression(dataset: str, split: str, r: dict) -> None:
+    """MMSA's metrics in its names' order; MOSI/MOSEI and SIMS report different accuracies."""
+    print(f"{dataset} {split}: n={r['n']} MAE {r['mae']:.4f} Corr {r['corr']:.4f}")
+    if "acc7" in r:
+        print(f"  Acc-2 has0 {r['acc2_has0']:.2f} F1 {r['f1_has0']:.2f} | non0 {r['acc2_non0']:.2f} "
+              f"F1 {r['f1_non0']:.2f} (n={r['n_non0']}) | Acc-5 {r['acc5']:.2f} Acc-7 {r['acc7']:.2f}")
+    else:
+        print(f"  Acc-2 {r['acc2']:.2f} Acc-3 {r['acc3']:.2f} Acc-5 {r['acc5']:.2f} F1 {r['f1']:.2f}")
+
+
+def _print_emotion(dataset: str, split: str, result: dict) -> None:
+    emo = result["emotion"]
+    print(f"{dataset} {split}: n={emo['n']} emotion acc {emo['accuracy']:.2f} weighted F1 {emo['weighted_f1']:.2f}")
+    if "sentiment" in result:
+        print(f"  sentiment acc {result['sentiment']['accuracy']:.2f} weighted F1 {result['sentiment']['weighted_f1']:.2f}"
+              f" score MAE {result['sentiment_score']['mae']:.3f} r {result['sentiment_score']['pearson']:.3f}")
 
 
 if __name__ == "__main__":

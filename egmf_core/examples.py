@@ -23,6 +23,8 @@ from .prompt import PromptBuilder
 log = logging.getLogger(__name__)
 
 AudioLookup = Callable[[UtteranceRecord], np.ndarray | None]
+# A record's precomputed (audio, visual) frames, for data sets that ship features instead of media files (MMSA).
+FeatureLookup = Callable[[UtteranceRecord], tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,23 @@ def build_examples(
     prompts: PromptBuilder,
     audio: AudioLookup | None = None,
     label_set: str = "default",
+    features: FeatureLookup | None = None,
 ) -> list[Example]:
-    """Records (in dialogue order) -> examples whose context holds only earlier turns of the same dialogue."""
+    """Records (in dialogue order) -> examples whose context holds only earlier turns of the same dialogue.
+
+    `audio` encodes a record's audio file; `features` instead gives precomputed audio and visual frames (MMSA's
+    files, in the data set's own feature dimensions). A record's sentiment ([-1, 1]) becomes the target on the
+    label set's answer scale (a sentiment-only task's own range, e.g. MOSEI's [-3, 3]).
+    """
     out: list[Example] = []
     for dialogue in group_dialogues(records):
         context = prompts.new_context()
         for rec in dialogue:
             turn = prompts.make_turn(rec.speaker, rec.text)
             feats = audio(rec) if audio is not None and rec.audio_path else None
+            visual = None
+            if features is not None:
+                feats, visual = features(rec)
             gold = DATASET_LABELS.get(label_set)
             if gold is None:
                 emotion = rec.emotion
@@ -71,8 +82,9 @@ def build_examples(
                 context=context.snapshot(),
                 current=turn,
                 audio=feats,
+                visual=visual,
                 emotion=emotion,
-                sentiment=rec.sentiment,
+                sentiment=prompts.scale_sentiment(rec.sentiment, label_set),
                 label_set=label_set,
                 language=rec.language,
             )

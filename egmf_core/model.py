@@ -9,6 +9,9 @@ Two inference paths share all preparation:
   costs two passes whatever its length. When greedy generation produces a valid answer the two paths agree exactly
   (argmax over a subset that contains the global argmax).
 
+A sentiment-only label set (`TaskConfig.score_tasks`, e.g. MOSEI) has no labels: its answer is the score alone, its
+predictions have emotion "unknown", no label probabilities, and the score on the task's own scale.
+
 Language adapters (`lora.languages`): one LoRA adapter per utterance language, each prompted in its language's
 template. Inference runs a mixed-language batch in one pass with peft's per-row `adapter_names`; a batch whose rows
 all use the default adapter runs exactly the single-adapter code. Training passes group the rows by adapter instead
@@ -53,8 +56,10 @@ class ModelInput:
     visual: np.ndarray | None = None  # (T_v, visual_dim) float32
     visual_valid: np.ndarray | None = None  # (T_v,) bool: False where no face was found
     emotion: str | None = None  # training target
-    sentiment: float | None = None  # training target (None = unknown, not trained)
-    label_set: str = "default"  # which emotion label set the task prompt offers (see TaskConfig.dataset_emotions)
+    sentiment: float | None = None  # training target on the label set's score scale (None = unknown, not trained)
+    # Which emotion label set the task prompt offers (see TaskConfig.dataset_emotions), or a sentiment-only task
+    # (TaskConfig.score_tasks), whose inputs have no emotion.
+    label_set: str = "default"
     # The utterance's language (e.g. the speech recognizer's): picks the LoRA adapter and the prompt template.
     # None = the model's default language; a language without an adapter falls back to the default (logged once).
     language: str | None = None
@@ -62,9 +67,9 @@ class ModelInput:
 
 @dataclass
 class Prediction:
-    emotion: str
-    emotion_probs: dict[str, float]
-    sentiment_score: float
+    emotion: str  # "unknown" for a sentiment-only label set (and for an unparsed generation)
+    emotion_probs: dict[str, float]  # empty for a sentiment-only label set
+    sentiment_score: float  # on the label set's score scale (the prompt's; a sentiment-only task's own, e.g. [-3, 3])
     sentiment_label: str
     alpha: list[float]
     modalities: dict[str, bool]
@@ -362,8 +367,6 @@ class EGMFModel(nn.Module):
             ans: list[int] = []
             n_loss = 0
             if with_answers:
-                if x.emotion is None:
-                    raise ValueError("training inputs need an emotion label (field 'emotion')")
                 ans, n_loss = self.prompts.answer_ids(x.emotion, x.sentiment, x.label_set)
             rows.append(([] if prefix_cached else p.before, p.after + ans))
             answers.append((ans, n_loss))
@@ -469,7 +472,7 @@ class EGMFModel(nn.Module):
         logits = out.logits[:, -1].float()
         label_probs, trees = [], []
         for i, x in enumerate(batch):
-            labels = self.prompts.label_sets[x.label_set]
+            labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
             probs = torch.softmax(logits[i, first], dim=-1).tolist()
             label_probs.append(dict(zip(labels, probs)))
@@ -484,7 +487,7 @@ class EGMFModel(nn.Module):
                    "llm_answer": round((t2 - t1) * 1000.0, 2)}
         preds = []
         for i, (label, value) in enumerate(results):
-            preds.append(self._prediction(prep, i, label, label_probs[i], value))
+            preds.append(self._prediction(prep, i, batch[i].label_set, label, label_probs[i], value))
             preds[-1].timings_ms = dict(timings)
         return preds
 
@@ -575,19 +578,19 @@ class EGMFModel(nn.Module):
             text = self.tokenizer.decode(out[i], skip_special_tokens=True)
             label, value = self.prompts.parse_answer(text, batch[i].label_set)
             probs = {lab: float(lab == label) for lab in self.prompts.label_sets[batch[i].label_set]}
-            preds.append(self._prediction(prep, i, label, probs, value, raw_text=text))
+            preds.append(self._prediction(prep, i, batch[i].label_set, label, probs, value, raw_text=text))
         return preds
 
     def _prediction(
-        self, prep: PreparedBatch, i: int, label: str | None, probs: dict[str, float], value: float | None,
-        raw_text: str | None = None,
+        self, prep: PreparedBatch, i: int, label_set: str, label: str | None, probs: dict[str, float],
+        value: float | None, raw_text: str | None = None,
     ) -> Prediction:
-        score = float("nan") if value is None else self.prompts.snap_score(value)
+        score = float("nan") if value is None else self.prompts.snap_score(value, label_set)
         return Prediction(
             emotion=label or "unknown",
             emotion_probs=probs,
             sentiment_score=score,
-            sentiment_label=self.prompts.sentiment_label(score) if value is not None else "unknown",
+            sentiment_label=self.prompts.sentiment_label(score, label_set) if value is not None else "unknown",
             alpha=[float(a) for a in prep.fusion.alpha[i].tolist()],
             modalities=prep.modalities[i],
             raw_text=raw_text,

@@ -8,6 +8,9 @@ The answer is "<label> <score>" followed by the end-of-turn token, e.g. "joy +0.
 answered jointly in one generation (the paper's unified generative targets; one LLM pass per utterance instead of
 one per task). Scores live on a fixed grid (`score_min..score_max`, `score_decimals`), so the set of valid answers is
 closed and can be scored exactly.
+
+Sentiment-only label sets (`TaskConfig.score_tasks`: MOSI, MOSEI, CH-SIMS) have no emotion: their prompt asks for the
+score only and the answer is "<score>" (e.g. "+1.4") on the task's own grid, followed by the end-of-turn token.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Iterable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from .config import ConfigError, PromptConfig, TaskConfig
+from .config import ConfigError, PromptConfig, ScoreScale, TaskConfig
 
 _TEMPLATES = {
     "en": {
@@ -33,6 +36,9 @@ _TEMPLATES = {
             "What is the emotion of the current utterance ({labels}) and its sentiment score "
             "(from {lo} to {hi})? Answer with the emotion and the score."
         ),
+        "score_instruction": (
+            "What is the sentiment score of the current utterance (from {lo} to {hi})? Answer with the score only."
+        ),
     },
     "zh": {
         "system": "你根据语音、面部和文字识别对话中的情绪和情感倾向。",
@@ -42,6 +48,7 @@ _TEMPLATES = {
         "current": "当前话语，",
         "no_text": " [无文字]\n",
         "instruction": "当前话语的情绪是什么（{labels}）？情感分数是多少（{lo} 到 {hi}）？请回答情绪和分数。",
+        "score_instruction": "当前话语的情感分数是多少（{lo} 到 {hi}）？只回答分数。",
     },
 }
 
@@ -49,6 +56,7 @@ DEFAULT_LABEL_SET = "default"
 _PSEUDO_MARK = "\u0000PSEUDO\u0000"
 _TASK_MARK = "\u0000TASK\u0000"
 _ANSWER_RE = re.compile(r"^\s*([^\W\d_]+)\s*([+-]?\d+(?:\.\d+)?)?")
+_SCORE_RE = re.compile(r"^\s*([+-]?\d+(?:\.\d+)?)")
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,12 @@ def format_score(value: float, decimals: int) -> str:
     return f"{value:+.{decimals}f}"
 
 
+def score_grid(scale: ScoreScale) -> list[float]:
+    """Every valid answer score of `scale`, from score_min to score_max in steps of 10**-score_decimals."""
+    steps = round((scale.score_max - scale.score_min) * 10**scale.score_decimals)
+    return [round(scale.score_min + i / 10**scale.score_decimals, scale.score_decimals) for i in range(steps + 1)]
+
+
 class PromptBuilder:
     def __init__(
         self, tokenizer: PreTrainedTokenizerBase, prompt: PromptConfig, task: TaskConfig, use_text: bool = True
@@ -108,7 +122,13 @@ class PromptBuilder:
         self.cfg = prompt
         self.task = task
         self.use_text = use_text
-        self.label_sets: dict[str, list[str]] = {DEFAULT_LABEL_SET: list(task.emotions), **task.dataset_emotions}
+        # Sentiment-only label sets offer no emotion labels: an empty list.
+        self.label_sets: dict[str, list[str]] = {
+            DEFAULT_LABEL_SET: list(task.emotions), **task.dataset_emotions, **{name: [] for name in task.score_tasks}
+        }
+        # Each label set's score grid: the prompt's for emotion label sets, its own for a sentiment-only one.
+        default_scale = ScoreScale(prompt.score_min, prompt.score_max, prompt.score_decimals)
+        self.scales = {name: task.score_tasks.get(name, default_scale) for name in self.label_sets}
         # Every language's template, so that each utterance can be prompted in its own language (language adapters).
         self.templates = {language: self._template_ids(language) for language in _TEMPLATES}
         self.eos_id = self._end_of_turn_id()
@@ -120,18 +140,21 @@ class PromptBuilder:
                     f"label set {name!r} {labels}: two labels start with the same token for this tokenizer, "
                     "so they cannot be scored in one pass; rename one of them"
                 )
-        steps = round((prompt.score_max - prompt.score_min) * 10**prompt.score_decimals)
-        self.score_values = [round(prompt.score_min + i / 10**prompt.score_decimals, prompt.score_decimals) for i in range(steps + 1)]
+        self.score_values = score_grid(default_scale)
         self.score_ids = {v: self._ids(" " + format_score(v, prompt.score_decimals)) for v in self.score_values}
+        # A score-only answer opens the reply, so it has no leading space ("+1.4", not " +1.4").
+        self.score_only_ids = {
+            name: {v: self._ids(format_score(v, scale.score_decimals)) for v in score_grid(scale)}
+            for name, scale in task.score_tasks.items()
+        }
 
     # -- construction -------------------------------------------------------------------------------------------
     def _ids(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False)
 
     def _template_ids(self, language: str) -> TemplateIds:
-        t, p = _TEMPLATES[language], self.cfg
+        t = _TEMPLATES[language]
         head, middle, tail = self._chat_frame(t["system"])
-        lo, hi = format_score(p.score_min, p.score_decimals), format_score(p.score_max, p.score_decimals)
         return TemplateIds(
             prefix=self._ids(head + t["cues"]),
             suffix=self._ids("\n" + middle),
@@ -139,11 +162,16 @@ class PromptBuilder:
             no_context=self._ids(t["no_context"]),
             current=self._ids(t["current"]),
             no_text=self._ids(t["no_text"]),
-            instruction={
-                name: self._ids(t["instruction"].format(labels=", ".join(labels), lo=lo, hi=hi) + tail)
-                for name, labels in self.label_sets.items()
-            },
+            instruction={name: self._ids(self._instruction(t, name) + tail) for name in self.label_sets},
         )
+
+    def _instruction(self, template: dict[str, str], label_set: str) -> str:
+        """The task sentence of `label_set`: emotion and score, or the score only for a sentiment-only set."""
+        scale = self.scales[label_set]
+        lo, hi = format_score(scale.score_min, scale.score_decimals), format_score(scale.score_max, scale.score_decimals)
+        if self.is_score_only(label_set):
+            return template["score_instruction"].format(lo=lo, hi=hi)
+        return template["instruction"].format(labels=", ".join(self.label_sets[label_set]), lo=lo, hi=hi)
 
     def _chat_frame(self, system: str) -> tuple[str, str, str]:
         """Split the backbone's chat template into text before the pseudo tokens, between, and after the task.
@@ -188,6 +216,10 @@ class PromptBuilder:
             raise ValueError(f"label_set {name!r} is unknown; known: {sorted(self.label_sets)}")
         return self.label_sets[name]
 
+    def is_score_only(self, label_set: str) -> bool:
+        """Whether `label_set` is a sentiment-only task (`TaskConfig.score_tasks`): no emotion, the score alone."""
+        return label_set in self.task.score_tasks
+
     def build_prefix(self, language: str | None = None) -> list[int]:
         """The template's prefix (before the pseudo tokens) in `language`: what every prompt of that language starts
         with, so its KV cache can be computed once (`EGMFModel.score`)."""
@@ -219,16 +251,40 @@ class PromptBuilder:
         return PromptIds(before=list(t.prefix), after=after)
 
     # -- answers ------------------------------------------------------------------------------------------------
-    def snap_score(self, value: float) -> float:
-        lo, hi = self.cfg.score_min, self.cfg.score_max
-        return round(min(max(value, lo), hi), self.cfg.score_decimals)
+    def snap_score(self, value: float, label_set: str = "default") -> float:
+        """`value` clipped to `label_set`'s score range and rounded to its grid."""
+        self.check_label_set(label_set)
+        scale = self.scales[label_set]
+        return round(min(max(value, scale.score_min), scale.score_max), scale.score_decimals)
 
-    def answer_ids(self, emotion: str, sentiment: float | None, label_set: str = "default") -> tuple[list[int], int]:
+    def scale_sentiment(self, sentiment: float | None, label_set: str = "default") -> float | None:
+        """A record's sentiment (in [-1, 1], the dataset contract) on `label_set`'s answer scale.
+
+        Sentiment-only tasks answer on their own range (MOSEI: -1 -> -3.0, +1 -> +3.0); the emotion label sets'
+        scores are the record's own, unchanged.
+        """
+        if sentiment is None or not self.is_score_only(label_set):
+            return sentiment
+        scale = self.scales[label_set]
+        return scale.score_min + (sentiment + 1.0) / 2.0 * (scale.score_max - scale.score_min)
+
+    def answer_ids(
+        self, emotion: str | None, sentiment: float | None, label_set: str = "default"
+    ) -> tuple[list[int], int]:
         """Token ids of the target answer and how many of them carry a loss.
 
-        With an unknown sentiment (e.g. RAVDESS) only the label tokens are trained.
+        With an unknown sentiment (e.g. RAVDESS) only the label tokens are trained. A sentiment-only label set's
+        answer is the score and the end-of-turn token, all of it trained; it needs a sentiment, and no emotion.
         """
         labels = self.check_label_set(label_set)
+        if self.is_score_only(label_set):
+            if sentiment is None:
+                raise ValueError(f"label set {label_set!r} is sentiment-only: training inputs need a sentiment score "
+                                 "(field 'sentiment')")
+            ids = self.score_only_ids[label_set][self.snap_score(sentiment, label_set)] + [self.eos_id]
+            return ids, len(ids)
+        if emotion is None:
+            raise ValueError("training inputs need an emotion label (field 'emotion')")
         if emotion not in labels:
             raise ValueError(f"emotion label {emotion!r} is not in label set {label_set!r} {labels}")
         ids = list(self.label_ids[emotion])
@@ -237,21 +293,38 @@ class PromptBuilder:
         ids += self.score_ids[self.snap_score(sentiment)] + [self.eos_id]
         return ids, len(ids)
 
-    def answer_candidates(self, label_set: str = "default") -> Iterable[tuple[str, float, list[int]]]:
-        for label in self.check_label_set(label_set):
+    def answer_candidates(self, label_set: str = "default") -> Iterable[tuple[str | None, float, list[int]]]:
+        """Every valid answer of `label_set` as (label, score, token ids); the label is None for a sentiment-only
+        set, whose answers are the scores alone."""
+        labels = self.check_label_set(label_set)
+        if self.is_score_only(label_set):
+            for value, sids in self.score_only_ids[label_set].items():
+                yield None, value, sids + [self.eos_id]
+            return
+        for label in labels:
             for value, sids in self.score_ids.items():
                 yield label, value, self.label_ids[label] + sids + [self.eos_id]
 
     def parse_answer(self, text: str, label_set: str = "default") -> tuple[str | None, float | None]:
-        """Parse generated text "joy +0.6" into (label, score); unknown parts come back as None."""
+        """Parse generated text "joy +0.6" into (label, score); unknown parts come back as None. A sentiment-only
+        set's answer "+1.4" gives (None, 1.4)."""
+        labels = self.check_label_set(label_set)
+        if self.is_score_only(label_set):
+            m = _SCORE_RE.match(text)
+            return None, float(m.group(1)) if m else None
         m = _ANSWER_RE.match(text)
         if not m:
             return None, None
         label = m.group(1).lower()
         score = float(m.group(2)) if m.group(2) is not None else None
-        return (label if label in self.check_label_set(label_set) else None), score
+        return (label if label in labels else None), score
 
-    def sentiment_label(self, score: float) -> str:
+    def sentiment_label(self, score: float, label_set: str = "default") -> str:
+        """negative / neutral / positive by `task.sentiment_threshold`, which is on the [-1, 1] scale: a
+        sentiment-only task's score is mapped back onto it first (MOSEI: divided by 3)."""
+        if self.is_score_only(label_set):
+            scale = self.scales[label_set]
+            score = 2.0 * (score - scale.score_min) / (scale.score_max - scale.score_min) - 1.0
         neg, neu, pos = self.task.sentiments
         if score <= -self.task.sentiment_threshold:
             return neg

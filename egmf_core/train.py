@@ -2,7 +2,9 @@
 
 Mixes MELD (text, past-only dialogue context, emotion + sentiment) with RAVDESS (speech: Whisper encoder states,
 8-class emotion, no sentiment), evaluates on the dev splits after every epoch, keeps the best checkpoint by the mean
-of MELD dev weighted F1 and RAVDESS dev accuracy, and can resume from the last saved state. CPU-friendly choices:
+of MELD dev weighted F1 and RAVDESS dev accuracy, and can resume from the last saved state. An MMSA sentiment
+benchmark (`data.mmsa`: CMU-MOSI/MOSEI, CH-SIMS) trains a sentiment-only answer on the file's own features, whose
+dims set the fusion stack's inputs (see `configs/mosei_example.yaml`). CPU-friendly choices:
 loss and logits only on the answer tokens, length-bucketed batches, a bounded context window, cached features, and
 optionally LoRA on the upper layers only.
 """
@@ -10,6 +12,7 @@ optionally LoRA on the upper layers only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -27,8 +30,17 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_weights, save_checkpoint
 from .config import ConfigError, EGMFConfig, build_dataclass
-from .data import DATASETS, MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
-from .evaluate import predict_examples, report, whisper_audio_lookup
+from .data import DATASETS, DatasetError, MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
+from .data.mmsa import MMSA_DATASETS, MmsaDataset
+from .evaluate import (
+    MMSA_SCORING,
+    check_mmsa_model,
+    mmsa_examples,
+    open_mmsa,
+    predict_examples,
+    report,
+    whisper_audio_lookup,
+)
 from .examples import AudioFeaturePack, Example, build_examples, text_length
 from .model import EGMFModel
 
@@ -60,6 +72,28 @@ class ExtraDataset:
 
 
 @dataclass
+class MmsaData:
+    """An MMSA sentiment benchmark (CMU-MOSI/MOSEI, CH-SIMS), converted once with `python -m egmf_core.data.mmsa`.
+
+    Its answers are sentiment scores alone in the label set named after the data set, on the data set's own scale
+    (`model.task.score_tasks.<dataset>`), read from the file's audio and vision features: their dims replace
+    `model.fusion.audio_dim`/`visual_dim`. The dev split joins the selection score by its Acc-2 (`MMSA_SCORING`).
+    """
+
+    dataset: str = ""
+    folder: str | None = None  # the converted folder; None = <data dir>/mmsa/<dataset>
+    dev_split: str | None = "dev"  # MMSA's "valid"; never select on "test"
+    repeat: int = 1
+    train_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in MMSA_DATASETS:
+            raise ConfigError(f"data.mmsa.dataset must be one of {tuple(MMSA_DATASETS)}, got {self.dataset!r}")
+        if self.repeat < 1:
+            raise ConfigError(f"data.mmsa.repeat must be >= 1, got {self.repeat}")
+
+
+@dataclass
 class DataConfig:
     meld: bool = True
     meld_train_limit: int | None = None
@@ -70,6 +104,7 @@ class DataConfig:
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
     data_dir: str | None = None
     extra: list[ExtraDataset] = field(default_factory=list)  # the paper's benchmarks, where the user has them
+    mmsa: MmsaData | None = None  # one MMSA benchmark: its features fix the fusion stack's input dims
 
 
 @dataclass
@@ -117,7 +152,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_splits(cfg: RunConfig, model: EGMFModel) -> tuple[list[Example], dict[str, list[Example]]]:
+def open_mmsa_splits(cfg: RunConfig) -> dict[str, MmsaDataset]:
+    """Open `data.mmsa`'s train (and dev) split and fit the model config to them, before the model is built: the
+    fusion stack's input dims become the file's (`dataclasses.replace(fusion, **ds.fusion_dims)`)."""
+    m = cfg.data.mmsa
+    if m is None:
+        return {}
+    _check_mmsa_run(cfg)
+    splits = {"train": open_mmsa(m.dataset, "train", m.folder, cfg.data.data_dir)}
+    if m.dev_split:
+        splits["dev"] = open_mmsa(m.dataset, m.dev_split, m.folder, cfg.data.data_dir)
+    cfg.model.fusion = dataclasses.replace(cfg.model.fusion, **splits["train"].fusion_dims)
+    check_mmsa_model(cfg.model, splits["train"])
+    return splits
+
+
+def _check_mmsa_run(cfg: RunConfig) -> None:
+    """What cannot share a run with an MMSA benchmark: data whose audio is Whisper's (other feature dims than the
+    file's), and the auxiliary emotion head (MMSA clips have no emotion label)."""
+    d, t = cfg.data, cfg.train
+    if d.ravdess or d.extra:
+        raise ConfigError("data.mmsa feeds its file's own audio features to the fusion stack, so it cannot be combined "
+                          "with data.ravdess or data.extra (Whisper audio features); MELD (text only) can stay")
+    if t.aux_weight or not t.lm_weight:
+        raise ConfigError("data.mmsa has no emotion labels for the auxiliary head: set train.aux_weight: 0 and "
+                          "train.lm_weight > 0")
+
+
+def load_splits(
+    cfg: RunConfig, model: EGMFModel, mmsa: dict[str, MmsaDataset] | None = None
+) -> tuple[list[Example], dict[str, list[Example]]]:
+    """Training examples and each dev set's; `mmsa` holds `data.mmsa`'s opened splits (`open_mmsa_splits`)."""
     d = cfg.data
     train: list[Example] = []
     dev: dict[str, list[Example]] = {}
@@ -153,8 +218,12 @@ def load_splits(cfg: RunConfig, model: EGMFModel) -> tuple[list[Example], dict[s
             dev_records = list(load_dataset(extra.name, extra.dev_split, d.data_dir))[: cfg.train.dev_limit]
             dev[extra.name] = [e for e in build_examples(dev_records, model.prompts, audio=audio, label_set=extra.label_set)
                                if e.input.emotion is not None]
+    if mmsa:
+        train += mmsa_examples(model, mmsa["train"], d.mmsa.train_limit) * d.mmsa.repeat
+        if "dev" in mmsa:
+            dev[d.mmsa.dataset] = mmsa_examples(model, mmsa["dev"], cfg.train.dev_limit)
     if not train:
-        raise ConfigError("data: enable at least one of meld, ravdess, extra")
+        raise ConfigError("data: enable at least one of meld, ravdess, extra, mmsa")
     return train, dev
 
 
@@ -183,9 +252,17 @@ def evaluate_dev(model: EGMFModel, dev: dict[str, list[Example]], batch_size: in
         parts.append(results["meld"]["emotion"]["weighted_f1"])
     if "ravdess" in results:
         parts.append(results["ravdess"]["emotion"]["accuracy"])
-    parts += [r["emotion"]["weighted_f1"] for name, r in results.items() if name not in ("meld", "ravdess")]
+    parts += [_dev_part(name, r) for name, r in results.items() if name not in ("meld", "ravdess")]
     results["selection_score"] = float(np.mean(parts))
     return results
+
+
+def _dev_part(name: str, result: dict) -> float:
+    """A further dev set's part of the selection score, in percent: emotion weighted F1, or an MMSA benchmark's
+    Acc-2."""
+    if "sentiment_regression" in result:
+        return result["sentiment_regression"][MMSA_SCORING[name].selection]
+    return result["emotion"]["weighted_f1"]
 
 
 @torch.no_grad()
@@ -215,9 +292,16 @@ def _summary(results: dict) -> str:
         out.append(f"MELD dev wF1 {results['meld']['emotion']['weighted_f1']:.2f} sentiment wF1 {results['meld']['sentiment']['weighted_f1']:.2f}")
     if "ravdess" in results:
         out.append(f"RAVDESS dev acc8 {results['ravdess']['emotion']['accuracy']:.2f}")
-    out += [f"{name} dev wF1 {r['emotion']['weighted_f1']:.2f}" for name, r in results.items()
-            if name not in ("meld", "ravdess", "selection_score")]
+    out += [_dev_summary(name, r) for name, r in results.items() if name not in ("meld", "ravdess", "selection_score")]
     return "; ".join(out) + f" (selection {results['selection_score']:.2f})"
+
+
+def _dev_summary(name: str, result: dict) -> str:
+    if "sentiment_regression" in result:
+        r = result["sentiment_regression"]
+        key = MMSA_SCORING[name].selection
+        return f"{name} dev MAE {r['mae']:.3f} corr {r['corr']:.3f} {key} {r[key]:.2f}"
+    return f"{name} dev wF1 {result['emotion']['weighted_f1']:.2f}"
 
 
 class Trainer:
@@ -228,6 +312,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         if cfg.model.backbone.device.startswith("cuda"):
             torch.backends.cuda.matmul.allow_tf32 = True
+        mmsa = open_mmsa_splits(cfg)  # before the model: its features set the fusion stack's input dims
         self.model = EGMFModel.build(cfg.model)
         t = cfg.train
         if t.init_from:
@@ -236,7 +321,7 @@ class Trainer:
         if not t.train_lora:
             for p in self.model.llm.parameters():
                 p.requires_grad_(False)
-        self.train_set, self.dev = load_splits(cfg, self.model)
+        self.train_set, self.dev = load_splits(cfg, self.model, mmsa)
         lora = [p for n, p in self.model.llm.named_parameters() if p.requires_grad]
         fusion = [p for p in self.model.fusion.parameters() if p.requires_grad]
         groups = [{"params": fusion, "lr": t.fusion_lr}]
@@ -370,6 +455,10 @@ def _compact(results: dict) -> dict:
             out[name] = {"aux_accuracy": results[name]["aux_accuracy"]}
         elif name in results:
             out[name] = {"emotion_wf1": results[name]["emotion"]["weighted_f1"], "emotion_acc": results[name]["emotion"]["accuracy"]}
+    for name, r in results.items():
+        if isinstance(r, dict) and "sentiment_regression" in r:
+            reg = r["sentiment_regression"]
+            out[name] = {key: reg[key] for key in ("mae", "corr", MMSA_SCORING[name].selection)}
     return out
 
 
@@ -397,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.resume:
             trainer.load_state()
         result = trainer.run()
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"done: best selection score {result['best']:.2f} in {result['train_seconds'] / 60:.1f} min", flush=True)

@@ -28,7 +28,7 @@ import json
 import logging
 import pickle
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,12 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from egmf_core.data.base import DatasetError, UtteranceRecord
+from egmf_core.data.base import (
+    DatasetError,
+    LoadedSplit,
+    UtteranceRecord,
+    resolve_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +60,7 @@ EXTRA_LABEL_FIELDS: tuple[str, ...] = (
     "classification_labels",
 )
 MODALITIES: tuple[str, ...] = ("audio", "vision")
+FOLDERS = "mmsa"  # converted folders live at <data dir>/mmsa/<dataset> unless a path is named
 
 
 @dataclass(frozen=True)
@@ -304,6 +310,14 @@ def convert_mmsa_pickle(
 # --- loading the safe folder ----------------------------------------------------------------------------------------
 
 
+def default_folder(dataset: str, data_dir: str | None = None) -> Path:
+    """Where training and evaluation look for a converted folder when none is named: `<data dir>/mmsa/<dataset>`
+    (data dir: `data_dir`, else `$EGMF_DATA_DIR`, else `../shared/data` beside the repository)."""
+    if dataset not in MMSA_DATASETS:
+        raise DatasetError(f"dataset must be one of {tuple(MMSA_DATASETS)}, got {dataset!r}")
+    return resolve_data_dir(data_dir) / FOLDERS / dataset
+
+
 def _clip_order(clip_id: str) -> tuple[int, int, str]:
     """Numeric clip ids in numeric order ("2" before "10"), any others after them, by name."""
     return (0, int(clip_id), clip_id) if clip_id.isascii() and clip_id.isdigit() else (1, 0, clip_id)
@@ -317,7 +331,7 @@ class MmsaConfig:
     dataset: str | None = None
 
 
-class MmsaDataset:
+class MmsaDataset(LoadedSplit):
     """One split of a converted MMSA folder as `UtteranceRecord`s, plus each record's precomputed features.
 
     Each video is a dialogue (`dialogue_id` = the video id), its clips in clip order (`utterance_index` 0, 1, ...;
@@ -438,12 +452,6 @@ class MmsaDataset:
         if start == end:  # safetensors refuses empty slices at the end of a tensor
             return np.zeros((0, dim), dtype=np.float32)
         return self._file.get_slice(modality)[start:end]
-
-    def __iter__(self) -> Iterator[UtteranceRecord]:
-        return iter(self._records)
-
-    def __len__(self) -> int:
-        return len(self._records)
 
 
 # --- command line ---------------------------------------------------------------------------------------------------
