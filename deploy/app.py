@@ -122,6 +122,7 @@ class ASR:
         if language is not None:
             kwargs["language"] = language
         self.frontend = WhisperFrontend(WhisperFrontendConfig(**kwargs))
+        self.frontend.warm_up()  # healthy = warm: the first stream's first utterance pays no start-up cost
         self.language = language
         self._lock = threading.Lock()
 
@@ -150,6 +151,7 @@ class EGMFModel:
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         self.predictor = EGMFPredictor.load(checkpoint, device=device, engines=engines)
+        self.predictor.warm_up()
         self.model = self.predictor.model
         self._batch.set_max_batch_size(max_batch_size)
         self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)

@@ -54,6 +54,14 @@ class EGMFPredictor:
         model.merge_lora_for_inference()
         return cls(model, version)
 
+    def warm_up(self) -> None:
+        """Score one throw-away utterance (1 s of zero audio features, a short text): the first pass pays for lazy
+        initialisation (kernels, the template prefix's KV cache), which should not land on a caller's first
+        utterance. The conversation used is discarded."""
+        dims = self.model.cfg.fusion
+        self.predict(self.new_conversation(), text="Hello.", speaker="Speaker",
+                     audio_features=np.zeros((50, dims.audio_dim), np.float32))
+
     def new_conversation(self) -> Conversation:
         return Conversation(self.model.prompts.new_context())
 

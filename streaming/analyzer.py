@@ -67,6 +67,7 @@ class EGMFUtteranceAnalyzer:
                  face: Any = None):
         self.config = config or EGMFAnalyzerConfig()
         cfg = self.config
+        warm = [frontend is None, predictor is None]  # what this analyzer loads itself, it warms up
         if frontend is None:
             try:
                 from egmf_core.features.audio import (
@@ -92,6 +93,9 @@ class EGMFUtteranceAnalyzer:
                 predictor = EGMFPredictor.load(cfg.checkpoint)
             except (OSError, RuntimeError, ValueError, KeyError) as e:
                 raise ModelUnavailableError(f"cannot load EGMF checkpoint {cfg.checkpoint!r}: {e}") from e
+        for model, loaded_here in zip((frontend, predictor), warm):
+            if loaded_here:  # so that the first utterance pays no start-up cost
+                model.warm_up()
         self.frontend = frontend
         self.predictor = predictor
         self._face = face

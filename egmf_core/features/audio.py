@@ -233,6 +233,11 @@ class WhisperFrontend:
         states = np.asarray(encoder_output, dtype=np.float32)[0, : num_frames(audio.size)]
         return encoder_output, np.ascontiguousarray(states)
 
+    def warm_up(self) -> None:
+        """Recognize 1 s of silence once, so that a service's or stream's first utterance does not pay for lazy
+        initialisation."""
+        self.process(np.zeros(SAMPLE_RATE, dtype=np.float32))
+
     def encoder_states(self, audio: np.ndarray) -> np.ndarray:
         """(T, 384) float32 encoder states at 50 Hz for one utterance, without decoding (training path)."""
         return self._encode(validate_audio(audio))[1]
