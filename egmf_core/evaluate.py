@@ -24,7 +24,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, EGMFConfig
 from .data import DatasetError, UtteranceRecord, load_dataset
 from .data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
-from .examples import AudioLookup, Example, build_examples, text_length
+from .examples import AudioLookup, Example, VisualLookup, build_examples, text_length
 from .metrics import (
     classification_report,
     expert_similarity,
@@ -37,7 +37,7 @@ from .model import EGMFModel, Prediction
 
 log = logging.getLogger(__name__)
 # Datasets with emotion labels to score (`egmf_core.data` also loads unlabelled media sets).
-EVAL_DATASETS: tuple[str, ...] = ("meld", "ravdess", "meld_raw", "iemocap", "cherma")
+EVAL_DATASETS: tuple[str, ...] = ("meld", "ravdess", "meld_raw", "iemocap", "cherma", "mead")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ def dataset_examples(
     limit: int | None = None,
     audio: AudioLookup | None = None,
     label_set: str | None = None,
+    visual: VisualLookup | None = None,
 ) -> list[Example]:
     """The labelled examples of a split. `label_set` defaults to RAVDESS's own for RAVDESS and MELD's seven
     otherwise; IEMOCAP's benchmarks are `iemocap6`/`iemocap4`, for a checkpoint whose config lists them.
@@ -136,7 +137,9 @@ def dataset_examples(
         records = records[:limit]  # a prefix keeps whole dialogues' past context intact
     if audio is None and any(r.audio_path for r in records):
         audio = whisper_audio_lookup()
-    examples = build_examples(records, model.prompts, audio=audio, label_set=label_set)
+    if visual is None and any(r.video_path for r in records):
+        visual = face_visual_lookup()
+    examples = build_examples(records, model.prompts, audio=audio, label_set=label_set, visual=visual)
     labelled = [e for e in examples if e.input.emotion is not None]
     if not labelled:
         raise DatasetError(f"{dataset} {split}: no utterance has a label in the label set {label_set!r}")
@@ -179,6 +182,21 @@ def open_mmsa(dataset: str, split: str, folder: str | Path | None = None, data_d
     """One split of a converted MMSA folder (default `<data dir>/mmsa/<dataset>`), checked to hold `dataset`."""
     folder = folder or default_folder(dataset, data_dir)
     return MmsaDataset(split, MmsaConfig(folder=str(folder), dataset=dataset))
+
+
+def face_visual_lookup() -> VisualLookup:
+    """Face features of a record's video file (FaceLandmarker at its configured fps) through the on-disk feature
+    cache; a video in which no frame shows a face gives None: a missing modality, never zeros."""
+    from .features.cache import FeatureCache
+    from .features.visual import FaceFeatureExtractor
+
+    extractor, cache = FaceFeatureExtractor(), FeatureCache()
+
+    def lookup(rec: UtteranceRecord) -> tuple[np.ndarray, np.ndarray] | None:
+        vf = extractor.extract_file(rec.video_path, cache)
+        return (vf.features, vf.valid) if len(vf) and bool(np.any(vf.valid)) else None
+
+    return lookup
 
 
 def whisper_audio_lookup() -> AudioLookup:

@@ -23,6 +23,8 @@ from .prompt import PromptBuilder
 log = logging.getLogger(__name__)
 
 AudioLookup = Callable[[UtteranceRecord], np.ndarray | None]
+# A record's face features (T, visual_dim) and their validity mask (T,), or None where no frame shows a face.
+VisualLookup = Callable[[UtteranceRecord], tuple[np.ndarray, np.ndarray] | None]
 # A record's precomputed (audio, visual) frames, for data sets that ship features instead of media files (MMSA).
 FeatureLookup = Callable[[UtteranceRecord], tuple[np.ndarray, np.ndarray]]
 
@@ -57,11 +59,12 @@ def build_examples(
     audio: AudioLookup | None = None,
     label_set: str = "default",
     features: FeatureLookup | None = None,
+    visual: VisualLookup | None = None,
 ) -> list[Example]:
     """Records (in dialogue order) -> examples whose context holds only earlier turns of the same dialogue.
 
-    `audio` encodes a record's audio file; `features` instead gives precomputed audio and visual frames (MMSA's
-    files, in the data set's own feature dimensions). A record's sentiment ([-1, 1]) becomes the target on the
+    `audio` encodes a record's audio file and `visual` its video's faces; `features` instead gives precomputed audio
+    and visual frames (MMSA's files, in the data set's own feature dimensions). A record's sentiment ([-1, 1]) becomes the target on the
     label set's answer scale (a sentiment-only task's own range, e.g. MOSEI's [-3, 3]).
     """
     out: list[Example] = []
@@ -70,9 +73,10 @@ def build_examples(
         for rec in dialogue:
             turn = prompts.make_turn(rec.speaker, rec.text)
             feats = audio(rec) if audio is not None and rec.audio_path else None
-            visual = None
+            faces = visual(rec) if visual is not None and rec.video_path else None
+            vis, valid = faces if faces is not None else (None, None)
             if features is not None:
-                feats, visual = features(rec)
+                feats, vis = features(rec)
             gold = DATASET_LABELS.get(label_set)
             if gold is None:
                 emotion = rec.emotion
@@ -82,7 +86,8 @@ def build_examples(
                 context=context.snapshot(),
                 current=turn,
                 audio=feats,
-                visual=visual,
+                visual=vis,
+                visual_valid=valid,
                 emotion=emotion,
                 sentiment=prompts.scale_sentiment(rec.sentiment, label_set),
                 label_set=label_set,
