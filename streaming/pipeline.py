@@ -8,7 +8,7 @@ Design choices:
 
 * **Synchronous.** Analysis runs in the caller's thread, between chunks. Events come out in a deterministic order,
   there is no worker to tear down on Ctrl-C, and the sources already buffer input while an utterance is analyzed
-  (the microphone callback queue, the push queue; a paced file catches up). Analysis of one utterance takes ~1.8 s
+  (the microphone callback queue, the push queue; a paced file catches up). Analysis of one utterance takes ~0.9 s
   on the 2-core CPU (``benchmarks/results/streaming_latency.md``), so the stream keeps up as long as an utterance plus
   the pause after it last longer than that; a backlog is worked off in the next pauses.
 * **One conversation per stream**, shared by all channels/speakers, because the model's context is the dialogue,
