@@ -5,7 +5,8 @@ trained checkpoint reloaded with one switch of its config changed (`load_checkpo
 with `egmf_core.evaluate`'s code on the same examples. That measures how much a trained model relies on each part.
 The paper's own numbers come from variants retrained without the part; given those checkpoints (one `--checkpoint`
 each, `--variants full`), the same command tabulates them side by side. Writes a Markdown table and, beside it, the
-raw numbers (full reports and every utterance's prediction) as JSON.
+raw numbers (full reports and every utterance's prediction) as JSON. The MMSA sentiment benchmarks (`--datasets
+mosei`, ...) are tabulated with MMSA's regression metrics instead of emotion F1 and accuracy.
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from .analysis import (
     fmt_triple,
     markdown_table,
     parse_limits,
+    parse_mmsa_folders,
     progress,
 )
 from .checkpoint import CheckpointError, load_checkpoint, read_metadata
 from .config import ConfigError, EGMFConfig
 from .data import DatasetError
+from .data.mmsa import MMSA_DATASETS
 from .evaluate import predict_examples, report
 from .model import Prediction
 
@@ -100,11 +103,25 @@ def not_applicable(cfg: EGMFConfig, overrides: dict) -> str | None:
     return None
 
 
+# MMSA's metrics as the tables show them, in MMSA's order: (score, column, digits). `scores` keeps those the data
+# set's report has (MOSI/MOSEI: has-0 and non-0 Acc-2, Acc-5, Acc-7; SIMS: Acc-2/3/5 and F1).
+REGRESSION_COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("mae", "MAE", 3), ("corr", "Corr", 3),
+    ("acc2_has0", "Acc-2 has-0", 2), ("f1_has0", "F1 has-0", 2), ("acc2_non0", "Acc-2 non-0", 2), ("f1_non0", "F1 non-0", 2),
+    ("acc2", "Acc-2", 2), ("acc3", "Acc-3", 2), ("acc5", "Acc-5", 2), ("acc7", "Acc-7", 2), ("f1", "F1", 2),
+)
+
+
 def scores(rep: dict) -> dict[str, float]:
-    """The table's numbers from one `evaluate.report` (percentages; gate entropy in nats)."""
-    out = {"emotion_accuracy": rep["emotion"]["accuracy"], "emotion_weighted_f1": rep["emotion"]["weighted_f1"]}
-    if "sentiment" in rep:
-        out["sentiment_weighted_f1"] = rep["sentiment"]["weighted_f1"]
+    """The table's numbers from one `evaluate.report` (percentages, except MMSA's MAE and Corr; gate entropy in
+    nats): emotion and sentiment F1 and accuracy, or an MMSA data set's regression metrics."""
+    if "sentiment_regression" in rep:
+        reg = rep["sentiment_regression"]
+        out = {m: reg[m] for m, _, _ in REGRESSION_COLUMNS if m in reg}
+    else:
+        out = {"emotion_accuracy": rep["emotion"]["accuracy"], "emotion_weighted_f1": rep["emotion"]["weighted_f1"]}
+        if "sentiment" in rep:
+            out["sentiment_weighted_f1"] = rep["sentiment"]["weighted_f1"]
     out["alpha_entropy"] = rep["gate"]["entropy_mean"]
     out["expert_cosine"] = rep["expert_cosine"]
     return out
@@ -132,9 +149,10 @@ def run_ablations(
     split: str,
     limits: dict[str, int | None],
     batch_size: int = 16,
+    mmsa_folders: dict[str, str] | None = None,
 ) -> dict:
     """Score every variant of every checkpoint on every dataset; returns the JSON-ready result."""
-    sets = ExampleSets(split, limits)
+    sets = ExampleSets(split, limits, mmsa_folders)
     info: dict[str, dict] = {}
     blocks = []
     start = time.perf_counter()
@@ -178,6 +196,8 @@ def run_ablations(
 
 
 def _summary(s: dict[str, float]) -> str:
+    if "mae" in s:
+        return " ".join(f"{label} {s[m]:.{digits}f}" for m, label, digits in REGRESSION_COLUMNS if m in s)
     out = f"emotion wF1 {s['emotion_weighted_f1']:.2f} acc {s['emotion_accuracy']:.2f}"
     if "sentiment_weighted_f1" in s:
         out += f" sentiment wF1 {s['sentiment_weighted_f1']:.2f}"
@@ -196,12 +216,8 @@ def render_markdown(result: dict, command: str) -> str:
     several = len(result["checkpoints"]) > 1
     parts = ["# Ablations", "", HEADER, "", f"Command: `{command}` ({result['seconds']:.0f} s).", ""]
     for key, info in result["datasets"].items():
-        ravdess = info["label_set"] == "ravdess"
-        metrics = [("emotion_accuracy", "8-class acc"), ("emotion_weighted_f1", "emotion wF1")] if ravdess else [
-            ("emotion_weighted_f1", "emotion wF1"), ("emotion_accuracy", "emotion acc")]
         full = result["checkpoints"][0]["variants"][0]  # always scored
-        if "sentiment_weighted_f1" in full["datasets"][key]["scores"]:
-            metrics.append(("sentiment_weighted_f1", "sentiment wF1"))
+        metrics = _columns(info, full["datasets"][key]["scores"])
         header = (["checkpoint"] if several else []) + ["variant"] + [m[1] for m in metrics] + [
             "alpha mean (E1 / E2 / E3)", "alpha entropy (nats)"]
         rows = []
@@ -214,7 +230,7 @@ def render_markdown(result: dict, command: str) -> str:
                     continue
                 res = row["datasets"][key]
                 is_full = row["variant"] == "full"
-                cells += [_cell(res, m, 2, is_full) for m, _ in metrics]
+                cells += [_cell(res, m, digits, is_full) for m, _, digits in metrics]
                 cells += [fmt_triple(res["alpha_mean"]), _cell(res, "alpha_entropy", 3, is_full)]
                 rows.append(cells)
         present = info["modalities_present"]
@@ -223,7 +239,24 @@ def render_markdown(result: dict, command: str) -> str:
                   markdown_table(header, rows), ""]
     parts.append("Scores in percent; (+/-x) is the difference to the full model of the same checkpoint. The gate "
                  "entropy's maximum is ln 3 = 1.099 nats (equal weights). Raw numbers: the JSON file beside this one.")
+    if any(info["dataset"] in MMSA_DATASETS for info in result["datasets"].values()):
+        parts.append("MMSA data sets: MMSA's metrics of the predicted sentiment score against the gold label on the "
+                     "data set's own scale; MAE (lower is better) in label units and Corr (Pearson r) are not percentages.")
     return "\n".join(parts) + "\n"
+
+
+def _columns(info: dict, full_scores: dict[str, float]) -> list[tuple[str, str, int]]:
+    """A dataset's metric columns: (score, header, digits). RAVDESS leads with its 8-class accuracy, the MMSA data
+    sets show their regression metrics, the others emotion weighted F1 and accuracy (and sentiment F1 if scored)."""
+    if "mae" in full_scores:
+        return [c for c in REGRESSION_COLUMNS if c[0] in full_scores]
+    if info["label_set"] == "ravdess":
+        metrics = [("emotion_accuracy", "8-class acc", 2), ("emotion_weighted_f1", "emotion wF1", 2)]
+    else:
+        metrics = [("emotion_weighted_f1", "emotion wF1", 2), ("emotion_accuracy", "emotion acc", 2)]
+    if "sentiment_weighted_f1" in full_scores:
+        metrics.append(("sentiment_weighted_f1", "sentiment wF1", 2))
+    return metrics
 
 
 def _cell(res: dict, metric: str, digits: int, is_full: bool) -> str:
@@ -254,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [v for v in VARIANTS if v.name == "full" or v.name in args.variants]
     try:
         limits = parse_limits(args.limit, datasets)
-        result = run_ablations(checkpoints, variants, datasets, args.split, limits, args.batch_size)
+        folders = parse_mmsa_folders(args.mmsa_folder, datasets)
+        result = run_ablations(checkpoints, variants, datasets, args.split, limits, args.batch_size, folders)
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ the run length and the output folder changed, so the shipped example is what is 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 import yaml
 from test_data_mmsa import make_mmsa_pickle
 
+from egmf_core import ablate, gate_analysis
+from egmf_core.analysis import DatasetSpec, parse_mmsa_folders
 from egmf_core.checkpoint import load_checkpoint, read_metadata
 from egmf_core.config import ConfigError, EGMFConfig, build_dataclass
 from egmf_core.data.mmsa import MmsaConfig, MmsaDataset, convert_mmsa_pickle
@@ -107,6 +110,59 @@ def test_evaluate_reports_every_mmsa_metric(mosei_run, mosei_folder: Path, capsy
     assert set(reg) == MOSEI_FIELDS and reg["n"] == 3 and reg["n_non0"] == 2
     assert all(math.isfinite(reg[k]) for k in MOSEI_FIELDS - {"corr"})  # corr is nan when all answers agree
     assert result["modalities"] == {"audio": 3, "video": 2, "text": 3}  # one test clip has no face frames
+
+
+def test_ablate_tabulates_mmsa_metrics_with_deltas(mosei_run, mosei_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ablations.md"
+    argv = ["--checkpoint", str(mosei_run.out_dir / "best.safetensors"), "--datasets", "mosei", "--variants", "full",
+            "no_text", "no_audio_video", "--limit", "8", "--mmsa-folder", f"mosei={mosei_folder}", "--out", str(out)]
+    assert ablate.main(argv) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    (block,) = result["checkpoints"]
+    rows = {row["variant"]: row["datasets"]["mosei"] for row in block["variants"]}
+    assert list(rows) == ["full", "no_text", "no_audio_video"]
+    for res in rows.values():
+        assert set(res["scores"]) == MOSEI_FIELDS - {"n", "n_non0"} | {"alpha_entropy", "expert_cosine"}
+        assert set(res["delta_vs_full"]) == set(res["scores"])
+        assert res["report"]["sentiment_regression"]["n"] == 3  # the test split's three clips (limit 8)
+    assert rows["full"]["delta_vs_full"]["mae"] == 0
+    assert rows["no_text"]["report"]["modalities"] == {"audio": 3, "video": 2, "text": 0}
+    assert rows["no_audio_video"]["report"]["modalities"] == {"audio": 0, "video": 0, "text": 3}  # the file's features
+    assert result["datasets"]["mosei"]["gold_score"] == pytest.approx([0.8, 0.0, -1.8])  # MOSEI's own scale
+    md = out.read_text()
+    assert "| variant | MAE | Corr | Acc-2 has-0 | F1 has-0 | Acc-2 non-0 | F1 non-0 | Acc-5 | Acc-7 |" in md
+    assert "| w/o text |" in md and "| w/o audio+video |" in md and "emotion wF1" not in md
+    assert "MAE (lower is better) in label units" in md
+
+
+def test_gate_analysis_groups_mmsa_clips_by_sentiment_sign(mosei_run, mosei_folder: Path, tmp_path: Path) -> None:
+    argv = ["--checkpoint", str(mosei_run.out_dir / "best.safetensors"), "--datasets", "mosei",
+            "--mmsa-folder", str(mosei_folder), "--out-dir", str(tmp_path)]  # a bare PATH, as evaluate's option
+    assert gate_analysis.main(argv) == 0
+    d = json.loads((tmp_path / "gate_analysis.json").read_text())["datasets"]["mosei"]
+    g = d["gate"]
+    assert d["gold_emotion"] == [None, None, None]
+    assert gate_analysis.sentiment_signs(d["gold_score"]) == ["positive", "neutral", "negative"]
+    assert g["grouped_by"] == "sentiment_sign" and g["n"] == 3
+    assert {lab: e["n"] for lab, e in g["per_sentiment_sign"].items()} == {"negative": 1, "neutral": 1, "positive": 1}
+    assert set(g["flags"]) == {"collapsed", "redundant", "static", "sentiment_sign_dependent"}
+    assert len(g["kruskal_wallis_by_gold_sentiment_sign"]) == 3 and -1.0 <= g["expert_cosine"] <= 1.0
+    md = (tmp_path / "gate_analysis.md").read_text()
+    assert "## mosei test (all utterances: n = 3 scored): gate by gold sentiment sign (no emotion labels" in md
+    assert "| mosei | 3 |" in md and "| gold sentiment sign |" in md
+    assert (tmp_path / "gate_alpha_hist.png").is_file()
+
+
+def test_analysis_options_name_the_mmsa_mistake() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="no label set applies to mosei"):
+        DatasetSpec.parse("mosei:default")
+    meld, mosei, sims = DatasetSpec("meld"), DatasetSpec("mosei"), DatasetSpec("sims")
+    assert parse_mmsa_folders(["some/folder"], [meld, mosei]) == {"mosei": "some/folder"}
+    assert parse_mmsa_folders(["sims=a", "mosei=b"], [mosei, sims]) == {"sims": "a", "mosei": "b"}
+    with pytest.raises(ValueError, match="PATH alone only when exactly one is scored"):
+        parse_mmsa_folders(["some/folder"], [mosei, sims])
+    with pytest.raises(ValueError, match="'mosi' is not one of the MMSA data sets scored"):
+        parse_mmsa_folders(["mosi=a"], [mosei])
 
 
 def test_score_only_answers_train_parse_and_come_from_the_trie(mosei_run, mosei_folder: Path) -> None:
