@@ -101,12 +101,12 @@ class Piece:
     name: str
     source: str  # "ravdess" or "espeak-ng"
     audio: np.ndarray  # trimmed to the speech +- TRIM_PAD_S
-    speech: tuple[float, float]  # reference speech span inside `audio`
+    bounds: tuple[float, float]  # reference speech span inside `audio`
     script: str | None = None  # what was said (espeak-ng), or the RAVDESS emotion label
 
     @property
     def speech_s(self) -> float:
-        return self.speech[1] - self.speech[0]
+        return self.bounds[1] - self.bounds[0]
 
 
 def _trim(name: str, source: str, x: np.ndarray, script: str | None) -> Piece:
@@ -162,17 +162,11 @@ def conversation_order(pool: list[Piece], n: int) -> list[Piece]:
 
 def build_stream(seq: list[Piece], gap_s: float = GAP_S, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """The pieces separated by silence with a faint noise floor; returns the signal and the reference speech spans
-    in stream seconds. Starts with `gap_s` of silence and ends with 1.5 s (the VAD closes the last one itself)."""
-    gap = np.zeros(int(gap_s * SR), np.float32)
-    parts, refs, t = [gap], [], gap_s
-    for p in seq:
-        refs.append((t + p.speech[0], t + p.speech[1]))
-        parts += [p.audio, gap]
-        t += len(p.audio) / SR + gap_s
-    parts.append(np.zeros(int(0.5 * SR), np.float32))
-    x = np.concatenate(parts)
-    x += np.random.default_rng(seed).normal(0, 10 ** (-70 / 20), len(x)).astype(np.float32)
-    return x, refs
+    in stream seconds. Starts with `gap_s` of silence and ends with `gap_s` + 0.5 s (the VAD closes the last one
+    itself)."""
+    from test_streaming_support import join_with_silence
+
+    return join_with_silence(seq, gap_s, seed=seed, tail_s=0.5)
 
 
 # ------------------------------------------------------------------------------------------------------ machine

@@ -442,7 +442,6 @@ class EGMFModel(nn.Module):
     def _build_answer_trie(self) -> None:
         """One trie of valid answer token sequences per label set (leaves hold (label, score)), and for every first
         answer token the tree of trie nodes that the answer pass must feed (see `AnswerTree`)."""
-        self._tries: dict[str, dict] = {}
         self._answer_trees: dict[str, dict[int, AnswerTree]] = {}
         for name in self.prompts.label_sets:
             trie: dict = {}
@@ -451,7 +450,6 @@ class EGMFModel(nn.Module):
                 for t in ids:
                     node = node.setdefault(t, {})
                 node[None] = (label, value)
-            self._tries[name] = trie
             self._answer_trees[name] = {tok: AnswerTree.plan(tok, sub) for tok, sub in trie.items()}
 
     @torch.no_grad()

@@ -223,20 +223,21 @@ class PromptBuilder:
     def build_prefix(self, language: str | None = None) -> list[int]:
         """The template's prefix (before the pseudo tokens) in `language`: what every prompt of that language starts
         with, so its KV cache can be computed once (`EGMFModel.score`)."""
+        return list(self._template(language).prefix)
+
+    def _template(self, language: str | None) -> TemplateIds:
+        """`language`'s template (None = prompt.language), or a clear error naming the known ones."""
         language = language or self.cfg.language
         if language not in self.templates:
             raise ValueError(f"language {language!r} has no prompt template; known: {sorted(self.templates)}")
-        return list(self.templates[language].prefix)
+        return self.templates[language]
 
     def build(
         self, context: Sequence[Turn], current: Turn, label_set: str = "default", language: str | None = None
     ) -> PromptIds:
         """[prefix] + pseudo + [suffix; context; current utterance; instruction; assistant start], in the template of
         `language` (None = prompt.language)."""
-        language = language or self.cfg.language
-        if language not in self.templates:
-            raise ValueError(f"language {language!r} has no prompt template; known: {sorted(self.templates)}")
-        t = self.templates[language]
+        t = self._template(language)
         after = list(t.suffix)
         if self.use_text and context:
             after += t.context

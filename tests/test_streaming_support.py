@@ -113,16 +113,18 @@ def ravdess_clips(n: int, seed: int = 7, intensity: str = "normal") -> list[Clip
     return clips
 
 
-def join_with_silence(clips: list[Clip], gap_s: float = 1.0, noise_dbfs: float = -70.0,
-                      seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    """Clips separated by ``gap_s`` of silence (plus a faint noise floor, as any real line has).
-    Returns the signal and the reference speech spans in stream seconds."""
+def join_with_silence(clips: list[Any], gap_s: float = 1.0, noise_dbfs: float = -70.0,
+                      seed: int = 0, tail_s: float = 0.0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Clips (anything with ``audio`` and its speech span ``bounds``) separated by ``gap_s`` of silence, with
+    ``tail_s`` more at the end, plus a faint noise floor, as any real line has. Returns the signal and the reference
+    speech spans in stream seconds."""
     gap = np.zeros(int(gap_s * SR), np.float32)
     parts, refs, t = [gap], [], gap_s
     for c in clips:
         refs.append((t + c.bounds[0], t + c.bounds[1]))
         parts += [c.audio, gap]
         t += len(c.audio) / SR + gap_s
+    parts.append(np.zeros(int(tail_s * SR), np.float32))
     x = np.concatenate(parts)
     x += np.random.default_rng(seed).normal(0, 10 ** (noise_dbfs / 20), len(x)).astype(np.float32)
     return x, refs
