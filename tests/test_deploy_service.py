@@ -358,7 +358,8 @@ def test_dashboard_page(service):
     assert "http://" not in html and "https://" not in html  # self-contained: no CDN
 
 
-def _chromium_driver(tmp_path):
+def _chromium_driver(tmp_path, *extra_flags: str):
+    """Headless Debian Chromium; ``extra_flags`` are added to the command line (fake camera and microphone ...)."""
     webdriver = pytest.importorskip("selenium.webdriver")
     import shutil
 
@@ -371,7 +372,7 @@ def _chromium_driver(tmp_path):
     opts.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--autoplay-policy=no-user-gesture-required",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}", *extra_flags):
         opts.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=opts)
 
@@ -395,5 +396,105 @@ def test_dashboard_streams_a_file_in_headless_chromium(service, recording, tmp_p
         assert len(browser.find_elements(By.CSS_SELECTOR, "#gates .bar")) == 3
         assert "Speaker" in browser.find_element(By.ID, "speakers").text
         assert not browser.find_elements(By.CSS_SELECTOR, "#transcript .err")
+    finally:
+        browser.quit()
+
+
+def _fake_capture_files(tmp_path, tail_s: float = 2.0, size: int = 480, fps: int = 10):
+    """The talking-head clip as Chromium's fake camera and microphone: a y4m (``size`` x ``size``, ``fps`` frames
+    per second, yuv420p) and a 16 kHz mono wav of its sound followed by ``tail_s`` of silence (so the segmenter
+    closes the utterance). Written with PyAV into ``tmp_path``."""
+    import av
+    from test_streaming_support import load_audio
+
+    wav = write_wav(tmp_path / "head.wav", np.concatenate([load_audio(HEAD), np.zeros(int(tail_s * SR), np.float32)]))
+    y4m = tmp_path / "head.y4m"
+    with av.open(str(HEAD)) as c, y4m.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{size} H{size} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        prev, k = None, 0
+        for frame in c.decode(video=0):
+            planes = frame.reformat(width=size, height=size, format="yuv420p").to_ndarray()  # Y, U, V rows
+            while k / fps < frame.time:  # output times before this picture show the previous one
+                f.write(b"FRAME\n" + (planes if prev is None else prev).tobytes())
+                k += 1
+            prev = planes
+        f.write(b"FRAME\n" + prev.tobytes())
+    return y4m, wav
+
+
+def _frames_sent(browser) -> int:
+    """The video frames the page sent in its last session ("video: N frames sent")."""
+    from selenium.webdriver.common.by import By
+
+    text = browser.find_element(By.ID, "vstat").text
+    assert text.startswith("video: ") and text.endswith(" frames sent"), text
+    return int(text.split()[1])
+
+
+def _dashboard_utterances(browser) -> list:
+    """The utterances shown, after checking each has an emotion and that no error event was shown."""
+    from selenium.webdriver.common.by import By
+
+    utts = browser.find_elements(By.CSS_SELECTOR, "#transcript .utt")
+    assert all(u.get_attribute("data-emotion") in EMOTION_LABELS for u in utts)
+    errors = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#transcript .err")]
+    assert not errors, errors
+    return utts
+
+
+@needs_talking_heads
+def test_dashboard_streams_microphone_and_camera_in_headless_chromium(service, tmp_path):
+    """The camera option: Chromium's fake camera and microphone play the real talking-head clip; the page sends
+    tagged audio + 10 fps JPEG frames and the utterance is shown with the video badge (the face was seen)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    y4m, wav = _fake_capture_files(tmp_path)
+    browser = _chromium_driver(tmp_path, "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                               f"--use-file-for-fake-video-capture={y4m}",
+                               f"--use-file-for-fake-audio-capture={wav}%noloop")
+    try:
+        browser.get(f"{BASE}/")
+        browser.find_element(By.ID, "camera").click()
+        browser.find_element(By.ID, "mic").click()
+        WebDriverWait(browser, 10).until(lambda b: b.find_element(By.ID, "preview").is_displayed())  # live preview
+        t0 = time.monotonic()
+        WebDriverWait(browser, 90).until(lambda b: b.find_elements(By.CSS_SELECTOR, "#transcript .utt"))
+        live_s = time.monotonic() - t0
+        browser.find_element(By.ID, "stop").click()
+        WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "status").text == "done")
+        assert not browser.find_element(By.ID, "preview").is_displayed()
+        frames = _frames_sent(browser)
+        utts = _dashboard_utterances(browser)
+        print(f"\nfirst utterance after {live_s:.1f} s, {frames} frames sent: {[u.text for u in utts]}")
+        assert 4 * live_s <= frames <= 12 * live_s + 2  # about 10 per second (lenient: a loaded CPU)
+        assert utts and all(u.find_elements(By.CSS_SELECTOR, ".badge-video") for u in utts)
+        assert "video" in utts[0].find_element(By.CSS_SELECTOR, ".badge-video").text
+    finally:
+        browser.quit()
+
+
+@needs_talking_heads
+def test_dashboard_streams_a_video_file_at_real_time_pace_in_headless_chromium(service, tmp_path):
+    """A chosen mp4 at real-time pace: the page plays it muted, sends its frames beside the audio, and every
+    utterance is shown with the video badge."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = _chromium_driver(tmp_path)
+    try:
+        browser.get(f"{BASE}/")
+        assert browser.find_element(By.ID, "realtime").is_selected()
+        t0 = time.monotonic()
+        browser.find_element(By.ID, "file").send_keys(str(HEAD))
+        WebDriverWait(browser, 90).until(lambda b: b.find_element(By.ID, "status").text == "done")
+        elapsed = time.monotonic() - t0
+        frames = _frames_sent(browser)
+        utts = _dashboard_utterances(browser)
+        print(f"\n{HEAD.name} in the dashboard in {elapsed:.1f} s, {frames} frames sent: {[u.text for u in utts]}")
+        assert elapsed > 6.0  # real-time pace
+        assert 30 <= frames <= 62  # 6.1 s at about 10 frames per second (lenient: a loaded CPU)
+        assert not browser.find_element(By.ID, "preview").is_displayed()
+        assert utts and all(u.find_elements(By.CSS_SELECTOR, ".badge-video") for u in utts)
     finally:
         browser.quit()
