@@ -229,8 +229,10 @@ class MachineLoad:
 
 
 class RecordingAnalyzer:
-    """Delegates to the real analyzer and records, per call, the wall time of ``analyze``, its stage timings and the
-    context the conversation held before the call (for the prompt length). Adds nothing to the work itself."""
+    """Delegates to the real analyzer and records, per utterance, the wall time of its analysis, its stage timings and
+    the context the conversation held before it (for the prompt length). Adds nothing to the work itself. A
+    speculative analysis (``analyze_uncommitted`` on the pipeline's worker thread) is recorded when the pipeline
+    commits it, so discarded ones (speech resumed) are counted by the pipeline but not as utterances."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -243,18 +245,37 @@ class RecordingAnalyzer:
     def new_conversation(self) -> Any:
         return self.inner.new_conversation()
 
-    def analyze(self, segment, video, conversation):
+    def _timed(self, fn, segment, video, conversation, *args):
         window = getattr(conversation, "window", None)
         context = window.snapshot() if window is not None else ()
         t0 = time.perf_counter()
-        res = self.inner.analyze(segment, video, conversation)
+        res = fn(segment, video, conversation, *args)
         ms = (time.perf_counter() - t0) * 1000.0
-        self.records.append({"start": round(segment.start_s, 6), "end": round(segment.end_s, 6), "analyze_ms": ms,
-                             "timings_ms": dict(res.timings_ms), "context": context, "segment": segment})
+        return res, {"start": round(segment.start_s, 6), "end": round(segment.end_s, 6), "analyze_ms": ms,
+                     "timings_ms": dict(res.timings_ms), "context": context, "segment": segment}
+
+    def analyze(self, segment, video, conversation):
+        res, rec = self._timed(self.inner.analyze, segment, video, conversation)
+        self.records.append(rec)
         return res
 
+    def analyze_uncommitted(self, segment, video, conversation, cancel):
+        res, rec = self._timed(self.inner.analyze_uncommitted, segment, video, conversation, cancel)
+        res.pending = (res.pending, rec)
+        return res
 
-def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True) -> dict[str, Any]:
+    def commit(self, conversation, result) -> bool:
+        pending, rec = result.pending
+        result.pending = pending
+        ok = self.inner.commit(conversation, result)
+        result.pending = (pending, rec)
+        if ok:
+            self.records.append({**rec, "speculative": True})
+        return ok
+
+
+def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True,
+               speculative: bool = True) -> dict[str, Any]:
     """Push ``x`` in 30 ms blocks (at real-time pace when ``paced``) from a feeder thread; iterate the stream in this
     thread. Returns the events with the wall time each came out, and the wall time each block was pushed."""
     from streaming.pipeline import StreamAnalyzer, StreamConfig
@@ -277,7 +298,7 @@ def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True)
             errors.append(e)
             src.end()
 
-    sa = StreamAnalyzer(analyzer, StreamConfig(stream_id=stream_id))
+    sa = StreamAnalyzer(analyzer, StreamConfig(stream_id=stream_id, speculative=speculative))
     th = threading.Thread(target=feed, name="feeder", daemon=True)
     start = time.monotonic()
     cpu = [(start, _proc_stat_busy_s(), time.process_time())]  # [0]: stream start, then one per event
@@ -291,7 +312,7 @@ def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True)
     if errors:
         raise errors[0]
     return {"events": events, "pushed": pushed, "wall_s": time.monotonic() - start, "segmenter_ms": sa.segmenter_ms,
-            "stream_s": len(x) / SR, "cpu": cpu}
+            "stream_s": len(x) / SR, "cpu": cpu, "speculation": dict(sa.speculation)}
 
 
 def _other_cores(a: tuple, b: tuple) -> float | None:
@@ -386,11 +407,24 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
     return out
 
 
+def load_analyzer(say=print) -> tuple[Any, float]:
+    """The analyzer `python -m streaming` builds (shipped checkpoint, CLI defaults) and its load time in seconds."""
+    from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
+
+    t_load = time.monotonic()
+    inner = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"))
+    load_s = time.monotonic() - t_load
+    say(f"model loaded in {load_s:.1f} s: {inner.version}")
+    return inner, load_s
+
+
 def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int = 12, offline_reps: int = 8,
-                  gap_s: float = GAP_S, wait_idle_s: float = 0.0, say=print) -> dict[str, Any]:
+                  gap_s: float = GAP_S, wait_idle_s: float = 0.0, speculative: bool = True,
+                  loaded: tuple[Any, float] | None = None, say=print) -> dict[str, Any]:
+    """One paced run of the conversation; ``speculative``: the pipeline's speculative end of utterance (the CLI's
+    live default). ``loaded``: an analyzer from :func:`load_analyzer` to reuse (side-by-side runs)."""
     import torch
 
-    from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
     from streaming.events import SpeechStartedEvent, UtteranceEvent
 
     t_setup = time.monotonic()
@@ -402,22 +436,20 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         f"{sum(p.source == 'espeak-ng' for p in pool)} espeak-ng), stream {len(x) / SR:.1f} s "
         f"(inputs ready in {time.monotonic() - t_setup:.1f} s)")
 
-    t_load = time.monotonic()
-    inner = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"))  # what `python -m streaming` builds
-    load_s = time.monotonic() - t_load
-    say(f"model loaded in {load_s:.1f} s: {inner.version}")
+    inner, load_s = loaded or load_analyzer(say)
     analyzer = RecordingAnalyzer(inner)
 
     # Warm-up on two other pieces (first calls pay for lazy initialisation), not paced, own conversation.
     warm_pieces = [p for p in pool if all(p is not q for q in seq[:5])][:2] or pool[:2]
     xw, _ = build_stream(warm_pieces, 0.8, seed=1)
-    run_stream(analyzer, xw, "warmup", paced=False)
+    run_stream(analyzer, xw, "warmup", paced=False, speculative=speculative)
     analyzer.records.clear()
 
     idle_wait = wait_for_idle(wait_idle_s, say) if wait_idle_s > 0 else None
     load = MachineLoad()
-    say(f"load average before: {' '.join(f'{v:.2f}' for v in load.load_before)}; streaming at real-time pace ...")
-    r = run_stream(analyzer, x, "bench")
+    say(f"load average before: {' '.join(f'{v:.2f}' for v in load.load_before)}; streaming at real-time pace "
+        f"(speculative end of utterance {'on' if speculative else 'off'}) ...")
+    r = run_stream(analyzer, x, "bench", speculative=speculative)
     machine_load = load.finish()
     # "shared": other processes kept at least a quarter of a core busy on average while the stream ran
     machine_load["shared"] = machine_load.get("other_processes_cores", 0.0) >= 0.25
@@ -579,6 +611,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         "model_version": inner.version, "model_load_s": round(load_s, 1),
         "threads": {"torch": torch.get_num_threads(), "whisper_cpu_threads": inner.frontend.config.cpu_threads},
         "asr_window_s": inner.frontend.config.window_s,
+        "speculative": speculative, "speculation": r["speculation"],
         "setup": {"utterances": n, "pool": [{"name": p.name, "source": p.source, "speech_s": round(p.speech_s, 2),
                                               "script": p.script} for p in pool],
                   "gap_s": gap_s, "block_ms": BLOCK * 1000 // SR, "paced": "real time",
@@ -604,6 +637,14 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
     return result
 
 
+def compact(res: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a run, for a side-by-side comparison inside another run's report."""
+    return {"latency_ms": res["latency_ms"], "event_latency_ms": res["event_latency_ms"],
+            "rtf_overall": res["rtf"]["overall"], "analyze_ms": res["stages_ms"]["analyze"],
+            "machine": {k: res["machine"].get(k) for k in ("other_processes_cores", "shared", "load_average_before")},
+            "counts": {k: v for k, v in res["counts"].items() if k != "errors"}, "speculation": res["speculation"]}
+
+
 def _versions(torch: Any) -> dict[str, str]:
     import importlib.metadata as md
 
@@ -621,6 +662,32 @@ def _versions(torch: Any) -> dict[str, str]:
 
 def _pct_str(v: float | None) -> str:
     return "-" if v is None else f"{v * 100:+.2f} %"
+
+
+def _speculation_lines(res: dict[str, Any], f) -> list[str]:
+    sp = res.get("speculation") or {}
+    lines = [f"Speculative end of utterance (analysis starts once the post-roll is in, during the VAD's hangover): "
+             f"{'on' if res.get('speculative') else 'off'}"
+             + (f"; {sp.get('started', 0)} started, {sp.get('used', 0)} used, {sp.get('discarded', 0)} discarded "
+                f"(speech resumed)." if res.get("speculative") else "."), ""]
+    off = res.get("speculation_off")
+    if off:
+        lat, lat_off = res["latency_ms"], off["latency_ms"]
+        lines += [
+            "Side by side, the same conversation streamed twice with the same loaded model (off first, then on):",
+            "",
+            "| speculation | latency p50 | latency p95 | max | RTF overall | other processes (cores) |",
+            "|---|---|---|---|---|---|",
+            f"| off | {f(lat_off.get('p50'))} | {f(lat_off.get('p95'))} | {f(lat_off.get('max'))} | "
+            f"{f(off['rtf_overall'], 3)} | {f(off['machine'].get('other_processes_cores'), 2)} |",
+            f"| on | {f(lat.get('p50'))} | {f(lat.get('p95'))} | {f(lat.get('max'))} | {f(res['rtf']['overall'], 3)} "
+            f"| {f(res['machine'].get('other_processes_cores'), 2)} |",
+            "",
+        ]
+        if lat_off.get("p50") and lat.get("p50"):
+            lines[-1:-1] = [f"Ratio on/off: p50 x{lat['p50'] / lat_off['p50']:.2f}, "
+                            f"p95 x{lat['p95'] / lat_off['p95']:.2f}.", ""]
+    return lines
 
 
 def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, Path]:
@@ -668,6 +735,7 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
         f"| start of speech -> speech_started event (ms) | {f(res['speech_started_latency_ms'].get('p50'))} | "
         f"{f(res['speech_started_latency_ms'].get('p95'))} | {f(res['speech_started_latency_ms'].get('max'))} | | |",
         "",
+        *_speculation_lines(res, f),
         "Where the time goes, per utterance (ms; share = of the summed analysis time):",
         "",
         "| stage | p50 | p95 | mean | share |",
@@ -760,6 +828,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="on a shared machine: wait up to this long for other processes to go idle (< 0.2 cores over "
                          "10 s) before streaming (default: start at once)")
+    ap.add_argument("--speculation", choices=("both", "on", "off"), default="both",
+                    help="the pipeline's speculative end of utterance: 'both' (default) streams the conversation "
+                         "twice, off then on, with the same loaded model, and reports them side by side")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
     a = ap.parse_args(argv)
     import logging
@@ -770,7 +841,13 @@ def main(argv: list[str] | None = None) -> int:
     n = a.utterances or (5 if a.quick else 50)
     reps = a.offline_reps if a.offline_reps is not None else (2 if a.quick else 8)
     t0 = time.monotonic()
-    res = run_benchmark(n, offline_reps=reps, wait_idle_s=a.wait_idle)
+    loaded = load_analyzer()
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[a.speculation]
+    runs = {m: run_benchmark(n, offline_reps=reps, wait_idle_s=a.wait_idle, speculative=m, loaded=loaded)
+            for m in modes}
+    res = runs[modes[-1]]
+    if len(runs) == 2:
+        res["speculation_off"] = compact(runs[False])
     res["command"] = " ".join(["python benchmarks/bench_streaming_latency.py", *(argv if argv is not None else
                                                                                   sys.argv[1:])])
     res["total_wall_s"] = round(time.monotonic() - t0, 1)

@@ -99,7 +99,8 @@ def markdown(result: dict) -> str:
     for w, r in result["windows"].items():
         agree = "-" if r["agreement_with_30s"] is None else f"{r['agreement_with_30s']:.2f}"
         lines.append(f"| {w} | {r['encoder_ms_p50']:.0f} | {r['wer_mean']:.2f} | {r['accuracy8']:.2f} | {agree} |")
-    lines += ["", "Command: `python benchmarks/bench_whisper_window.py`; numbers in `whisper_window.json`.", ""]
+    command = result.get("command", "python benchmarks/bench_whisper_window.py")
+    lines += ["", f"Command: `{command}`; numbers in `whisper_window.json`.", ""]
     return "\n".join(lines)
 
 
@@ -110,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "whisper_window")
     args = ap.parse_args(argv)
     result = run(args.windows, args.limit)
+    result["command"] = " ".join(["python benchmarks/bench_whisper_window.py",
+                                  *(argv if argv is not None else sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

@@ -41,7 +41,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deploy.protocol import InputError, InputLimits, StreamInput, VideoLimits
 from streaming.events import ErrorEvent
-from streaming.pipeline import AnalysisResult, StreamAnalyzer, StreamConfig
+from streaming.pipeline import AnalysisResult, StreamAnalyzer, StreamConfig, check_cancelled
 from streaming.segmenter import SpeechSegment
 from streaming.sources import AVFileSource, AVSourceConfig, PushSource, SourceError
 
@@ -69,6 +69,10 @@ class AppArgs(BaseModel):
     asr_device: str = "cpu"
     #: Recognizer language (None = the recognizer's default; "en" for the bundled tiny.en).
     language: str | None = None
+    #: WebSocket streams analyze an utterance during the VAD's hangover (streaming.pipeline: speculative end of
+    #: utterance): events come ~180 ms sooner; work started for a pause that was not an end is cancelled after the
+    #: recognizer. POST /v1/analyze never speculates (a file is read as fast as possible).
+    speculative: bool = True
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
     #: If set, the WebSocket start message and POST /v1/analyze (header ``Authorization: Bearer <token>``) need it.
@@ -239,9 +243,11 @@ class EGMFModel:
 
 @dataclass
 class _History:
-    """One stream's conversation: its tokenized turns (made by the model deployment), newest last."""
+    """One stream's conversation: its tokenized turns (made by the model deployment), newest last; ``version``
+    counts appends, so a speculative result can tell whether its context is still current."""
 
     turns: deque
+    version: int = 0
 
 
 class FaceModel:
@@ -309,20 +315,40 @@ class RemoteAnalyzer:
 
     def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                 conversation: _History) -> AnalysisResult:
+        result = self.analyze_uncommitted(segment, video, conversation)
+        if not self.commit(conversation, result):
+            raise RuntimeError("the conversation changed during the analysis: analyze one stream's utterances in order")
+        return result
+
+    def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                            conversation: _History, cancel: threading.Event | None = None) -> AnalysisResult:
+        """``analyze`` without adding the turn to the stream's history (the pipeline's speculative end of
+        utterance); ``cancel`` is checked before the recognizer is asked and before the model is."""
+        check_cancelled(cancel)
         audio = np.ascontiguousarray(segment.audio[: 30 * segment.sample_rate], dtype=np.float32)
         asr_ref = self.asr.transcribe.remote(audio, self.language)
         visual, visual_valid = self._face_features(video)  # while the recognizer runs
         asr = asr_ref.result()
+        check_cancelled(cancel)
+        version = conversation.version
         p = self.model.predict.remote({
             "text": asr["text"], "speaker": segment.speaker, "audio_features": asr["encoder_states"],
             "visual_features": visual, "visual_valid": visual_valid,
             "language": asr["language"], "context": list(conversation.turns),
         }).result()
-        if p["turn"] is not None:
-            conversation.turns.append(p["turn"])
         return AnalysisResult(text=asr["text"], language=asr["language"], emotion=p["emotion"],
                               emotion_probs=p["emotion_probs"], sentiment_score=p["sentiment_score"],
-                              sentiment_label=p["sentiment_label"], alpha=p["alpha"], modalities=p["modalities"])
+                              sentiment_label=p["sentiment_label"], alpha=p["alpha"], modalities=p["modalities"],
+                              pending=(p["turn"], version))
+
+    def commit(self, conversation: _History, result: AnalysisResult) -> bool:
+        turn, version = result.pending
+        if conversation.version != version:
+            return False
+        if turn is not None:
+            conversation.turns.append(turn)
+            conversation.version += 1
+        return True
 
 
 class StartError(ValueError):
@@ -462,7 +488,7 @@ class Ingress:
             except SourceError:
                 raise HTTPException(415, "cannot decode the upload: send an audio/video file FFmpeg reads "
                                          "(wav, flac, mp3, mp4, mkv, webm, ...) as the request body") from None
-            stream = StreamAnalyzer(await self._analyzer(language), StreamConfig())
+            stream = StreamAnalyzer(await self._analyzer(language), StreamConfig(speculative=False))
             face_error = await self._face_error() if source.has_video else None
             events = [ErrorEvent(stream.stream_id, "video_unavailable", face_error, "video").to_dict()] \
                 if face_error else []
@@ -521,7 +547,7 @@ class Ingress:
         inbound = StreamInput(source, start.sample_format, args.input_limits(start.video))
         analyzer = StreamAnalyzer(await self._analyzer(start.language),
                                   StreamConfig(stream_id=stream_id, stereo_speakers=start.channels == 2,
-                                               speakers=start.speakers))
+                                               speakers=start.speakers, speculative=args.speculative))
 
         def post(item: Any) -> None:
             loop.call_soon_threadsafe(out.put_nowait, item)

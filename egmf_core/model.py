@@ -96,6 +96,7 @@ class AnswerTree:
     depths: list[int]  # position offset after the prompt's last token (first token = 1)
     ancestors: torch.Tensor  # (n, n) bool: node q may attend to node k (k is q or an ancestor of q)
     index: dict[int, int]  # id(trie node) -> its row among the fed nodes
+    choices: list[int]  # every token a fed node chooses among: the only logits `walk` reads
 
     @classmethod
     def plan(cls, first_token: int, root: dict) -> "AnswerTree":
@@ -107,7 +108,7 @@ class AnswerTree:
             return fed[id(node)]
 
         needs(root)
-        tokens, depths, parents, index = [], [], [], {}
+        tokens, depths, parents, index, choices = [], [], [], {}, set()
         stack = [(first_token, root, 1, -1)]
         while stack:
             tok, node, depth, parent = stack.pop()
@@ -117,12 +118,14 @@ class AnswerTree:
             tokens.append(tok)
             depths.append(depth)
             parents.append(parent)
-            stack += [(k, c, depth + 1, index[id(node)]) for k, c in node.items() if k is not None]
+            children = [(k, c) for k, c in node.items() if k is not None]
+            choices.update(k for k, _ in children)
+            stack += [(k, c, depth + 1, index[id(node)]) for k, c in children]
         ancestors = torch.eye(len(tokens), dtype=torch.bool)
         for q, p in enumerate(parents):
             if p >= 0:
                 ancestors[q] |= ancestors[p]
-        return cls(root, tokens, depths, ancestors, index)
+        return cls(root, tokens, depths, ancestors, index, sorted(choices))
 
     def walk(self, logits: torch.Tensor | None) -> tuple[str, float]:
         """Greedy path from the first token to a leaf: at each branching node the child with the highest logit."""
@@ -548,17 +551,24 @@ class EGMFModel(nn.Module):
         if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
             mask = torch.zeros(mask.shape, dtype=prep.embeds.dtype, device=dev).masked_fill(
                 ~mask, torch.finfo(prep.embeds.dtype).min)
-        out = self.llm(
-            inputs_embeds=self._embed(ids.to(dev)),
-            attention_mask=mask,
-            position_ids=prep.position_ids[:, -1:] + depth.to(dev),
-            cache=cache,
-            use_cache=True,
-            **adapters,
-        )
-        return out.logits.float()
+        kwargs = dict(inputs_embeds=self._embed(ids.to(dev)), attention_mask=mask,
+                      position_ids=prep.position_ids[:, -1:] + depth.to(dev), cache=cache, use_cache=True)
+        if adapters:  # per-row adapters are applied by peft's forward: the whole model, every logit
+            return self.llm(**kwargs, **adapters).logits.float()
+        # The nodes choose among a few dozen tokens: their logits only, not the whole vocabulary (the output
+        # projection over 49k tokens costs about as much as 3 decoder layers at this size). Elsewhere -inf.
+        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        hidden = base.get_decoder()(**kwargs).last_hidden_state
+        choices = torch.tensor(sorted({t for tree in trees for t in tree.choices}), device=dev)
+        head = base.get_output_embeddings()
+        sub = F.linear(hidden, head.weight[choices], None if head.bias is None else head.bias[choices]).float()
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            sub = torch.tanh(sub / cap) * cap
+        logits = torch.full((*hidden.shape[:2], head.weight.shape[0]), -torch.inf, device=dev)
+        logits[..., choices] = sub
+        return logits
 
-    # -- inference: plain greedy generation (paper path) --------------------------------------------------------
     @torch.no_grad()
     def generate(self, batch: Sequence[ModelInput], max_new_tokens: int = 12) -> list[Prediction]:
         prep = self.prepare(batch)

@@ -3,6 +3,10 @@
 The hot path per utterance: tokenize the new utterance once (`make_turn`), build the prompt from cached turn ids
 of the last `max_context_turns` turns, run the fusion stack and one constrained scoring pass. Nothing about the
 conversation is re-tokenized or re-encoded from scratch, and the cost does not grow with the conversation's length.
+
+`predict_uncommitted` + `commit` split a prediction from adding its turn to the context, for the live pipeline's
+speculative end of utterance: an utterance analyzed during the VAD's hangover joins the context only if it really
+ended there, and only if the context is still the one it was predicted with.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, resolve
 from .model import EGMFModel, ModelInput, Prediction
-from .prompt import ContextWindow
+from .prompt import ContextWindow, Turn
 
 
 @dataclass
@@ -24,7 +28,16 @@ class Conversation:
     """One stream's context: the last few turns, tokenized once each."""
 
     window: ContextWindow
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+
+@dataclass(frozen=True)
+class PendingTurn:
+    """An utterance predicted but not yet in its conversation: its tokenized turn and the context version
+    (`ContextWindow.version`) its prediction saw."""
+
+    turn: Turn
+    context_version: int
 
 
 class EGMFPredictor:
@@ -79,21 +92,42 @@ class EGMFPredictor:
 
         `language` (the speech recognizer's) picks the LoRA adapter and prompt template; None = the model's default.
         """
+        with conversation.lock:  # nothing else enters this conversation between the snapshot and the append
+            pred, pending = self.predict_uncommitted(conversation, text, speaker, audio_features, visual_features,
+                                                     visual_valid, language)
+            self.commit(conversation, pending)
+        return pred
+
+    def predict_uncommitted(
+        self,
+        conversation: Conversation,
+        text: str,
+        speaker: str,
+        audio_features: np.ndarray | None = None,
+        visual_features: np.ndarray | None = None,
+        visual_valid: np.ndarray | None = None,
+        language: str | None = None,
+    ) -> tuple[Prediction, PendingTurn]:
+        """`predict` without the append: the prediction and what `commit` needs to add the turn later."""
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
         turn = self.model.prompts.make_turn(speaker, text)
         with conversation.lock:
-            x = ModelInput(
-                context=conversation.window.snapshot(),
-                current=turn,
-                audio=audio_features,
-                visual=visual_features,
-                visual_valid=visual_valid,
-                language=language,
-            )
-            with self._lock:
-                pred = self.model.score([x])[0]
-            if text.strip():
-                conversation.window.append(turn)
+            pending = PendingTurn(turn, conversation.window.version)
+            context = conversation.window.snapshot()
+        x = ModelInput(context=context, current=turn, audio=audio_features, visual=visual_features,
+                       visual_valid=visual_valid, language=language)
+        with self._lock:
+            pred = self.model.score([x])[0]
         pred.expert_outputs = None
-        return pred
+        return pred, pending
+
+    def commit(self, conversation: Conversation, pending: PendingTurn) -> bool:
+        """Append the predicted turn (an empty transcript adds nothing) if the context is still the one the
+        prediction saw; False (nothing changed) if another turn was added since."""
+        with conversation.lock:
+            if conversation.window.version != pending.context_version:
+                return False
+            if pending.turn.text.strip():
+                conversation.window.append(pending.turn)
+            return True

@@ -75,8 +75,10 @@ class ContextWindow:
 
     max_turns: int
     turns: deque[Turn] = field(default_factory=deque)
+    version: int = 0  # turns appended so far: tells a prediction whether its context is still current
 
     def append(self, turn: Turn) -> None:
+        self.version += 1
         self.turns.append(turn)
         while len(self.turns) > self.max_turns:
             self.turns.popleft()

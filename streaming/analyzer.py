@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import AnalysisResult
+from .pipeline import AnalysisResult, check_cancelled
 from .segmenter import SpeechSegment
 
 __all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError"]
@@ -129,6 +129,17 @@ class EGMFUtteranceAnalyzer:
 
     def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                 conversation: Any) -> AnalysisResult:
+        """Analyze one utterance and add it to ``conversation``."""
+        result = self.analyze_uncommitted(segment, video, conversation)
+        if not self.commit(conversation, result):
+            raise RuntimeError("the conversation changed during the analysis: analyze one stream's utterances in order")
+        return result
+
+    def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                            conversation: Any, cancel: threading.Event | None = None) -> AnalysisResult:
+        """``analyze`` without adding the turn to ``conversation`` (the pipeline's speculative end of utterance);
+        ``cancel`` is checked before each stage: speech recognition, face features, the model."""
+        check_cancelled(cancel)
         audio = segment.audio
         limit = int(_MAX_AUDIO_S * segment.sample_rate)
         if len(audio) > limit:
@@ -137,6 +148,7 @@ class EGMFUtteranceAnalyzer:
         asr = self.frontend.process(np.ascontiguousarray(audio, dtype=np.float32), language=self.config.language)
         text = asr.text.strip()
         timings = {"asr_encoder": float(asr.encoder_ms), "asr_decode": float(asr.asr_ms - asr.encoder_ms)}
+        check_cancelled(cancel)
 
         visual_features = visual_valid = None
         if video:
@@ -147,9 +159,10 @@ class EGMFUtteranceAnalyzer:
                 timings["face"] = (time.perf_counter() - t0) * 1000.0
                 if len(vf) and bool(np.any(vf.valid)):  # no face at all = no visual modality, not zeros
                     visual_features, visual_valid = vf.features, vf.valid
+        check_cancelled(cancel)
 
         t0 = time.perf_counter()
-        p = self.predictor.predict(
+        p, pending = self.predictor.predict_uncommitted(
             conversation,
             text=text,
             speaker=segment.speaker,
@@ -171,4 +184,9 @@ class EGMFUtteranceAnalyzer:
             alpha=[float(a) for a in p.alpha],
             modalities=dict(p.modalities),
             timings_ms={k: round(float(v), 2) for k, v in timings.items()},
+            pending=pending,
         )
+
+    def commit(self, conversation: Any, result: AnalysisResult) -> bool:
+        """Add an uncommitted result's turn to ``conversation``; False if the context changed since."""
+        return bool(self.predictor.commit(conversation, result.pending))

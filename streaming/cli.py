@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-window-s", type=float, default=10.0,
                    help="recognizer encoder window in seconds (default 10: a fifth of the cost of Whisper's native "
                         "30, which reproduces the model's training features exactly)")
+    p.add_argument("--no-speculation", action="store_true",
+                   help="live input: analyze an utterance only after the VAD's end-of-speech hangover, not during it "
+                        "(events come ~180 ms later; no work is spent on pauses that turn out not to be ends)")
     p.add_argument("--no-video", action="store_true", help="ignore video even if the input has it")
     p.add_argument("--video-fps", type=float, default=10.0, help="video frames per second to analyze (default 10)")
     p.add_argument("--stream-id", help="stream id used in the events (default: random)")
@@ -203,8 +206,11 @@ def _main(argv: Sequence[str] | None, analyzer_factory: AnalyzerFactory | None, 
         print(f"error: model unavailable: {' '.join(str(e).split()) or type(e).__name__}", file=err)
         return EXIT_MODEL
 
+    # A file read as fast as possible has no one waiting at the end of an utterance: speculation would only waste work.
+    live = not args.file or args.realtime
     stream = StreamAnalyzer(analyzer, StreamConfig(stream_id=args.stream_id, segmenter=seg_cfg,
-                                                   stereo_speakers=args.stereo_speakers, speakers=speakers))
+                                                   stereo_speakers=args.stereo_speakers, speakers=speakers,
+                                                   speculative=live and not args.no_speculation))
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:

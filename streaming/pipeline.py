@@ -6,9 +6,10 @@ ordering, video alignment, latency accounting and the event schema are the same 
 
 Design choices:
 
-* **Synchronous.** Analysis runs in the caller's thread, between chunks. Events come out in a deterministic order,
-  there is no worker to tear down on Ctrl-C, and the sources already buffer input while an utterance is analyzed
-  (the microphone callback queue, the push queue; a paced file catches up). Analysis of one utterance takes ~0.9 s
+* **Synchronous.** Analysis runs in the caller's thread, between chunks (a speculative one, below, on one worker
+  thread whose result the caller's thread collects). Events come out in a deterministic order, nothing runs on
+  after Ctrl-C but a cancelled speculation's current stage, and the sources already buffer input while an
+  utterance is analyzed (the microphone callback queue, the push queue; a paced file catches up). Analysis of one utterance takes ~0.9 s
   on the 2-core CPU (``benchmarks/results/streaming_latency.md``), so the stream keeps up as long as an utterance plus
   the pause after it last longer than that; a backlog is worked off in the next pauses.
 * **One conversation per stream**, shared by all channels/speakers, because the model's context is the dialogue,
@@ -16,6 +17,14 @@ Design choices:
 * **Video alignment.** Frames are buffered with their stream timestamps; an utterance gets the frames within
   ``[start - video_margin_s, end + video_margin_s]``. Containers interleave audio ahead of video, so a finished
   utterance waits until the video clock has passed its end (at most ``max_video_wait_s`` of audio).
+* **Speculative end of utterance.** The VAD declares an end only after ``hangover_ms`` (300 ms) of non-speech, but
+  the utterance's audio is complete ``post_roll_ms`` (120 ms) after its last voiced frame
+  (:attr:`~streaming.segmenter.ChannelSegmenter.tentative`). With an analyzer that can analyze without committing
+  the turn to the conversation (:class:`SpeculativeAnalyzer`), that tentative utterance is analyzed on a worker
+  thread during the rest of the hangover. If the utterance ends there, the result is used and committed (it is
+  the same segment, frames and context, so the same result, 180 ms sooner); if speech resumes, the analysis is
+  cancelled at its next stage boundary and discarded. One analysis runs at a time per stream, so events keep their
+  order and the context is always the one the utterance would have seen.
 * **Latency** is measured from the wall-clock arrival of the audio at ``end_s`` to the creation of the event; for a
   file read as fast as possible it is pure processing time, for live input it is what the user waits.
 """
@@ -25,10 +34,12 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -49,7 +60,8 @@ from .events import (
 from .segmenter import ChannelSegmenter, SegmenterConfig, SpeechSegment, SpeechStart
 from .sources import AudioChunk, Source, SourceError, SourceItem, VideoFrame
 
-__all__ = ["AnalysisResult", "UtteranceAnalyzer", "StreamConfig", "StreamAnalyzer"]
+__all__ = ["AnalysisResult", "AnalysisCancelled", "check_cancelled", "UtteranceAnalyzer", "SpeculativeAnalyzer",
+           "StreamConfig", "StreamAnalyzer"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +73,8 @@ class AnalysisResult:
     ``emotion_probs`` must cover the 7 labels of :data:`streaming.events.EMOTION_LABELS`; ``alpha`` holds the 3
     gate weights in :data:`streaming.events.MODALITIES` order; ``modalities`` says which inputs carried data.
     ``timings_ms`` (optional): wall time per stage of this analysis (e.g. ``asr_encoder``, ``fusion``,
-    ``llm_prefill``), for logs and benchmarks; it is not part of the event.
+    ``llm_prefill``), for logs and benchmarks; it is not part of the event. ``pending``: for a result of
+    :meth:`SpeculativeAnalyzer.analyze_uncommitted`, what its ``commit`` needs (opaque to the pipeline).
     """
 
     text: str
@@ -73,6 +86,17 @@ class AnalysisResult:
     alpha: list[float]
     modalities: dict[str, bool]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    pending: Any = field(default=None, repr=False)
+
+
+class AnalysisCancelled(Exception):
+    """Raised by :meth:`SpeculativeAnalyzer.analyze_uncommitted` when its ``cancel`` event was set."""
+
+
+def check_cancelled(cancel: threading.Event | None) -> None:
+    """For analyzers: raise :class:`AnalysisCancelled` if ``cancel`` is set (call it between stages)."""
+    if cancel is not None and cancel.is_set():
+        raise AnalysisCancelled("speech resumed")
 
 
 @runtime_checkable
@@ -95,6 +119,38 @@ class UtteranceAnalyzer(Protocol):
                 conversation: Any) -> AnalysisResult: ...
 
 
+@runtime_checkable
+class SpeculativeAnalyzer(UtteranceAnalyzer, Protocol):
+    """An analyzer that can also analyze an utterance without adding it to the conversation, so that the pipeline
+    can start on a tentative end of utterance and keep the result only if the utterance really ends there.
+
+    ``analyze_uncommitted`` does what ``analyze`` does except the final append to ``conversation``; it may be called
+    from a worker thread, checks ``cancel`` between its stages and raises :class:`AnalysisCancelled` when it is set.
+    ``commit`` adds the result's turn to the conversation and returns True, or returns False (and changes nothing)
+    when the conversation changed since the result's context was taken.
+    """
+
+    def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                            conversation: Any, cancel: threading.Event) -> AnalysisResult: ...
+
+    def commit(self, conversation: Any, result: AnalysisResult) -> bool: ...
+
+
+@dataclass
+class _Speculation:
+    """A running analysis of a tentative end of utterance."""
+
+    segment: SpeechSegment
+    frame_times: tuple[float, ...] | None
+    future: Future
+    cancel: threading.Event
+
+
+def _same_segment(a: SpeechSegment, b: SpeechSegment) -> bool:
+    return (a.channel == b.channel and a.start_s == b.start_s and a.end_s == b.end_s and not a.split and not b.split
+            and a.audio_start_s == b.audio_start_s and len(a.audio) == len(b.audio))
+
+
 @dataclass
 class StreamConfig:
     """Per-stream settings. ``stream_id`` defaults to a random 12-hex id. ``stereo_speakers``: treat the two
@@ -111,6 +167,11 @@ class StreamConfig:
     #: Frames older than this behind the audio clock are dropped even if an utterance is still open (bounded memory
     #: for a stream whose VAD never closes).
     max_video_buffer_s: float = 20.0
+    #: Analyze a tentative end of utterance during the VAD's hangover (see the module docstring): events come
+    #: ``hangover_ms - post_roll_ms`` sooner, at the cost of analysis started for pauses that turn out to be
+    #: mid-utterance (cancelled after the recognizer at the latest). Only with a :class:`SpeculativeAnalyzer`.
+    #: Off for input read faster than real time, where waiting costs nothing and wasted work does.
+    speculative: bool = True
 
 
 class StreamAnalyzer:
@@ -140,6 +201,12 @@ class StreamAnalyzer:
         self.latencies_ms: list[float] = []
         #: Wall time spent in the VAD segmenter so far (all chunks), for benchmarks.
         self.segmenter_ms = 0.0
+        self._speculative = self.config.speculative and isinstance(analyzer, SpeculativeAnalyzer)
+        self._spec: _Speculation | None = None
+        self._last_future: Future | None = None  # the last analysis handed to the worker (it runs them in order)
+        self._executor: ThreadPoolExecutor | None = None
+        #: Speculative analyses started, used for the event, and discarded (speech resumed or the end differed).
+        self.speculation = {"started": 0, "used": 0, "discarded": 0}
 
     # ---------------------------------------------------------------------------------------------- set-up
 
@@ -182,7 +249,9 @@ class StreamAnalyzer:
         t0 = time.perf_counter()
         self._pending.extend(self._segmenter.feed(x, chunk.start_s))
         self.segmenter_ms += (time.perf_counter() - t0) * 1000.0
-        return self._drain()
+        out = self._drain()
+        self._speculate()
+        return out
 
     def process_video(self, frame: VideoFrame) -> list[Event]:
         if self._finished:
@@ -190,7 +259,9 @@ class StreamAnalyzer:
         self.has_video = True
         self._video.append(frame)
         self._video_clock = max(self._video_clock, frame.t)
-        return self._drain()
+        out = self._drain()
+        self._speculate()
+        return out
 
     def finish(self) -> list[Event]:
         """End of stream (or Ctrl-C): flush the utterance in progress and analyze everything still waiting."""
@@ -199,7 +270,11 @@ class StreamAnalyzer:
         self._finished = True
         if self._segmenter is not None:
             self._pending.extend(self._segmenter.flush())
-        return self._drain(final=True)
+        out = self._drain(final=True)
+        self._drop_speculation()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        return out
 
     def run(self, source: Source) -> Iterator[Event]:
         """Open ``source``, yield events as they are produced, flush at the end. ``stop()`` (e.g. from a signal
@@ -260,10 +335,67 @@ class StreamAnalyzer:
         i = bisect.bisect_left(self._arr_t, t - 1e-9)
         return self._arr_wall[i] if i < len(self._arr_wall) else None
 
+    # ---------------------------------------------------------------------------------------------- speculation
+
+    def _speculate(self) -> None:
+        """Start analyzing the segmenter's tentative end of utterance, or drop a speculation that no longer holds."""
+        if not self._speculative or self._segmenter is None:
+            return
+        t = self._segmenter.tentative
+        if self._spec is not None:
+            if t is not None and _same_segment(self._spec.segment, t):
+                return
+            self._drop_speculation()  # speech resumed
+        if t is None or self._pending:
+            return
+        if self.has_video and self._video_clock < t.end_s + self.config.video_margin_s:
+            return  # its frames are not all here yet: try again with the next item
+        frames = self._frames_for(t)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"speculate-{self.stream_id}")
+        cancel = threading.Event()
+        future = self._executor.submit(self.analyzer.analyze_uncommitted, t, frames,  # type: ignore[attr-defined]
+                                       self.conversation, cancel)
+        self._spec = _Speculation(t, _frame_times(frames), future, cancel)
+        self._last_future = future
+        self.speculation["started"] += 1
+
+    def _drop_speculation(self) -> None:
+        if self._spec is not None:
+            self._spec.cancel.set()  # a cancelled analysis stops at its next stage (or before its first)
+            self._spec = None
+            self.speculation["discarded"] += 1
+
+    def _speculative_result(self, seg: SpeechSegment, frames: list | None) -> AnalysisResult | None:
+        """The speculation's result if it analyzed exactly this segment with these frames and its context is still
+        the conversation's (then committed), else None. Either way no other analysis is running afterwards."""
+        spec = self._spec
+        if spec is None or not _same_segment(spec.segment, seg) or spec.frame_times != _frame_times(frames):
+            self._drop_speculation()
+            if self._last_future is not None:
+                _wait_quietly(self._last_future)  # the worker is idle once its last task is done
+            return None
+        self._spec = None
+        try:
+            res = spec.future.result()
+        except Exception as e:  # analyzed again below, in the caller's thread, where errors become error events
+            log.debug("stream %s: speculative analysis failed (%s: %s)", self.stream_id, type(e).__name__, e)
+            self.speculation["discarded"] += 1
+            return None
+        if not self.analyzer.commit(self.conversation, res):  # type: ignore[attr-defined]
+            self.speculation["discarded"] += 1
+            return None
+        self.speculation["used"] += 1
+        return res
+
+    # ---------------------------------------------------------------------------------------------- events
+
     def _emit(self, seg: SpeechSegment) -> None:
         frames = self._frames_for(seg)
         try:
-            res = self.analyzer.analyze(seg, frames, self.conversation)
+            res = self._speculative_result(seg, frames) if self._speculative else None
+            if res is None:
+                res = self.analyzer.analyze(seg, frames, self.conversation)
         except Exception as e:  # one bad utterance must not end a live stream
             log.error("stream %s: analysis of %.2f-%.2f s failed: %s: %s", self.stream_id, seg.start_s, seg.end_s,
                       type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
@@ -336,6 +468,18 @@ class StreamAnalyzer:
     @property
     def utterance_count(self) -> int:
         return self._next_utterance_id
+
+
+def _frame_times(frames: list[tuple[float, np.ndarray]] | None) -> tuple[float, ...] | None:
+    return None if frames is None else tuple(t for t, _ in frames)
+
+
+def _wait_quietly(future: Future) -> None:
+    """Wait for a cancelled speculation to stop; its outcome (usually AnalysisCancelled) no longer matters."""
+    try:
+        future.result()
+    except Exception:
+        pass
 
 
 def _r(t: float) -> float:

@@ -17,6 +17,10 @@ decisions into utterances:
 * **maximum length**: a turn longer than ``max_utterance_s`` is split at its quietest 30 ms frame (lowest energy)
   within the last ``split_search_s`` before the limit: a breath or a pause between phrases, rarely mid-word. The
   recognizer and the model both work on bounded input, and the listener gets an event at least every 8 s.
+* **tentative end**: once an utterance's post-roll audio is in (``post_roll_ms`` of unvoiced frames after its last
+  voiced frame), the segment it will become if no speech comes back is fully determined; :attr:`VADSegmenter.tentative`
+  holds it until speech resumes or the hangover ends. The pipeline analyzes it during the rest of the hangover
+  (speculative end of utterance) instead of after it; the final segment then equals the tentative one exactly.
 
 Chunks of any size (not multiples of a frame) are accepted: leftover samples wait for the next chunk, so the result
 does not depend on how the stream was chunked. Per-chunk work (int16 conversion, frame energies) is vectorized;
@@ -185,10 +189,17 @@ class VADSegmenter:
         self._audio_start = 0  # sample index where the utterance audio begins
         self._last_voiced_f = -1
         self._prev_end_sample = 0  # pre-roll never reaches back into the previous utterance
+        self._tentative: SpeechSegment | None = None
 
     @property
     def in_speech(self) -> bool:
         return self._in_speech
+
+    @property
+    def tentative(self) -> SpeechSegment | None:
+        """The segment the utterance in progress becomes if no more speech comes (see the module docstring), or
+        None: no utterance, its post-roll not in yet, or too short to be kept."""
+        return self._tentative
 
     @property
     def time_s(self) -> float:
@@ -324,8 +335,11 @@ class VADSegmenter:
                 continue
             if v:
                 self._last_voiced_f = g
+                self._tentative = None
             if not self._confirmed and self._last_voiced_f + 1 - self._utt_start_f >= self._min_f:
                 self._confirm()
+            if g - self._last_voiced_f == max(1, self._post_roll_f) and self._post_roll_f < self._hang_f:
+                self._tentative = self._end_segment(final=False)
             if g - self._last_voiced_f >= self._hang_f:
                 seg = self._end_of_speech()
                 if seg is not None:
@@ -350,19 +364,24 @@ class VADSegmenter:
         base = self._buf_f0 * self._fl
         return self._audio[a - base:b - base].copy()
 
-    def _finish(self, end_sample: int, audio_end_sample: int, *, split: bool = False) -> SpeechSegment | None:
+    def _finish(self, end_sample: int, audio_end_sample: int, *, split: bool = False,
+                final: bool = True) -> SpeechSegment | None:
         """Make the segment [utterance start, end_sample) of the current utterance, or None if it is too short.
 
-        The audio runs from the pre-roll start to ``audio_end_sample`` (never beyond the analyzed frames)."""
+        The audio runs from the pre-roll start to ``audio_end_sample`` (never beyond the analyzed frames).
+        ``final=False`` (a tentative end) only builds the segment: no state changes, no callback."""
         start_sample = self._utt_start_f * self._fl
         if not split and end_sample - start_sample < self._min_f * self._fl:
-            log.debug("channel %d: dropping %.0f ms of speech (< min_speech_ms)", self.channel,
-                      1000 * (end_sample - start_sample) / self._sr)
+            if final:
+                log.debug("channel %d: dropping %.0f ms of speech (< min_speech_ms)", self.channel,
+                          1000 * (end_sample - start_sample) / self._sr)
             return None
         audio_end = min(max(end_sample, audio_end_sample), self._n_frames * self._fl)
-        self._prev_end_sample = end_sample
-        if not self._confirmed:
-            self._confirm()  # the start callback always precedes the segment
+        if final:
+            self._prev_end_sample = end_sample
+            self._tentative = None
+            if not self._confirmed:
+                self._confirm()  # the start callback always precedes the segment
         return SpeechSegment(
             start_s=self._t(start_sample), end_s=self._t(end_sample), audio=self._slice(self._audio_start, audio_end),
             channel=self.channel, speaker=self.speaker, audio_start_s=self._t(self._audio_start), split=split,
@@ -370,8 +389,17 @@ class VADSegmenter:
         )
 
     def _end_of_speech(self) -> SpeechSegment | None:
-        """Hangover expired (or flush): the utterance ends at its last voiced frame (less a quiet decay, see
-        ``end_trim_db``); the audio keeps ``post_roll_ms`` after the last voiced frame."""
+        """Hangover expired (or flush): the utterance ends (see :meth:`_end_segment`)."""
+        seg = self._end_segment(final=True)
+        self._tentative = None
+        self._in_speech = False
+        self._confirmed = False
+        return seg
+
+    def _end_segment(self, final: bool) -> SpeechSegment | None:
+        """The utterance ending at its last voiced frame (less a quiet decay, see ``end_trim_db``); the audio keeps
+        ``post_roll_ms`` after the last voiced frame. Depends only on frames up to the post-roll's end, which is
+        why a tentative end (``final=False``) equals the final one when no speech follows."""
         last_f = self._last_voiced_f + 1
         end_f = last_f
         trim_db = self.config.end_trim_db
@@ -379,10 +407,7 @@ class VADSegmenter:
             e = self._energy[self._utt_start_f - self._buf_f0:end_f - self._buf_f0]
             loud = np.flatnonzero(e >= e.max() - trim_db)
             end_f = self._utt_start_f + int(loud[-1]) + 1
-        seg = self._finish(end_f * self._fl, (last_f + self._post_roll_f) * self._fl)
-        self._in_speech = False
-        self._confirmed = False
-        return seg
+        return self._finish(end_f * self._fl, (last_f + self._post_roll_f) * self._fl, final=final)
 
     def _split(self) -> list[SpeechSegment]:
         """The turn reached max_utterance_s: cut at the quietest frame of the last split_search_s."""
@@ -457,6 +482,22 @@ class ChannelSegmenter:
     @property
     def earliest_pending_start(self) -> float:
         return min(s.earliest_pending_start for s in self.segmenters)
+
+    @property
+    def tentative(self) -> SpeechSegment | None:
+        """The segment that :meth:`feed` would return next if the utterance in progress on some channel ended now
+        (its tentative end, see :attr:`VADSegmenter.tentative`), or None: it must start before every held segment
+        and before anything another channel could still produce."""
+        held = self._held[0][0] if self._held else math.inf
+        best = None
+        for i, seg in enumerate(self.segmenters):
+            t = seg.tentative
+            if t is None or (best is not None and t.start_s >= best.start_s):
+                continue
+            others = [s.earliest_pending_start for j, s in enumerate(self.segmenters) if j != i]
+            if t.start_s < held and t.start_s <= min(others, default=math.inf):
+                best = t
+        return best
 
     def _hold(self, segs: list[SpeechSegment]) -> None:
         for s in segs:

@@ -44,6 +44,10 @@ def test_three_utterance_report(tmp_path):
     c = res["counts"]
     assert (c["utterance_events"], c["references"], c["unmatched_references"], c["extra_events"], c["errors"]) == \
         (3, 3, 0, 0, [])
+    # the CLI's live default: speculative end of utterance, each result used at most once per utterance
+    sp = res["speculation"]
+    assert res["speculative"] and 1 <= sp["used"] <= 3 and sp["started"] == sp["used"] + sp["discarded"]
+    assert "Speculative end of utterance" in mpath.read_text()
     rows = res["utterances"]
     assert [r["index"] for r in rows] == [1, 2, 3]
     assert all(r["events_for_this_utterance"] == 1 for r in rows)

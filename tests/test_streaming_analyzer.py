@@ -5,7 +5,7 @@ features), the face features and the predictor.
   stand-in in place of the EGMF predictor (it returns a fixed, uniform answer and is labelled as such). It checks
   what the analyzer hands to the predictor (text, speaker, (T, 384) features, language, one shared conversation)
   and reports the word error rate of the transcripts against the script.
-* ``test_end_to_end_with_the_real_predictor``: everything real; skipped until ``egmf_core.predictor`` exists.
+* ``test_end_to_end_with_the_real_predictor``: everything real (the shipped checkpoint).
 """
 
 from __future__ import annotations
@@ -17,26 +17,31 @@ from typing import Any
 import numpy as np
 import pytest
 from test_streaming_support import (
+    SR,
     TALKING_HEADS,
     espeak_conversation,
+    join_with_silence,
     needs_espeak,
+    needs_ravdess,
     needs_talking_heads,
+    ravdess_clips,
+    with_inner_pause,
 )
 
 from egmf_core.metrics import word_error_rate
 from egmf_core.model import Prediction
 from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 from streaming.events import EMOTION_LABELS, UtteranceEvent
-from streaming.pipeline import StreamAnalyzer, StreamConfig
-from streaming.sources import AVFileSource
+from streaming.pipeline import SpeculativeAnalyzer, StreamAnalyzer, StreamConfig
+from streaming.sources import AudioChunk, AVFileSource
 
 pytestmark = pytest.mark.slow
 
 
 @dataclass
 class RecordingPredictor:
-    """NOT the EGMF model: answers uniformly ("neutral", equal probabilities) and records every predict() call, so the
-    test can check the inputs the analyzer prepared. Conversations are plain lists of turns."""
+    """NOT the EGMF model: answers uniformly ("neutral", equal probabilities) and records every predict_uncommitted()
+    call, so the test can check the inputs the analyzer prepared. Conversations are plain lists of turns."""
 
     version: str = "recording-stand-in"
     calls: list[dict[str, Any]] = field(default_factory=list)
@@ -44,14 +49,21 @@ class RecordingPredictor:
     def new_conversation(self) -> list:
         return []
 
-    def predict(self, conv, *, text, speaker, audio_features=None, visual_features=None, visual_valid=None,
-                language="en"):
+    def predict_uncommitted(self, conv, *, text, speaker, audio_features=None, visual_features=None,
+                            visual_valid=None, language="en"):
         self.calls.append(dict(conv=conv, text=text, speaker=speaker, audio_features=audio_features,
                                visual_features=visual_features, visual_valid=visual_valid, language=language))
-        conv.append((speaker, text))
-        return Prediction("neutral", {lab: 1 / 7 for lab in EMOTION_LABELS}, 0.0, "neutral", [1 / 3] * 3,
-                           {"audio": audio_features is not None, "video": visual_features is not None,
-                            "text": bool(text)})
+        pred = Prediction("neutral", {lab: 1 / 7 for lab in EMOTION_LABELS}, 0.0, "neutral", [1 / 3] * 3,
+                          {"audio": audio_features is not None, "video": visual_features is not None,
+                           "text": bool(text)})
+        return pred, ((speaker, text), len(conv))
+
+    def commit(self, conv, pending) -> bool:
+        turn, n = pending
+        if len(conv) != n:
+            return False
+        conv.append(turn)
+        return True
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +130,18 @@ def test_analyzer_without_video_never_loads_the_face_model(frontend):
     assert an._face_extractor() is None
 
 
-def test_end_to_end_with_the_real_predictor(tmp_path):
-    pred_mod = pytest.importorskip("egmf_core.predictor", reason="the EGMF predictor has not landed yet")
-    if not shutil_which("espeak-ng"):
-        pytest.skip("espeak-ng missing")
-    try:
-        an = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"))
-    except Exception as e:
-        pytest.skip(f"default checkpoint not loadable yet: {e}")
-    assert isinstance(an.predictor, pred_mod.EGMFPredictor)
+@pytest.fixture(scope="module")
+def real_analyzer(frontend):
+    """The shipped checkpoint behind the real recognizer: nothing stood in."""
+    return EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"), frontend=frontend)
+
+
+@needs_espeak
+def test_end_to_end_with_the_real_predictor(tmp_path, real_analyzer):
+    from egmf_core.predictor import EGMFPredictor
+
+    an = real_analyzer
+    assert isinstance(an.predictor, EGMFPredictor) and isinstance(an, SpeculativeAnalyzer)
     path, turns = espeak_conversation(tmp_path)
     events = list(StreamAnalyzer(an, StreamConfig(stereo_speakers=True)).run(AVFileSource(path, stereo=True)))
     utts = [e for e in events if isinstance(e, UtteranceEvent)]
@@ -137,7 +152,32 @@ def test_end_to_end_with_the_real_predictor(tmp_path):
         assert len(u.gate_alpha) == 3 and u.model_version
 
 
-def shutil_which(name: str) -> str | None:
-    import shutil
+@needs_ravdess
+def test_speculative_end_of_utterance_gives_the_same_events(real_analyzer):
+    """Three utterances (the second with a 250 ms pause inside, a tentative end that speech withdraws) pushed in
+    30 ms blocks, once analyzed after each end and once speculatively during the hangover: the same events, each
+    speculative result used once, the withdrawn one discarded, and the conversation the same afterwards."""
+    clips = ravdess_clips(3)
+    x = np.concatenate([join_with_silence([clips[0]])[0], with_inner_pause(clips[1]), join_with_silence([clips[2]])[0]])
 
-    return shutil.which(name)
+    def run(speculative: bool):
+        sa = StreamAnalyzer(real_analyzer, StreamConfig(emit_speech_started=False, speculative=speculative))
+        events = []
+        for i in range(0, len(x), 480):
+            events += sa.process(AudioChunk(i / SR, x[i:i + 480]))
+        events += sa.finish()
+        utts = [e for e in events if isinstance(e, UtteranceEvent)]
+        print(f"speculative={speculative}: {sa.speculation}")
+        return utts, sa.speculation, [t.text for t in sa.conversation.window.turns]
+
+    plain, counts_plain, context_plain = run(False)
+    spec, counts, context = run(True)
+    assert len(plain) == 3 and counts_plain == {"started": 0, "used": 0, "discarded": 0}
+    assert counts["used"] == 3 and counts["discarded"] >= 1
+    assert counts["started"] == counts["used"] + counts["discarded"]
+    assert context == context_plain
+    for a, b in zip(plain, spec, strict=True):
+        assert (a.utterance_id, a.start, a.end, a.text, a.emotion.label, a.sentiment.label) == \
+            (b.utterance_id, b.start, b.end, b.text, b.emotion.label, b.sentiment.label)
+        assert b.emotion.probs == pytest.approx(a.emotion.probs, abs=1e-6)
+        assert b.sentiment.score == pytest.approx(a.sentiment.score, abs=1e-6)

@@ -13,6 +13,7 @@ from test_streaming_support import (
     needs_ravdess,
     ravdess_clips,
     speech_bounds,
+    with_inner_pause,
 )
 
 from streaming.segmenter import (
@@ -51,6 +52,42 @@ def run_segmenter(x, sizes=None, config=None, starts=None):
 def match(segs, refs):
     """The segments overlapping each reference span."""
     return [[s for s in segs if s.start_s < e and s.end_s > b] for b, e in refs]
+
+
+@needs_ravdess
+def feed_blocks(seg, x, block=480):
+    """Feed 30 ms blocks; returns the final segments with the stream time they came out at, and every distinct
+    tentative end with the stream time it first appeared."""
+    finals, tentatives = [], []
+    for i in range(0, len(x), block):
+        finals += [(s, seg.time_s) for s in seg.feed(x[i:i + block])]
+        t = seg.tentative
+        if t is not None and (not tentatives or tentatives[-1][0] is not t):
+            tentatives.append((t, seg.time_s))
+    return finals + [(s, seg.time_s) for s in seg.flush()], tentatives
+
+
+@needs_ravdess
+def test_tentative_end_is_the_final_segment_180ms_sooner(joined):
+    x, refs = joined
+    cfg = SegmenterConfig()
+    finals, tentatives = feed_blocks(VADSegmenter(cfg), x)
+    assert len(finals) == len(tentatives) == len(refs)
+    for (final, t_final), (tent, t_seen) in zip(finals, tentatives):
+        assert (tent.start_s, tent.end_s, tent.audio_start_s, tent.channel) == \
+            (final.start_s, final.end_s, final.audio_start_s, final.channel)
+        assert np.array_equal(tent.audio, final.audio)
+        # seen once the post-roll was in, the final one after the whole hangover
+        assert t_final - t_seen == pytest.approx((cfg.hangover_ms - cfg.post_roll_ms) / 1000, abs=1e-9)
+
+
+@needs_ravdess
+def test_tentative_end_is_withdrawn_when_speech_resumes(clips):
+    finals, tentatives = feed_blocks(VADSegmenter(), with_inner_pause(clips[1]))
+    assert len(finals) == 1
+    assert len(tentatives) == 2  # the pause's, withdrawn, then the real end's
+    assert tentatives[0][0].end_s < finals[0][0].end_s - 0.3
+    assert np.array_equal(tentatives[1][0].audio, finals[0][0].audio)
 
 
 @needs_ravdess
@@ -318,3 +355,26 @@ def test_reference_bounds_helper_is_sane():
     b, e = speech_bounds(x)
     assert b == pytest.approx(1.0, abs=0.011) and e == pytest.approx(2.0, abs=0.011)
     assert load_audio  # imported for other modules
+
+
+@needs_espeak
+def test_channel_segmenter_offers_only_the_next_segment_as_tentative(tmp_path):
+    """The short reply on channel 1 ends during channel 0's long turn: it is not offered as a tentative end (it will
+    be released second); the long turn's tentative end equals the segment released first."""
+    script = [(0, "This is a rather long explanation of the problem that keeps going for a while.", 0.3),
+              (1, "Okay.", -2.5)]
+    path, _ = espeak_conversation(tmp_path, script)
+    x = load_audio_stereo(path)
+    cs = ChannelSegmenter(2, speakers=["Agent", "Customer"])
+    released, offered = [], []
+    for i in range(0, len(x), 480):
+        released += cs.feed(x[i:i + 480])
+        t = cs.tentative
+        if t is not None:
+            offered.append((len(released), t))
+    released += cs.flush()
+    assert [s.speaker for s in released] == ["Agent", "Customer"]
+    assert not [t for n, t in offered if n == 0 and t.speaker == "Customer"]
+    agent = [t for n, t in offered if n == 0 and t.speaker == "Agent"]
+    assert agent and np.array_equal(agent[-1].audio, released[0].audio)
+    assert (agent[-1].start_s, agent[-1].end_s) == (released[0].start_s, released[0].end_s)

@@ -229,3 +229,15 @@ class SegmentationOnlyAnalyzer:
         return AnalysisResult(text="", language="en", emotion="neutral", emotion_probs=probs, sentiment_score=0.0,
                               sentiment_label="neutral", alpha=[0.5, 0.5, 0.0] if has_video else [1.0, 0.0, 0.0],
                               modalities={"audio": True, "video": has_video, "text": False})
+
+
+def with_inner_pause(clip: Any, pause_s: float = 0.25, lead_s: float = 0.5, tail_s: float = 1.0,
+                     noise_dbfs: float = -70.0) -> np.ndarray:
+    """One utterance with a pause in the middle that is longer than the segmenter's post-roll (120 ms) and shorter
+    than its hangover (300 ms): a tentative end that speech then withdraws. The clip's speech span, cut in half,
+    with silence around."""
+    speech = clip.audio[int(clip.bounds[0] * SR):int(clip.bounds[1] * SR)]
+    mid = len(speech) // 2
+    z = lambda s: np.zeros(int(s * SR), np.float32)  # noqa: E731
+    x = np.concatenate([z(lead_s), speech[:mid], z(pause_s), speech[mid:], z(tail_s)])
+    return x + np.random.default_rng(0).normal(0, 10 ** (noise_dbfs / 20), len(x)).astype(np.float32)
