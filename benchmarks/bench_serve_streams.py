@@ -5,8 +5,10 @@ startup time to healthy, memory.
     python benchmarks/bench_serve_streams.py --url ws://host:8000/v1/stream   # an already running service
 
 Writes benchmarks/results/serve_streams.{json,md}. Each stream sends the same real recording (RAVDESS clips from
-different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames) at real-time pace, the streams of a level
-starting 0.25 s apart. Latency is measured on the client: wall time the event arrived minus wall time the frame
+different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames) at real-time pace. ``--offsets burst``
+(default) starts the streams of a level 0.25 s apart, so their utterances end almost together: the worst case, every
+stream wanting the models at once. ``--offsets spread`` starts them evenly over one utterance cycle (recording length
+/ utterances), as independent calls would arrive; ``--offsets burst,spread`` runs both. Latency is measured on the client: wall time the event arrived minus wall time the frame
 holding the reference end of speech of that utterance was sent (so it includes the VAD's end-of-speech hangover,
 recognition, batching and the model); ``latency_ms`` as reported by the server (from the arrival of the
 utterance's last segment sample) is recorded too. An utterance is lost when a reference clip gets no utterance
@@ -113,11 +115,21 @@ async def one_stream(url: str, pcm: bytes, refs: list[tuple[float, float]], dela
             "errors": errors}
 
 
-async def level(url: str, n: int, pcm: bytes, refs) -> dict:
-    res = await asyncio.gather(*(one_stream(url, pcm, refs, 0.25 * k) for k in range(n)))
+def stream_offsets(kind: str, n: int, recording_s: float, utterances: int) -> list[float]:
+    """Start delays of a level's ``n`` streams (see the module docstring)."""
+    if kind == "burst":
+        return [0.25 * k for k in range(n)]
+    if kind == "spread":
+        return [k * recording_s / utterances / n for k in range(n)]
+    raise ValueError(f"--offsets: expected burst or spread, got {kind!r}")
+
+
+async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: str) -> dict:
+    res = await asyncio.gather(*(one_stream(url, pcm, refs, d) for d in offsets))
     lat = np.array([x for r in res for x in r["latencies_ms"]])
     srv = np.array([x for r in res for x in r["server_latency_ms"]])
-    return {"streams": n, "utterances": n * len(refs), "lost": sum(r["lost"] for r in res),
+    return {"streams": n, "offsets": kind, "offsets_s": [round(d, 2) for d in offsets],
+            "utterances": n * len(refs), "lost": sum(r["lost"] for r in res),
             "errors": [e for r in res for e in r["errors"]],
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
@@ -133,13 +145,15 @@ def main() -> int:
     ap.add_argument("--config", default="deploy/config.yaml")
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--clips", type=int, default=4, help="RAVDESS clips per recording")
+    ap.add_argument("--offsets", default="burst", help="burst, spread or burst,spread (see the module docstring)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_streams"))
     a = ap.parse_args()
 
     x, refs = recording(a.clips)
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
     result: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs", "loadavg_before": os.getloadavg()[0],
-                    "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config}
+                    "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config,
+                    "command": " ".join(["python benchmarks/bench_serve_streams.py", *sys.argv[1:]])}
     proc = None
     url = a.url or "ws://127.0.0.1:8000/v1/stream"
     try:
@@ -148,10 +162,12 @@ def main() -> int:
             result["startup_to_healthy_s"] = round(startup, 1)
             result["pss_idle_gib"] = round(cluster_pss_gib(), 2)
         result["levels"] = []
-        for n in (int(s) for s in a.streams.split(",")):
-            r = asyncio.run(level(url, n, pcm, refs))
-            print(json.dumps(r), flush=True)
-            result["levels"].append(r)
+        for kind in a.offsets.split(","):
+            for n in (int(s) for s in a.streams.split(",")):
+                offsets = stream_offsets(kind, n, len(x) / SR, len(refs))
+                r = asyncio.run(level(url, n, pcm, refs, offsets, kind))
+                print(json.dumps(r), flush=True)
+                result["levels"].append(r)
         if proc is not None:
             result["pss_after_gib"] = round(cluster_pss_gib(), 2)
     finally:
@@ -161,11 +177,12 @@ def main() -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| streams | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms | load after |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| streams | offsets | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms | load after |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for r in result["levels"]:
         f = (lambda v: "-" if v is None else f"{v:.0f}")
-        rows.append(f"| {r['streams']} | {r['utterances']} | {r['lost']} | {f(r['p50_ms'])} | {f(r['p95_ms'])} | "
+        rows.append(f"| {r['streams']} | {r['offsets']} | {r['utterances']} | {r['lost']} | {f(r['p50_ms'])} | "
+                    f"{f(r['p95_ms'])} | "
                     f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
     head = (f"Serve streams benchmark ({result['machine']}, load before {result['loadavg_before']:.1f}); "
             f"recording {result['recording_s']} s with {len(refs)} utterances per stream, real-time pace. "
@@ -173,7 +190,9 @@ def main() -> int:
             f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "
             f"side, end of speech -> event; 'server' = the events' latency_ms, counted from when the stream's worker "
             f"took the utterance's last sample off its input queue (it excludes time queued behind the stream's "
-            f"earlier utterances, so it understates the delay once the service falls behind).\n\n")
+            f"earlier utterances, so it understates the delay once the service falls behind). Offsets: 'burst' = "
+            f"streams 0.25 s apart (their utterances end together: the worst case); 'spread' = evenly over one "
+            f"utterance cycle, as independent calls arrive. Command: `{result['command']}`.\n\n")
     out.with_suffix(".md").write_text(head + "\n".join(rows) + "\n")
     print(out.with_suffix(".md").read_text())
     return 0

@@ -137,6 +137,21 @@ class AnswerTree:
         return node[None]
 
 
+class TransposedLinear(nn.Module):
+    """`nn.Linear` for CPU inference with the weight stored transposed and contiguous, (in, out): MKL's sgemm is up
+    to 2x faster on the few-row inputs of the answer pass than with the transposed view `F.linear` hands it. The
+    weight is a buffer: nothing here trains."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.matmul(x, self.weight_t)
+        return y if self.bias is None else y + self.bias
+
+
 @dataclass
 class PreparedBatch:
     embeds: torch.Tensor  # (B, L, d)
@@ -253,6 +268,25 @@ class EGMFModel(nn.Module):
         self.llm.merge_adapter()
         self._merged = True
         return True
+
+    def use_transposed_linear_weights(self) -> int:
+        """Serving on CPU: replace the decoder layers' linear projections by `TransposedLinear` (same outputs, within
+        float rounding; the answer pass ~25 % faster, the prompt pass ~4 %, measured on 2 cores). Only for a model
+        whose LoRA is merged (or that has none): adapters kept apart (several languages) need peft's layers, so such
+        a model is left as it is. Returns how many layers were replaced."""
+        if isinstance(self.llm, PeftModel) and not self._merged:
+            return 0
+        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        n = 0
+        for layer in base.get_decoder().layers:
+            for parent in layer.children():
+                for name, child in list(parent.named_children()):
+                    linear = getattr(child, "base_layer", child)  # a merged peft layer: its base holds W + BA
+                    if type(linear) is nn.Linear:
+                        setattr(parent, name, TransposedLinear(linear))
+                        n += 1
+        self._prefix_kv.clear()
+        return n
 
     def language_of(self, x: ModelInput) -> str:
         """The language whose adapter and prompt template `x` uses: its own when the model has an adapter for it,

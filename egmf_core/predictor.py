@@ -52,7 +52,8 @@ class EGMFPredictor:
     ) -> "EGMFPredictor":
         """Load a checkpoint for serving; with `engines` (a `python -m export` folder) the fusion stack runs in
         onnxruntime / TensorRT and the LLM is the exported LoRA-merged one. Without engines the LoRA is merged into
-        the LLM in memory (`EGMFModel.merge_lora_for_inference`), so the model this returns is for inference only."""
+        the LLM in memory (`EGMFModel.merge_lora_for_inference`), and on CPU its linear layers keep their weights
+        transposed (`EGMFModel.use_transposed_linear_weights`), so the model this returns is for inference only."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
@@ -65,6 +66,8 @@ class EGMFPredictor:
             version += f"+engines-{engine.provider}"
         model.eval()
         model.merge_lora_for_inference()
+        if model.device.type == "cpu":
+            model.use_transposed_linear_weights()
         return cls(model, version)
 
     def warm_up(self) -> None:

@@ -76,13 +76,18 @@ def test_context_is_bounded_and_incremental(predictor):
 
 
 def test_serving_merges_lora_with_the_same_answers(predictor):
-    """The predictor folds LoRA into the LLM's weights for speed: same answers and probabilities as the checkpoint
-    loaded for training (adapters apart), and the merged model refuses to train."""
+    """The predictor folds LoRA into the LLM's weights and (on CPU) keeps the decoder's linear weights transposed,
+    for speed: same answers and probabilities as the checkpoint loaded for training (adapters apart), and the merged
+    model refuses to train."""
     from egmf_core.checkpoint import load_checkpoint
+    from egmf_core.model import TransposedLinear
 
     merged = predictor.model
     unmerged = load_checkpoint("default", overrides={"backbone": {"device": "cpu"}}).eval()
     assert merged._merged and not unmerged._merged
+    n_layers = merged.llm.get_base_model().config.num_hidden_layers
+    assert sum(isinstance(m, TransposedLinear) for m in merged.modules()) == 7 * n_layers  # q k v o, gate up down
+    assert not any(isinstance(m, TransposedLinear) for m in unmerged.modules())
     inputs = [e.input for e in dataset_examples(merged, "meld", "test", limit=6)]
     for a, b in zip(merged.score(inputs), unmerged.score(inputs)):
         assert a.emotion == b.emotion and a.sentiment_score == b.sentiment_score
