@@ -48,6 +48,12 @@ def test_three_utterance_report(tmp_path):
     sp = res["speculation"]
     assert res["speculative"] and 1 <= sp["used"] <= 3 and sp["started"] == sp["used"] + sp["discarded"]
     assert "Speculative end of utterance" in mpath.read_text()
+    # the side-by-side pooling (`--speculation both`), here over this run and the same rows labelled "off"
+    sbs = bench.side_by_side([dict(res, speculative=False), res])
+    assert sbs["order"] == ["off", "on"] and sbs["on"]["latency_ms"]["n"] == sbs["off"]["latency_ms"]["n"] == 3
+    assert sbs["ratio_on_over_off"] == {"p50": 1.0, "p95": 1.0}
+    waits = sorted(r["latency_ms"] - r["analyze_ms"] for r in res["utterances"])
+    assert sbs["on"]["wait_ms"]["p50"] == pytest.approx(waits[1], abs=0.051)
     rows = res["utterances"]
     assert [r["index"] for r in rows] == [1, 2, 3]
     assert all(r["events_for_this_utterance"] == 1 for r in rows)
