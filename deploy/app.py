@@ -41,7 +41,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deploy.protocol import InputError, InputLimits, StreamInput, VideoLimits
 from streaming.events import ErrorEvent
-from streaming.pipeline import AnalysisResult, StreamAnalyzer, StreamConfig, check_cancelled
+from streaming.pipeline import AnalysisResult, StreamAnalyzer, StreamConfig, analyze_and_commit, check_cancelled
 from streaming.segmenter import SpeechSegment
 from streaming.sources import AVFileSource, AVSourceConfig, PushSource, SourceError
 
@@ -315,10 +315,7 @@ class RemoteAnalyzer:
 
     def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                 conversation: _History) -> AnalysisResult:
-        result = self.analyze_uncommitted(segment, video, conversation)
-        if not self.commit(conversation, result):
-            raise RuntimeError("the conversation changed during the analysis: analyze one stream's utterances in order")
-        return result
+        return analyze_and_commit(self, segment, video, conversation)
 
     def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                             conversation: _History, cancel: threading.Event | None = None) -> AnalysisResult:

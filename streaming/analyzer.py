@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .pipeline import AnalysisResult, check_cancelled
+from .pipeline import AnalysisResult, analyze_and_commit, check_cancelled
 from .segmenter import SpeechSegment
 
 __all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError"]
@@ -130,10 +130,7 @@ class EGMFUtteranceAnalyzer:
     def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                 conversation: Any) -> AnalysisResult:
         """Analyze one utterance and add it to ``conversation``."""
-        result = self.analyze_uncommitted(segment, video, conversation)
-        if not self.commit(conversation, result):
-            raise RuntimeError("the conversation changed during the analysis: analyze one stream's utterances in order")
-        return result
+        return analyze_and_commit(self, segment, video, conversation)
 
     def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                             conversation: Any, cancel: threading.Event | None = None) -> AnalysisResult:

