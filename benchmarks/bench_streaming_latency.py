@@ -172,6 +172,14 @@ def build_stream(seq: list[Piece], gap_s: float = GAP_S, seed: int = 0) -> tuple
 # ------------------------------------------------------------------------------------------------------ machine
 
 
+def _speculation_lead_ms() -> float:
+    """How much sooner a speculative analysis starts: the VAD's hangover less the post-roll (live defaults)."""
+    from streaming.segmenter import SegmenterConfig
+
+    c = SegmenterConfig()
+    return float(c.hangover_ms - c.post_roll_ms)
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -695,8 +703,8 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
         lines += [
             f"Side by side: the same conversation streamed {len(sbs['order'])} times with the same loaded model, in "
             f"the order {' / '.join(sbs['order'])} (balanced against the machine's drift), every utterance of a "
-            f"mode pooled. Latency = wait + analysis: speculation shortens the wait (the analysis starts 180 ms "
-            f"sooner); the analysis is the same work either way.",
+            f"mode pooled. Latency = wait + analysis: speculation shortens the wait (the analysis starts "
+            f"{_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way.",
             "",
             "| speculation | utterances | latency p50 | latency p95 | wait p50 | analysis p50 | analysis p95 | "
             "RTF overall (mean of runs) |",

@@ -35,11 +35,12 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deploy.protocol import InputError, InputLimits, StreamInput, VideoLimits
+from streaming.analyzer import TRAINING_FRAME_S, utterance_audio
 from streaming.events import ErrorEvent
 from streaming.pipeline import AnalysisResult, StreamAnalyzer, StreamConfig, analyze_and_commit, check_cancelled
 from streaming.segmenter import SpeechSegment
@@ -67,10 +68,13 @@ class AppArgs(BaseModel):
     #: Recognizer encoder window (see streaming.analyzer.EGMFAnalyzerConfig.asr_window_s) and device ("cuda" on GPU).
     asr_window_s: float = 10.0
     asr_device: str = "cpu"
+    #: Room tone given to the recognizer and the audio branch on each side of an utterance's speech (see
+    #: streaming.analyzer.utterance_audio; default: the training clips' framing).
+    frame_s: float = Field(TRAINING_FRAME_S, ge=0.0)
     #: Recognizer language (None = the recognizer's default; "en" for the bundled tiny.en).
     language: str | None = None
     #: WebSocket streams analyze an utterance during the VAD's hangover (streaming.pipeline: speculative end of
-    #: utterance): events come ~180 ms sooner; work started for a pause that was not an end is cancelled after the
+    #: utterance): events come ~240 ms sooner; work started for a pause that was not an end is cancelled after the
     #: recognizer. POST /v1/analyze never speculates (a file is read as fast as possible).
     speculative: bool = True
     max_batch_size: int = 8
@@ -288,12 +292,14 @@ class RemoteAnalyzer:
     thread, never from the event loop)."""
 
     def __init__(self, asr: DeploymentHandle, model: DeploymentHandle, version: str, language: str | None,
-                 face: FaceModel):
+                 face: FaceModel, frame_s: float, window_s: float):
         self.asr = asr
         self.model = model
         self._version = version
         self.language = language
         self.face = face
+        self.frame_s = frame_s
+        self.window_s = window_s
 
     @property
     def version(self) -> str:
@@ -322,7 +328,7 @@ class RemoteAnalyzer:
         """``analyze`` without adding the turn to the stream's history (the pipeline's speculative end of
         utterance); ``cancel`` is checked before the recognizer is asked and before the model is."""
         check_cancelled(cancel)
-        audio = np.ascontiguousarray(segment.audio[: 30 * segment.sample_rate], dtype=np.float32)
+        audio = utterance_audio(segment, self.frame_s, self.window_s)
         asr_ref = self.asr.transcribe.remote(audio, self.language)
         visual, visual_valid = self._face_features(video)  # while the recognizer runs
         asr = asr_ref.result()
@@ -435,7 +441,8 @@ class Ingress:
     async def _analyzer(self, language: str | None) -> RemoteAnalyzer:
         if self.version is None:
             self.version = await self.model.version.remote()
-        return RemoteAnalyzer(self.asr, self.model, self.version, language or self.args.language, self.face)
+        return RemoteAnalyzer(self.asr, self.model, self.version, language or self.args.language, self.face,
+                              self.args.frame_s, self.args.asr_window_s)
 
     async def _face_error(self) -> str | None:
         """Load the face model for a stream with video (off the event loop); the reason when it is unavailable."""

@@ -29,6 +29,26 @@ log = logging.getLogger(__name__)
 
 # Whisper's input window: longer audio cannot be encoded in one pass (the segmenter caps utterances at ~8 s anyway).
 _MAX_AUDIO_S = 30.0
+# Audio around the speech in the clips the audio branch was trained on (RAVDESS: ~1.0 s of room tone before and ~0.95 s
+# after the speech, medians of actors 11-12).
+TRAINING_FRAME_S = 1.0
+
+
+def utterance_audio(segment: SpeechSegment, frame_s: float, window_s: float) -> np.ndarray:
+    """What the recognizer and the audio branch get for one live utterance (the CLI's analyzer and the service's
+    share it): the segment's audio, at most 30 s, framed by ``frame_s`` of room tone on each side of the speech
+    without exceeding the recognizer's ``window_s`` (see ``egmf_core.features.audio.frame_utterance``)."""
+    from egmf_core.features.audio import frame_utterance
+
+    sr = segment.sample_rate
+    audio = np.ascontiguousarray(segment.audio, dtype=np.float32)
+    if len(audio) > _MAX_AUDIO_S * sr:
+        log.warning("utterance of %.1f s truncated to %.0f s for the recognizer", len(audio) / sr, _MAX_AUDIO_S)
+        audio = audio[:int(_MAX_AUDIO_S * sr)]
+    duration = len(audio) / sr
+    start = min(max(0.0, segment.start_s - segment.audio_start_s), duration)
+    end = min(max(start, segment.end_s - segment.audio_start_s), duration)
+    return frame_utterance(audio, start, end, frame_s, max(window_s, duration), sr)
 
 
 class ModelUnavailableError(RuntimeError):
@@ -45,7 +65,9 @@ class EGMFAnalyzerConfig:
     utterances are at most ``max_utterance_s`` (8 s) long, and the encoder's cost follows the window, not the speech:
     10 s costs a fifth of Whisper's native 30 s. The checkpoint's audio features were made with 30 s; on RAVDESS dev
     10 s gave the same word error rate and accuracy within one clip of 120 (benchmarks/results/whisper_window.md),
-    so live defaults to 10 s; 30 s reproduces the training features exactly."""
+    so live defaults to 10 s; 30 s reproduces the training features exactly. ``frame_s``: room tone the recognizer
+    and the audio branch get on each side of the speech (:func:`utterance_audio`); the default is the training
+    clips' framing, 0 gives them the segmenter's cut alone."""
 
     checkpoint: str = "default"
     whisper_model_path: str | None = None
@@ -54,6 +76,11 @@ class EGMFAnalyzerConfig:
     face_model_path: str | None = None
     cpu_threads: int = 2
     asr_window_s: float = 10.0
+    frame_s: float = TRAINING_FRAME_S
+
+    def __post_init__(self) -> None:
+        if not self.frame_s >= 0:
+            raise ValueError(f"frame_s: expected seconds >= 0, got {self.frame_s}")
 
 
 class EGMFUtteranceAnalyzer:
@@ -137,12 +164,8 @@ class EGMFUtteranceAnalyzer:
         """``analyze`` without adding the turn to ``conversation`` (the pipeline's speculative end of utterance);
         ``cancel`` is checked before each stage: speech recognition, face features, the model."""
         check_cancelled(cancel)
-        audio = segment.audio
-        limit = int(_MAX_AUDIO_S * segment.sample_rate)
-        if len(audio) > limit:
-            log.warning("utterance of %.1f s truncated to %.0f s for the recognizer", len(audio) / 16000, _MAX_AUDIO_S)
-            audio = audio[:limit]
-        asr = self.frontend.process(np.ascontiguousarray(audio, dtype=np.float32), language=self.config.language)
+        audio = utterance_audio(segment, self.config.frame_s, self.config.asr_window_s)
+        asr = self.frontend.process(audio, language=self.config.language)
         text = asr.text.strip()
         timings = {"asr_encoder": float(asr.encoder_ms), "asr_decode": float(asr.asr_ms - asr.encoder_ms)}
         check_cancelled(cancel)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
+from .analyzer import TRAINING_FRAME_S
 from .events import ErrorEvent, Event, SpeechStartedEvent, UtteranceEvent
 from .pipeline import StreamAnalyzer, StreamConfig, UtteranceAnalyzer
 from .segmenter import SegmenterConfig
@@ -67,9 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr-window-s", type=float, default=10.0,
                    help="recognizer encoder window in seconds (default 10: a fifth of the cost of Whisper's native "
                         "30, which reproduces the model's training features exactly)")
+    p.add_argument("--frame-s", type=float, default=TRAINING_FRAME_S,
+                   help="seconds of room tone given to the recognizer and the model on each side of an utterance's "
+                        "speech (default 1.0: the framing of the clips the model was trained on; 0: the VAD's cut)")
     p.add_argument("--no-speculation", action="store_true",
                    help="live input: analyze an utterance only after the VAD's end-of-speech hangover, not during it "
-                        "(events come ~180 ms later; no work is spent on pauses that turn out not to be ends)")
+                        "(events come ~240 ms later; no work is spent on pauses that turn out not to be ends)")
     p.add_argument("--no-video", action="store_true", help="ignore video even if the input has it")
     p.add_argument("--video-fps", type=float, default=10.0, help="video frames per second to analyze (default 10)")
     p.add_argument("--stream-id", help="stream id used in the events (default: random)")
@@ -151,7 +155,7 @@ def make_analyzer(args: argparse.Namespace) -> UtteranceAnalyzer:
 
     return EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(
         checkpoint=args.checkpoint, whisper_model_path=args.whisper_model, language=args.language,
-        use_video=not args.no_video, asr_window_s=args.asr_window_s))
+        use_video=not args.no_video, asr_window_s=args.asr_window_s, frame_s=args.frame_s))
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -186,6 +190,8 @@ def _main(argv: Sequence[str] | None, analyzer_factory: AnalyzerFactory | None, 
     try:
         seg_cfg = SegmenterConfig(aggressiveness=args.vad_aggressiveness, max_utterance_s=args.max_utterance_s)
         seg_cfg.validate()
+        if not args.frame_s >= 0:
+            raise ValueError(f"--frame-s: expected seconds >= 0, got {args.frame_s}")
     except ValueError as e:
         print(f"error: {e}", file=err)
         return EXIT_INPUT

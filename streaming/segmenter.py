@@ -5,9 +5,11 @@ decisions into utterances:
 
 * **onset**: speech starts when ``onset_voiced_frames`` of the last ``onset_window_frames`` frames are voiced (one
   voiced frame alone is usually a click); the start is the first voiced frame of that window.
-* **pre-roll**: the utterance audio begins ``pre_roll_ms`` before the start, because soft onsets (fricatives,
-  breathy vowels) are often below the VAD's threshold and the recognizer needs them. ``start_s`` stays the detected
-  speech start; ``audio_start_s`` says where the audio array begins.
+* **pre-roll**: the utterance audio begins ``pre_roll_ms`` before the start (never reaching back into the previous
+  utterance), because soft onsets (fricatives, breathy vowels) are often below the VAD's threshold and the
+  recognizer needs them, and because the model's audio branch learned from clips with about a second of room tone
+  before the speech (``streaming.analyzer.utterance_audio``). Audio from before the start costs no latency.
+  ``start_s`` stays the detected speech start; ``audio_start_s`` says where the audio array begins.
 * **hangover**: speech ends only after ``hangover_ms`` of unvoiced frames, so that pauses between words and stop
   closures do not cut an utterance; ``end_s`` is the end of the last voiced frame, the audio keeps ``post_roll_ms``
   more.
@@ -57,9 +59,12 @@ class SegmenterConfig:
     frame_ms: int = 30
     onset_window_frames: int = 5
     onset_voiced_frames: int = 3
-    pre_roll_ms: int = 300
+    pre_roll_ms: int = 1000
     hangover_ms: int = 300
-    post_roll_ms: int = 120
+    #: Every millisecond of post-roll is latency (the analysis waits for it); the room tone the model wants after
+    #: the speech is added without waiting (streaming.analyzer.utterance_audio). 60 ms: benchmarks/results/
+    #: live_segments.md.
+    post_roll_ms: int = 60
     min_speech_ms: int = 250
     max_utterance_s: float = 8.0
     split_search_s: float = 1.5

@@ -150,3 +150,51 @@ def test_shorter_encoder_window(frontend: WhisperFrontend, clip: np.ndarray) -> 
     assert np.allclose(short.encoder_states(long_audio), frontend.encoder_states(long_audio))
     with pytest.raises(ValueError, match="window_s must be in"):
         WhisperFrontendConfig(window_s=45.0)
+
+
+def test_live_cut_is_framed_with_its_own_room_tone(clip: np.ndarray) -> None:
+    """The segmenter's cut of a real clip (live defaults) gets at least a second of audio on each side of the speech,
+    as the training clips had; the cut itself is unchanged inside it, and the added audio is the clip's own room
+    tone from before the speech (quiet, not digital silence)."""
+    from streaming.analyzer import utterance_audio
+    from streaming.segmenter import VADSegmenter
+
+    seg = VADSegmenter()
+    segs = seg.feed(clip) + seg.flush()
+    assert len(segs) == 1
+    s = segs[0]
+    framed = utterance_audio(s, 1.0, 10.0)
+    lead = round(max(0.0, 1.0 - (s.start_s - s.audio_start_s)) * 16000)
+    trail = len(framed) - lead - len(s.audio)
+    assert np.array_equal(framed[lead:lead + len(s.audio)], s.audio)
+    assert (lead + (s.start_s - s.audio_start_s) * 16000) >= 16000 - 1
+    assert (trail + (s.audio_end_s - s.end_s) * 16000) >= 16000 - 1
+    assert trail > 0.8 * 16000  # the cut keeps only the post-roll after the speech
+
+    def db(x: np.ndarray) -> float:
+        return 10 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-20)
+
+    speech = s.audio[round((s.start_s - s.audio_start_s) * 16000):round((s.end_s - s.audio_start_s) * 16000)]
+    added = framed[len(framed) - trail:]
+    assert db(speech) - 30 > db(added) > -120  # room tone: far below the speech, yet not zeros
+    assert set(np.unique(added)) <= set(np.unique(s.audio[:round((s.start_s - s.audio_start_s) * 16000)]))
+
+
+def test_framing_stays_within_the_window_and_falls_back_to_zeros(clip: np.ndarray) -> None:
+    from egmf_core.features.audio import frame_utterance
+
+    long = np.resize(clip, int(9.6 * 16000))
+    framed = frame_utterance(long, 0.5, 9.5, pad_s=1.0, max_s=10.0)
+    assert len(framed) == 10 * 16000  # 0.4 s of room left, shared between the two sides in proportion to need
+    lead = 8000 * 6400 // (8000 + 14400)  # wanted 0.5 s before and 0.9 s after; 0.4 s (6,400 samples) of room
+    assert np.array_equal(framed[lead:lead + len(long)], long)
+    assert frame_utterance(long, 0.5, 9.5, pad_s=1.0, max_s=9.0) is long  # no room: the cut as it is
+
+    short_lead = clip[:2 * 16000]
+    framed = frame_utterance(short_lead, 0.05, 1.9, pad_s=1.0)  # under 0.1 s of tone before the speech: zeros
+    assert not framed[:16000 - 800].any() and not framed[-900:].any()
+    assert frame_utterance(short_lead, 0.05, 1.9, pad_s=0.0) is short_lead
+    with pytest.raises(ValueError, match="outside"):
+        frame_utterance(short_lead, 0.5, 2.5, pad_s=1.0)
+    with pytest.raises(ValueError, match="pad_s"):
+        frame_utterance(short_lead, 0.5, 1.5, pad_s=-1.0)

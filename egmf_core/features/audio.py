@@ -161,6 +161,45 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> 
     return (np.concatenate(chunks).astype(np.float32) / 32768.0).astype(np.float32, copy=False)
 
 
+_TONE_GUARD_S = 0.15  # room tone is taken from at least this long before the detected speech start (soft onsets)
+
+
+def frame_utterance(audio: np.ndarray, speech_start_s: float, speech_end_s: float, pad_s: float,
+                    max_s: float = MAX_SECONDS, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A live utterance framed as the training clips were: at least `pad_s` of audio before and after its speech.
+
+    `audio` is the cut the segmenter made (pre-roll, speech, post-roll); `speech_start_s` / `speech_end_s` are the
+    speech's offsets into it. Live cuts keep little audio after the speech (every millisecond of it is latency), while
+    the model learned from clips with about a second of room tone on each side: its audio features (mean and spread
+    of the encoder states, and the states the cross-attention sees) shift with the framing. On RAVDESS dev the tight
+    cut cost 9-10 points of 8-class accuracy (benchmarks/results/live_segments.md). The missing audio is filled with
+    the line's own room tone, the audio before the speech (repeated), or with zeros when the cut has under 0.1 s of
+    it (a turn split at the maximum length). The result is at most `max_s` long (the recognizer's window): padding
+    is shortened, never the speech.
+    """
+    if pad_s < 0:
+        raise ValueError(f"pad_s: expected seconds >= 0, got {pad_s}")
+    start = round(speech_start_s * sample_rate)
+    end = round(speech_end_s * sample_rate)
+    if not 0 <= start <= end <= len(audio):
+        raise ValueError(f"speech span [{speech_start_s:.3f}, {speech_end_s:.3f}] s is outside the {len(audio)} "
+                         f"samples of audio")
+    want = int(round(pad_s * sample_rate))
+    lead, trail = max(0, want - start), max(0, want - (len(audio) - end))
+    room = max(0, int(max_s * sample_rate) - len(audio))
+    if lead + trail > room:  # share what the window leaves in proportion
+        lead = lead * room // (lead + trail)
+        trail = room - lead
+    if lead == trail == 0:
+        return audio
+    tone = audio[:max(0, start - int(_TONE_GUARD_S * sample_rate))]
+    if len(tone) >= sample_rate // 10:
+        fill = lambda n: np.resize(tone, n).astype(np.float32, copy=False)  # noqa: E731
+    else:
+        fill = lambda n: np.zeros(n, np.float32)  # noqa: E731
+    return np.concatenate([fill(lead), audio, fill(trail)]).astype(np.float32, copy=False)
+
+
 def _compression_ratio(text: str) -> float:
     data = text.encode("utf-8")
     return len(data) / len(zlib.compress(data)) if data else 0.0
