@@ -24,7 +24,6 @@ Settings run interleaved clip by clip, so load from other processes hits them al
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -39,7 +38,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_streaming_latency import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
 
 SR = 16000
 FRAME_S = 0.5  # faint noise before and after each clip, as a live line has
@@ -193,18 +192,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="cuts to compare, preMS/postMS[/frameS] (the first is the reference for agreement)")
     ap.add_argument("--split", choices=sorted(ACTORS), default="dev",
                     help="RAVDESS split (choose settings on dev; test only to report the chosen one)")
-    ap.add_argument("--limit", type=int, default=None, help="first N dev clips (default: all 120)")
+    ap.add_argument("--limit", type=int, default=None, help="first N clips of the split (default: all)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     result = run(args.settings, args.limit, args.split)
-    result["command"] = " ".join(["python benchmarks/bench_live_segments.py",
-                                  *(argv if argv is not None else sys.argv[1:])])
     if args.out == DEFAULT_OUT and args.split != "dev":
         args.out = args.out.with_name(f"{args.out.name}_{args.split}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_table_report(args.out, result, markdown, "bench_live_segments.py", argv)
     return 0
 
 

@@ -172,6 +172,17 @@ def build_stream(seq: list[Piece], gap_s: float = GAP_S, seed: int = 0) -> tuple
 # ------------------------------------------------------------------------------------------------------ machine
 
 
+def write_table_report(out: Path, result: dict, markdown: Any, script: str, argv: list[str] | None) -> None:
+    """Record the command that made `result`, write `out`.json and `out`.md (`markdown(result)`) and print the
+    Markdown: the closing steps of the benchmarks that report one table."""
+    result["command"] = " ".join([f"python benchmarks/{script}", *(argv if argv is not None else sys.argv[1:])])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+
+
 def _speculation_lead_ms() -> float:
     """How much sooner a speculative analysis starts: the VAD's hangover less the post-roll (live defaults)."""
     from streaming.segmenter import SegmenterConfig

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_streaming_latency import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
 
 NATIVE = 30.0
 
@@ -111,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "whisper_window")
     args = ap.parse_args(argv)
     result = run(args.windows, args.limit)
-    result["command"] = " ".join(["python benchmarks/bench_whisper_window.py",
-                                  *(argv if argv is not None else sys.argv[1:])])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_table_report(args.out, result, markdown, "bench_whisper_window.py", argv)
     return 0
 
 

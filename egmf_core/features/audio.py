@@ -197,7 +197,7 @@ def frame_utterance(audio: np.ndarray, speech_start_s: float, speech_end_s: floa
         fill = lambda n: np.resize(tone, n).astype(np.float32, copy=False)  # noqa: E731
     else:
         fill = lambda n: np.zeros(n, np.float32)  # noqa: E731
-    return np.concatenate([fill(lead), audio, fill(trail)]).astype(np.float32, copy=False)
+    return np.concatenate([fill(lead), audio, fill(trail)])
 
 
 def _compression_ratio(text: str) -> float:
