@@ -256,6 +256,9 @@ class RecordingAnalyzer:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.records: list[dict[str, Any]] = []
+        # (start, end, finished) wall interval of every analysis, discarded speculations included: by design one
+        # runs at a time per stream, and two that overlap would compete for the cores.
+        self.intervals: list[tuple[float, float, bool]] = []
 
     @property
     def version(self) -> str:
@@ -268,7 +271,12 @@ class RecordingAnalyzer:
         window = getattr(conversation, "window", None)
         context = window.snapshot() if window is not None else ()
         t0 = time.perf_counter()
-        res = fn(segment, video, conversation, *args)
+        finished = False
+        try:
+            res = fn(segment, video, conversation, *args)
+            finished = True
+        finally:
+            self.intervals.append((t0, time.perf_counter(), finished))
         ms = (time.perf_counter() - t0) * 1000.0
         return res, {"start": round(segment.start_s, 6), "end": round(segment.end_s, 6), "analyze_ms": ms,
                      "timings_ms": dict(res.timings_ms), "context": context, "segment": segment}
@@ -332,6 +340,20 @@ def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True,
         raise errors[0]
     return {"events": events, "pushed": pushed, "wall_s": time.monotonic() - start, "segmenter_ms": sa.segmenter_ms,
             "stream_s": len(x) / SR, "cpu": cpu, "speculation": dict(sa.speculation)}
+
+
+def analysis_intervals(intervals: list[tuple[float, float, bool]]) -> dict[str, Any]:
+    """How many analyses ran (cancelled speculations included) and how many overlapped another in wall time."""
+    spans = sorted(intervals)
+    overlapping: set[int] = set()
+    for i, (a0, a1, _) in enumerate(spans):
+        for j in range(i + 1, len(spans)):
+            if spans[j][0] >= a1:
+                break
+            overlapping.update((i, j))
+    cancelled = [(b - a) * 1000.0 for a, b, done in spans if not done]
+    return {"n": len(spans), "overlapping": len(overlapping), "cancelled": len(cancelled),
+            "cancelled_ms_p50": round(float(np.median(cancelled)), 1) if cancelled else None}
 
 
 def _other_cores(a: tuple, b: tuple) -> float | None:
@@ -463,6 +485,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
     xw, _ = build_stream(warm_pieces, 0.8, seed=1)
     run_stream(analyzer, xw, "warmup", paced=False, speculative=speculative)
     analyzer.records.clear()
+    analyzer.intervals.clear()
 
     idle_wait = wait_for_idle(wait_idle_s, say) if wait_idle_s > 0 else None
     load = MachineLoad()
@@ -509,6 +532,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             "event_latency_ms": ev.latency_ms,
             "speech_started_latency_ms": round((ss[0] - _block_wall(r["pushed"], lo)) * 1000.0, 1) if ss else None,
             "analyze_ms": round(rec.get("analyze_ms", float("nan")), 1),
+            "speculative": bool(rec.get("speculative", False)),  # the event used the speculative analysis
             "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
             "stages_ms": {k: round(v, 1) for k, v in tm.items()},
             "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok,
@@ -630,7 +654,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         "model_version": inner.version, "model_load_s": round(load_s, 1),
         "threads": {"torch": torch.get_num_threads(), "whisper_cpu_threads": inner.frontend.config.cpu_threads},
         "asr_window_s": inner.frontend.config.window_s,
-        "speculative": speculative, "speculation": r["speculation"],
+        "speculative": speculative, "speculation": r["speculation"], "analyses": analysis_intervals(analyzer.intervals),
         "setup": {"utterances": n, "pool": [{"name": p.name, "source": p.source, "speech_s": round(p.speech_s, 2),
                                               "script": p.script} for p in pool],
                   "gap_s": gap_s, "block_ms": BLOCK * 1000 // SR, "paced": "real time",
@@ -662,7 +686,8 @@ def compact(res: dict[str, Any]) -> dict[str, Any]:
             "rtf_overall": res["rtf"]["overall"], "analyze_ms": res["stages_ms"]["analyze"],
             "wait_before_analysis_ms": res["stages_ms"]["wait_before_analysis"],
             "machine": {k: res["machine"].get(k) for k in ("other_processes_cores", "shared", "load_average_before")},
-            "counts": {k: v for k, v in res["counts"].items() if k != "errors"}, "speculation": res["speculation"]}
+            "counts": {k: v for k, v in res["counts"].items() if k != "errors"}, "speculation": res["speculation"],
+            "analyses": res.get("analyses")}
 
 
 def side_by_side(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -708,7 +733,13 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
     lines = [f"Speculative end of utterance (analysis starts once the post-roll is in, during the VAD's hangover): "
              f"{'on' if res.get('speculative') else 'off'}"
              + (f"; {sp.get('started', 0)} started, {sp.get('used', 0)} used, {sp.get('discarded', 0)} discarded "
-                f"(speech resumed)." if res.get("speculative") else "."), ""]
+                f"(speech resumed)." if res.get("speculative") else ".")]
+    an = res.get("analyses")
+    if an:
+        lines[0] += (f" Analyses run: {an['n']}, of which {an['cancelled']} cancelled part-way"
+                     + (f" (median {an['cancelled_ms_p50']:.0f} ms spent)" if an["cancelled"] else "")
+                     + f"; overlapping another analysis: {an['overlapping']}.")
+    lines.append("")
     sbs = res.get("side_by_side")
     if sbs:
         lines += [
@@ -730,10 +761,11 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
         if "ratio_on_over_off" in sbs:
             r = sbs["ratio_on_over_off"]
             lines += ["", f"Ratio on/off: latency p50 x{r['p50']:.2f}, p95 x{r['p95']:.2f}. Per run (latency p50 / "
-                      f"p95, analysis p50, other processes' cores): "
+                      f"p95, analysis p50 / p95, other processes' cores, analyses overlapping another): "
                       + "; ".join(f"{'on' if c['speculative'] else 'off'} {f(c['latency_ms'].get('p50'))} / "
-                                  f"{f(c['latency_ms'].get('p95'))}, {f(c['analyze_ms'].get('p50'))}, "
-                                  f"{f(c['machine'].get('other_processes_cores'), 2)}" for c in sbs["runs"]) + "."]
+                                  f"{f(c['latency_ms'].get('p95'))}, {f(c['analyze_ms'].get('p50'))} / "
+                                  f"{f(c['analyze_ms'].get('p95'))}, {f(c['machine'].get('other_processes_cores'), 2)}, "
+                                  f"{(c.get('analyses') or {}).get('overlapping', '-')}" for c in sbs["runs"]) + "."]
         lines.append("")
     return lines
 

@@ -3,8 +3,8 @@
 The paper's ablation study (modalities, experts, gating, LoRA) as test-time ablations: each variant is the same
 trained checkpoint reloaded with one switch of its config changed (`load_checkpoint(path, overrides=...)`) and scored
 with `egmf_core.evaluate`'s code on the same examples. That measures how much a trained model relies on each part.
-The paper's own numbers come from variants retrained without the part; given those checkpoints (one `--checkpoint`
-each, `--variants full`), the same command tabulates them side by side. Writes a Markdown table and, beside it, the
+The paper's own numbers come from variants retrained without the part (`egmf_core.ablate_retrained`); given such
+checkpoints (one `--checkpoint` each, `--variants full`), this command tabulates them side by side. Writes a Markdown table and, beside it, the
 raw numbers (full reports and every utterance's prediction) as JSON. The MMSA sentiment benchmarks (`--datasets
 mosei`, ...) are tabulated with MMSA's regression metrics instead of emotion F1 and accuracy.
 """
@@ -80,10 +80,10 @@ HEADER = """\
 **Test-time ablations of one trained checkpoint, not retrained variants.** Each row reloads the same weights with
 one part removed at inference (a modality masked, an expert's gate weight forced to 0, equal gate weights over the
 experts, or the LLM without its LoRA adapter) and scores it with `egmf_core.evaluate`'s code on the same utterances.
-This measures how much the trained model relies on each part; the paper instead retrains every variant. To get
-retrained variants, train with an `ablation:` section in the YAML config (as `configs/default.yaml` shows; `lora:
-enabled: false` for w/o LoRA), then give each checkpoint its own `--checkpoint` (with `--variants full`): the same
-command evaluates them, one row block per checkpoint, side by side."""
+This measures how much the trained model relies on each part; the paper instead retrains every variant, which
+`python -m egmf_core.ablate_retrained` does (`ablations_retrained.md`). Checkpoints trained by hand with an `ablation:`
+section in the YAML config (as `configs/default.yaml` shows; `lora: enabled: false` for w/o LoRA) can also be given
+here, each with its own `--checkpoint` (with `--variants full`): one row block per checkpoint, side by side."""
 
 
 def not_applicable(cfg: EGMFConfig, overrides: dict) -> str | None:

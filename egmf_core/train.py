@@ -101,6 +101,7 @@ class DataConfig:
     ravdess_train_actors: list[int] = field(default_factory=lambda: list(range(1, 11)))
     ravdess_dev_actors: list[int] = field(default_factory=lambda: [11, 12])
     ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
+    ravdess_limit: int | None = None  # the first N clips of each RAVDESS split (smoke runs), None = all
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
     data_dir: str | None = None
     extra: list[ExtraDataset] = field(default_factory=list)  # the paper's benchmarks, where the user has them
@@ -200,11 +201,13 @@ def load_splits(
             splits={"train": tuple(d.ravdess_train_actors), "dev": tuple(d.ravdess_dev_actors)},
             check_files=d.audio_pack is None,
         )
-        r_train = build_examples(RavdessDataset("train", rcfg), model.prompts, audio=audio, label_set="ravdess")
+        r_train = build_examples(list(RavdessDataset("train", rcfg))[: d.ravdess_limit], model.prompts, audio=audio,
+                                 label_set="ravdess")
         if any(e.input.audio is None for e in r_train):
             raise ConfigError("data.audio_pack lacks features for some RAVDESS training clips")
         train += r_train * d.ravdess_repeat
-        dev["ravdess"] = build_examples(RavdessDataset("dev", rcfg), model.prompts, audio=audio, label_set="ravdess")
+        dev["ravdess"] = build_examples(list(RavdessDataset("dev", rcfg))[: d.ravdess_limit], model.prompts, audio=audio,
+                                        label_set="ravdess")
     audio = whisper_audio_lookup() if d.extra else None  # one recognizer for every extra data set
     for extra in d.extra:
         model.prompts.check_label_set(extra.label_set)
@@ -462,26 +465,35 @@ def _compact(results: dict) -> dict:
     return out
 
 
+def add_machine_args(ap: argparse.ArgumentParser) -> None:
+    """The options that fit a recipe to a machine without editing its YAML (shared with `egmf_core.ablate_retrained`)."""
+    ap.add_argument("--device", default=None, help="override model.backbone.device (e.g. cuda)")
+    ap.add_argument("--audio-pack", default=None, help="override data.audio_pack (see python -m egmf_core.pack_audio)")
+    ap.add_argument("--time-budget-minutes", type=float, default=None, help="override train.time_budget_minutes")
+
+
+def apply_machine_args(cfg: RunConfig, args: argparse.Namespace) -> None:
+    if args.device:
+        cfg.model.backbone.device = args.device
+    if args.audio_pack:
+        cfg.data.audio_pack = args.audio_pack
+    if args.time_budget_minutes:
+        cfg.train.time_budget_minutes = args.time_budget_minutes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m egmf_core.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="YAML with model/data/train sections (see configs/default.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.safetensors")
     ap.add_argument("--out-dir", default=None, help="override train.out_dir")
-    ap.add_argument("--device", default=None, help="override model.backbone.device (e.g. cuda)")
-    ap.add_argument("--audio-pack", default=None, help="override data.audio_pack (see python -m egmf_core.pack_audio)")
-    ap.add_argument("--time-budget-minutes", type=float, default=None, help="override train.time_budget_minutes")
+    add_machine_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = RunConfig.from_yaml(args.config)
         if args.out_dir:
             cfg.train.out_dir = args.out_dir
-        if args.device:
-            cfg.model.backbone.device = args.device
-        if args.audio_pack:
-            cfg.data.audio_pack = args.audio_pack
-        if args.time_budget_minutes:
-            cfg.train.time_budget_minutes = args.time_budget_minutes
+        apply_machine_args(cfg, args)
         trainer = Trainer(cfg)
         if args.resume:
             trainer.load_state()

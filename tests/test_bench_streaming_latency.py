@@ -47,6 +47,8 @@ def test_three_utterance_report(tmp_path):
     # the CLI's live default: speculative end of utterance, each result used at most once per utterance
     sp = res["speculation"]
     assert res["speculative"] and 1 <= sp["used"] <= 3 and sp["started"] == sp["used"] + sp["discarded"]
+    an = res["analyses"]  # every analysis the pipeline ran, discarded speculations included: one at a time
+    assert an["n"] >= 3 and an["overlapping"] == 0 and an["cancelled"] <= sp["discarded"]
     assert "Speculative end of utterance" in mpath.read_text()
     # the side-by-side pooling (`--speculation both`), here over this run and the same rows labelled "off"
     sbs = bench.side_by_side([dict(res, speculative=False), res])
@@ -57,6 +59,7 @@ def test_three_utterance_report(tmp_path):
     rows = res["utterances"]
     assert [r["index"] for r in rows] == [1, 2, 3]
     assert all(r["events_for_this_utterance"] == 1 for r in rows)
+    assert sum(r["speculative"] for r in rows) == sp["used"]
     # the conversation: utterance 3 repeats utterance 1's recording, with two turns of context instead of none
     assert rows[0]["piece"] == rows[2]["piece"] and rows[0]["piece"] != rows[1]["piece"]
     assert [r["context_turns"] for r in rows] == [0, 1, 2]
@@ -89,3 +92,12 @@ def test_three_utterance_report(tmp_path):
     assert off["empty"]["answer_tokens"] >= 1 and off["stream"]["answer_tokens"] >= 1
     md = mpath.read_text()
     assert "end of speech -> event" in md and ("**met**" in md or "**not met**" in md)
+
+
+def test_analysis_intervals_counts_overlaps_and_cancellations():
+    bench = _bench()
+    one_at_a_time = [(0.0, 1.0, True), (1.0, 1.2, False), (1.5, 2.0, True)]
+    assert bench.analysis_intervals(one_at_a_time) == {"n": 3, "overlapping": 0, "cancelled": 1, "cancelled_ms_p50": 200.0}
+    # a cancelled speculation still running when the next analysis starts: both count as overlapping
+    assert bench.analysis_intervals([(0.0, 1.0, False), (0.9, 2.0, True), (3.0, 4.0, True)])["overlapping"] == 2
+    assert bench.analysis_intervals([])["cancelled_ms_p50"] is None

@@ -1,0 +1,361 @@
+"""`python -m egmf_core.ablate_retrained --config configs/ablation_fusion.yaml [--variants ...] [--seeds 0 1]`.
+
+The paper's ablation study as the paper runs it: every variant is trained from scratch without the part (same
+recipe, data, seed and number of steps, selected on dev as `egmf_core.train` does), then scored on the test split.
+`egmf_core.ablate` answers a different question (how much one trained checkpoint relies on each part, removed at
+inference); the two tables are complementary.
+
+The recipe is the config's, and its `train.lm_weight` decides how the variants are scored:
+- answer loss (lm_weight > 0, e.g. configs/default.yaml): LoRA + fusion trained jointly, scored by the LLM's answers
+  with `egmf_core.evaluate`'s code: the paper's setting. Hours per variant on a CPU; practical on a GPU.
+- fusion only (lm_weight 0, configs/ablation_fusion.yaml): the fusion stack trained through the auxiliary emotion
+  head on f_enhanced (the vector the pseudo tokens are projected from), scored by that head's argmax over the
+  dataset's labels. No LLM pass, so a variant takes minutes on a CPU. It measures what each part contributes to the
+  fused representation, not to the LLM's answers, and "w/o LoRA" does not apply.
+
+Each run keeps its checkpoint and scores in `<runs-dir>/<variant>/seed<N>/`; running the sweep again reuses finished
+runs (an interrupted sweep continues where it stopped) unless `--fresh`. Variants that cannot differ from one already
+trained (a modality no example has) are not trained, and the table says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .ablate import VARIANT_NAMES, VARIANTS, Variant, not_applicable, scores
+from .analysis import DatasetSpec, ExampleSets, command_line, fmt_triple, markdown_table, progress
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError, EGMFConfig
+from .data import DatasetError
+from .evaluate import predict_examples, report
+from .examples import Example
+from .metrics import classification_report, expert_similarity, gate_report
+from .model import EGMFModel
+from .train import RunConfig, Trainer, add_machine_args, apply_machine_args
+
+MODALITIES: tuple[str, ...] = ("audio", "video", "text")
+_SWITCH = {"audio": "use_audio", "video": "use_video", "text": "use_text"}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One variant x seed: its run config and where its results live."""
+
+    variant: Variant
+    seed: int
+    cfg: RunConfig
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.train.out_dir)
+
+
+def variant_config(base: RunConfig, variant: Variant, seed: int, runs_dir: Path) -> RunConfig | str:
+    """The base recipe with the variant's part removed and its own seed and folder, or why it cannot be trained."""
+    overrides = variant.overrides(base.model)
+    reason = not_applicable(base.model, overrides)
+    if reason:
+        return reason
+    if "lora" in overrides and not base.train.lm_weight:
+        return "the fusion-only recipe trains no LoRA and never runs the LLM"
+    cfg = copy.deepcopy(base)
+    merged = cfg.model.to_dict()
+    for section, values in overrides.items():
+        merged[section].update(values)
+    cfg.model = EGMFConfig.from_dict(merged)
+    if "lora" in overrides:
+        cfg.train.train_lora = False
+    cfg.train.seed = seed
+    cfg.train.out_dir = str(runs_dir / variant.name / f"seed{seed}")
+    return cfg
+
+
+def removed_modalities(cfg: EGMFConfig) -> frozenset[str]:
+    return frozenset(m for m in MODALITIES if not getattr(cfg.ablation, _SWITCH[m]))
+
+
+def differs_only_in_modalities(cfg: EGMFConfig, base: EGMFConfig) -> bool:
+    """True when `cfg` is `base` with (at most) some modalities removed: no expert, gate or LoRA change."""
+    rest, base_rest = cfg.to_dict(), base.to_dict()
+    for d in (rest, base_rest):
+        for m in MODALITIES:
+            d["ablation"][_SWITCH[m]] = True
+    return rest == base_rest
+
+
+def same_as(cfg: EGMFConfig, base: EGMFConfig, present: set[str], trained: dict[frozenset[str], str]) -> str | None:
+    """The label of an already trained variant this one cannot differ from, or None.
+
+    Removing a modality that no training or test example has changes nothing, so a variant that differs from the
+    base only in removed modalities is the same run as the one that removed just the present ones."""
+    if not differs_only_in_modalities(cfg, base):
+        return None
+    return trained.get(removed_modalities(cfg) & present)
+
+
+def modalities_present(examples: Sequence[Example]) -> set[str]:
+    xs = [e.input for e in examples]
+    found = {
+        "audio": any(x.audio is not None and len(x.audio) > 0 for x in xs),
+        "video": any(x.visual is not None and len(x.visual) > 0 for x in xs),
+        "text": any(x.current.text.strip() for x in xs),
+    }
+    return {m for m, ok in found.items() if ok}
+
+
+def test_datasets(cfg: RunConfig) -> list[DatasetSpec]:
+    """The datasets the recipe trains on that `egmf_core.evaluate` can score: their test splits are the table."""
+    specs = [DatasetSpec(name) for name, on in (("meld", cfg.data.meld), ("ravdess", cfg.data.ravdess)) if on]
+    specs += [DatasetSpec(x.name, None if x.label_set == "default" else x.label_set) for x in cfg.data.extra]
+    if cfg.data.mmsa:
+        specs.append(DatasetSpec(cfg.data.mmsa.dataset))
+    return specs
+
+
+@torch.inference_mode()
+def aux_report(model: EGMFModel, examples: Sequence[Example], batch_size: int = 32) -> dict:
+    """The auxiliary head's emotion classification (argmax over the dataset's own labels, as the LLM's answer is
+    constrained to them) plus the gate and expert checks, in `evaluate.report`'s layout."""
+    label_set = examples[0].input.label_set
+    labels = model.prompts.label_sets[label_set]
+    columns = torch.tensor([model.aux_labels.index(lab) for lab in labels], device=model.device)
+    preds, alphas, experts = [], [], []
+    for b in range(0, len(examples), batch_size):
+        fusion, _ = model.run_fusion([e.input for e in examples[b : b + batch_size]])
+        logits = model.fusion.aux_head(fusion.enhanced)[:, columns]
+        preds += [labels[i] for i in logits.argmax(-1).tolist()]
+        alphas.append(fusion.alpha.float().cpu().numpy())
+        experts.append(fusion.expert_outputs.float().cpu().numpy())
+    out = {"emotion": classification_report([e.input.emotion for e in examples], preds, labels)}
+    out["gate"] = gate_report(np.concatenate(alphas))
+    out["expert_cosine"] = expert_similarity(np.concatenate(experts))
+    return out
+
+
+def score_run(checkpoint: Path, fusion_only: bool, datasets: Sequence[DatasetSpec], sets: ExampleSets,
+              batch_size: int) -> tuple[dict, set[str]]:
+    """Test scores of one trained variant on every dataset (`ablate.scores`' keys, plus the mean gate weights), and
+    the modalities the test examples have."""
+    model = load_checkpoint(checkpoint)
+    out, present = {}, set()
+    for spec in datasets:
+        examples = sets.get(model, spec)
+        present |= modalities_present(examples)
+        if fusion_only:
+            rep = aux_report(model, examples, batch_size)
+        else:
+            rep = report(model, examples, predict_examples(model, examples, batch_size, progress=True))
+        out[spec.key] = {"scores": scores(rep), "alpha_mean": rep["gate"]["alpha_mean"], "n": len(examples)}
+    return out, present
+
+
+def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int], runs_dir: Path,
+              limit: int | None = None, fresh: bool = False, batch_size: int = 16) -> dict:
+    """Train (or reuse) every variant x seed, score each on the test splits; returns the JSON-ready result.
+    `variants` must start with the full model: the modalities its runs saw decide which removals can matter."""
+    if not variants or variants[0].name != "full":
+        raise ValueError("the variants must start with the full model")
+    datasets = test_datasets(base)
+    if not datasets:
+        raise ConfigError("the config trains on no dataset that evaluate can score (meld, ravdess, extra, mmsa)")
+    mmsa = base.data.mmsa
+    sets = ExampleSets("test", {d.name: limit for d in datasets}, {mmsa.dataset: mmsa.folder} if mmsa and mmsa.folder else None)
+    fusion_only = not base.train.lm_weight
+    present: set[str] = set()
+    trained: dict[frozenset[str], str] = {}  # modalities removed -> the variant trained that way
+    rows = []
+    start = time.perf_counter()
+    for variant in variants:
+        runs, skipped = [], None
+        for seed in seeds:
+            cfg = variant_config(base, variant, seed, runs_dir)
+            if isinstance(cfg, str):
+                skipped = cfg
+                break
+            if trained and (twin := same_as(cfg.model, base.model, present, trained)):
+                skipped = f"no example has the removed modality: same run as {twin}"
+                break
+            runs.append(_train_and_score(RunPlan(variant, seed, cfg), fusion_only, datasets, sets, fresh, batch_size))
+            if variant.name == "full":
+                present |= set(runs[-1]["modalities_present"])
+            progress(f"{variant.label} seed {seed}: " + "; ".join(
+                f"{key} {_brief(r['scores'])}" for key, r in runs[-1]["test"].items())
+                + f" ({time.perf_counter() - start:.0f} s elapsed)")
+        if skipped:
+            progress(f"{variant.label}: not trained ({skipped})")
+            rows.append({"variant": variant.name, "label": variant.label, "skipped": skipped})
+            continue
+        if differs_only_in_modalities(cfg.model, base.model):
+            trained.setdefault(removed_modalities(cfg.model) & present, variant.label)
+        rows.append({"variant": variant.name, "label": variant.label, "runs": runs,
+                     "test": _aggregate([r["test"] for r in runs])})
+    return {
+        "kind": "retrained ablations (" + ("fusion stack through the auxiliary emotion head" if fusion_only
+                                           else "LoRA + fusion, scored by the LLM's answers") + ")",
+        "fusion_only": fusion_only,
+        "seeds": list(seeds),
+        "train": asdict(base.train),
+        "datasets": {d.key: {"split": "test", "limit": limit} for d in datasets},
+        "variants": rows,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _train_and_score(plan: RunPlan, fusion_only: bool, datasets: Sequence[DatasetSpec], sets: ExampleSets,
+                     fresh: bool, batch_size: int) -> dict:
+    """One variant x seed: trained unless a finished run with the same config is in its folder, then scored."""
+    done = plan.out_dir / "ablation_run.json"
+    config = json.loads(json.dumps(asdict(plan.cfg)))
+    if not fresh and done.exists():
+        previous = json.loads(done.read_text())
+        if previous["config"] == config:
+            progress(f"{plan.variant.label} seed {plan.seed}: reusing {done}")
+            return previous
+    progress(f"training {plan.variant.label} seed {plan.seed} -> {plan.out_dir}")
+    trainer = Trainer(plan.cfg)
+    present = modalities_present(trainer.train_set)
+    result = trainer.run()
+    del trainer
+    best = next(h for h in result["history"] if h["dev"]["selection_score"] == result["best"])
+    test, test_present = score_run(plan.out_dir / "best.safetensors", fusion_only, datasets, sets, batch_size)
+    run = {
+        "seed": plan.seed,
+        "train_seconds": round(result["train_seconds"], 1),
+        "best_epoch": best["epoch"],
+        "dev_selection_score": result["best"],
+        "modalities_present": sorted(present | test_present),
+        "test": test,
+        "config": config,
+    }
+    done.write_text(json.dumps(run, indent=1))
+    return run
+
+
+def _aggregate(per_seed: Sequence[dict]) -> dict:
+    """Mean and (with several seeds) sample standard deviation over seeds of every score, per dataset."""
+    out = {}
+    for key in per_seed[0]:
+        vals = {m: [s[key]["scores"][m] for s in per_seed] for m in per_seed[0][key]["scores"]}
+        out[key] = {
+            "mean": {m: float(np.mean(v)) for m, v in vals.items()},
+            "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in vals.items()},
+            "alpha_mean": np.mean([s[key]["alpha_mean"] for s in per_seed], axis=0).tolist(),
+            "n": per_seed[0][key]["n"],
+        }
+    return out
+
+
+def _brief(s: dict[str, float]) -> str:
+    return f"acc {s['emotion_accuracy']:.2f} wF1 {s['emotion_weighted_f1']:.2f}" if "emotion_accuracy" in s else \
+        " ".join(f"{m} {v:.3f}" for m, v in s.items() if m in ("mae", "corr"))
+
+
+HEADER_FUSION = """\
+**Retrained ablations of the fusion stack.** Every row is trained from scratch without the part, with the same
+recipe, data, seeds and number of steps, selected on dev, and scored on the test split. Fusion-only recipe: the
+fusion stack learns through the auxiliary emotion head on f_enhanced (the vector the K pseudo tokens are projected
+from) and is scored by that head, so the table measures what each part adds to the fused representation; the LLM is
+not trained or run (the paper's own retrained variants also fine-tune the LLM; `--config` with `train.lm_weight > 0`
+runs that recipe, practical on a GPU). Complements `ablations.md`, which removes parts from the shipped checkpoint
+at inference."""
+
+HEADER_ANSWERS = """\
+**Retrained ablations.** Every row is trained from scratch without the part (LoRA + fusion, answer loss), with the
+same recipe, data, seeds and number of steps, selected on dev, and scored by the LLM's answers on the test split with
+`egmf_core.evaluate`'s code, as the paper's ablation table. Complements `ablations.md` (parts removed at inference)."""
+
+
+def render_markdown(result: dict, command: str) -> str:
+    seeds = result["seeds"]
+    parts = ["# Retrained ablations", "", HEADER_FUSION if result["fusion_only"] else HEADER_ANSWERS, "",
+             f"Command: `{command}` ({result['seconds'] / 60:.0f} min in all; seeds {', '.join(map(str, seeds))}; "
+             f"{result['train']['epochs']} epochs of batch {result['train']['batch_size']} per run).", ""]
+    full = next((r for r in result["variants"] if r["variant"] == "full" and "test" in r), None)
+    for key, info in result["datasets"].items():
+        n = full["test"][key]["n"] if full else "?"
+        metrics = _metric_columns(full["test"][key]["mean"] if full else {})
+        header = ["variant"] + [label for _, label, _ in metrics] + ["dev (selection)", "alpha mean (E1 / E2 / E3)",
+                                                                     "alpha entropy", "expert cosine"]
+        rows = []
+        for row in result["variants"]:
+            if "skipped" in row:
+                rows.append([row["label"], f"not trained: {row['skipped']}"] + [""] * (len(header) - 2))
+                continue
+            t = row["test"][key]
+            cells = [row["label"]]
+            for m, _, digits in metrics:
+                cell = f"{t['mean'][m]:.{digits}f}"
+                if t["std"][m] is not None:
+                    cell += f" ± {t['std'][m]:.{digits}f}"
+                if full and row is not full:
+                    cell += f" ({t['mean'][m] - full['test'][key]['mean'][m]:+.{digits}f})"
+                cells.append(cell)
+            dev = [r["dev_selection_score"] for r in row["runs"]]
+            cells += [f"{np.mean(dev):.2f}", fmt_triple(t["alpha_mean"]), f"{t['mean']['alpha_entropy']:.3f}",
+                      f"{t['mean']['expert_cosine']:.2f}"]
+            rows.append(cells)
+        limit = f"first {info['limit']}" if info["limit"] else "all"
+        parts += [f"## {key} test ({limit}: n = {n})", "", markdown_table(header, rows), ""]
+    spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed"
+    parts.append(f"Scores in percent, {spread}; (+/-x) is the difference of the means to the full model. Dev: the "
+                 "selection score of the kept checkpoint. Gate entropy in nats (ln 3 = 1.099 is equal weights). Raw "
+                 "numbers and every run's config: the JSON file beside this one.")
+    return "\n".join(parts) + "\n"
+
+
+def _metric_columns(full_scores: dict) -> list[tuple[str, str, int]]:
+    from .ablate import REGRESSION_COLUMNS
+
+    if "mae" in full_scores:
+        return [c for c in REGRESSION_COLUMNS if c[0] in full_scores]
+    cols = [("emotion_accuracy", "acc", 2), ("emotion_weighted_f1", "wF1", 2)]
+    if "sentiment_weighted_f1" in full_scores:
+        cols.append(("sentiment_weighted_f1", "sentiment wF1", 2))
+    return cols
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.ablate_retrained", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/ablation_fusion.yaml", help="the training recipe every variant uses")
+    ap.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=list(VARIANT_NAMES),
+                    help="variants to train (default: all); the full model always is, and comes first")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
+    ap.add_argument("--runs-dir", default="runs/ablate_retrained", help="each run's checkpoint and scores")
+    ap.add_argument("--limit", type=int, default=None, help="score only the first N test utterances of each dataset")
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    ap.add_argument("--fresh", action="store_true", help="retrain runs already finished in --runs-dir")
+    add_machine_args(ap)
+    ap.add_argument("--out", default="benchmarks/results/ablations_retrained.md", help="Markdown; the JSON goes beside it")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        base = RunConfig.from_yaml(args.config)
+        if args.epochs:
+            base.train.epochs = args.epochs
+        apply_machine_args(base, args)
+        variants = [v for v in VARIANTS if v.name == "full" or v.name in args.variants]
+        result = run_sweep(base, variants, args.seeds, Path(args.runs_dir), args.limit, args.fresh)
+    except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(result, command_line("egmf_core.ablate_retrained", argv)))
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    progress(f"report: {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""`python -m egmf_core.ablate_retrained`: each variant is really trained without its part, scored on the test split,
+tabulated; variants that cannot differ are not trained; a second run reuses the finished ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from egmf_core import ablate, ablate_retrained
+from egmf_core.ablate_retrained import differs_only_in_modalities, same_as, variant_config
+from egmf_core.train import RunConfig
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANT = {v.name: v for v in ablate.VARIANTS}
+TRAINED = ("full", "no_audio", "no_text", "no_e1", "uniform_gating")
+SKIPPED = ("no_video", "no_audio_video", "no_lora")
+
+
+def _small_recipe(tmp: Path) -> Path:
+    """The shipped fusion-only recipe on 8 RAVDESS clips per split, 2 epochs of 4: a real run in seconds."""
+    raw = yaml.safe_load((REPO / "configs" / "ablation_fusion.yaml").read_text())
+    raw["data"]["ravdess_limit"] = 8
+    raw["train"].update(epochs=2, batch_size=4, warmup_steps=1)
+    path = tmp / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("ablate_retrained")
+    args = ["--config", str(_small_recipe(tmp)), "--variants", *TRAINED[1:], *SKIPPED, "--limit", "8",
+            "--runs-dir", str(tmp / "runs"), "--out", str(tmp / "ablations_retrained.md")]
+    assert ablate_retrained.main(args) == 0
+    return {"args": args, "tmp": tmp, "md": (tmp / "ablations_retrained.md").read_text(),
+            "json": json.loads((tmp / "ablations_retrained.json").read_text())}
+
+
+def _rows(result: dict) -> dict[str, dict]:
+    return {row["variant"]: row for row in result["variants"]}
+
+
+@pytest.mark.slow
+def test_each_variant_is_trained_without_its_part(sweep):
+    rows = _rows(sweep["json"])
+    assert [r["variant"] for r in sweep["json"]["variants"]] == [v for v in ablate.VARIANT_NAMES if v in TRAINED + SKIPPED]
+    assert sweep["json"]["fusion_only"] is True
+    for name in TRAINED:
+        (run,) = rows[name]["runs"]
+        ckpt = sweep["tmp"] / "runs" / name / "seed0" / "best.safetensors"
+        with safe_open(str(ckpt), framework="pt") as fh:
+            ablation = json.loads(fh.metadata()["config"])["ablation"]
+        assert ablation == run["config"]["model"]["ablation"]
+        assert run["modalities_present"] == ["audio", "text"]  # RAVDESS: no video
+        test = run["test"]["ravdess"]
+        assert test["n"] == 8
+        assert 0 <= test["scores"]["emotion_accuracy"] <= 100
+    assert rows["no_audio"]["runs"][0]["config"]["model"]["ablation"]["use_audio"] is False
+    assert rows["no_text"]["runs"][0]["config"]["model"]["ablation"]["use_text"] is False
+    assert rows["no_e1"]["runs"][0]["config"]["model"]["ablation"]["experts"] == [False, True, True]
+    # the switches act in the trained model: E1's gate weight is exactly 0, uniform gating is exactly 1/3 each
+    assert rows["no_e1"]["test"]["ravdess"]["alpha_mean"][0] == 0.0
+    assert rows["uniform_gating"]["test"]["ravdess"]["alpha_mean"] == pytest.approx([1 / 3] * 3, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_variants_that_cannot_differ_are_not_trained(sweep):
+    rows = _rows(sweep["json"])
+    assert rows["no_video"]["skipped"] == "no example has the removed modality: same run as full model"
+    assert rows["no_audio_video"]["skipped"] == "no example has the removed modality: same run as w/o audio"
+    assert "trains no LoRA" in rows["no_lora"]["skipped"]
+    assert not (sweep["tmp"] / "runs" / "no_video").exists()
+    md = sweep["md"]
+    assert "Retrained ablations of the fusion stack" in md
+    for name in TRAINED + SKIPPED:
+        assert md.count(f"| {VARIANT[name].label} |") == 1, name
+    assert "not trained: no example has the removed modality" in md
+
+
+@pytest.mark.slow
+def test_a_second_sweep_reuses_finished_runs(sweep, capsys):
+    out = sweep["tmp"] / "again.md"
+    args = [a if a != str(sweep["tmp"] / "ablations_retrained.md") else str(out) for a in sweep["args"]]
+    assert ablate_retrained.main(args) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing") == len(TRAINED) and "training " not in printed
+    again = json.loads(out.with_suffix(".json").read_text())
+    assert [r.get("test") for r in again["variants"]] == [r.get("test") for r in sweep["json"]["variants"]]
+
+
+def test_variant_configs():
+    base = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")
+    runs = Path("runs/x")
+    cfg = variant_config(base, VARIANT["no_e2"], 3, runs)
+    assert cfg.model.ablation.experts == [True, False, True] and cfg.train.seed == 3
+    assert cfg.train.out_dir == str(runs / "no_e2" / "seed3")
+    assert base.model.ablation.experts == [True, True, True]  # the base recipe is not modified
+    assert "trains no LoRA" in variant_config(base, VARIANT["no_lora"], 0, runs)
+    answers = RunConfig.from_yaml(REPO / "configs" / "default.yaml")
+    no_lora = variant_config(answers, VARIANT["no_lora"], 0, runs)
+    assert no_lora.model.lora.enabled is False and no_lora.train.train_lora is False
+
+    no_video = variant_config(base, VARIANT["no_video"], 0, runs).model
+    no_av = variant_config(base, VARIANT["no_audio_video"], 0, runs).model
+    no_e1 = variant_config(base, VARIANT["no_e1"], 0, runs).model
+    assert differs_only_in_modalities(no_av, base.model) and not differs_only_in_modalities(no_e1, base.model)
+    trained = {frozenset(): "full model", frozenset({"audio"}): "w/o audio"}
+    assert same_as(no_video, base.model, {"audio", "text"}, trained) == "full model"
+    assert same_as(no_video, base.model, {"audio", "video", "text"}, trained) is None  # video present: a real run
+    assert same_as(no_av, base.model, {"audio", "text"}, trained) == "w/o audio"
+    assert same_as(no_e1, base.model, {"audio", "text"}, trained) is None
