@@ -181,7 +181,7 @@ def run_ablations(
             seconds = time.perf_counter() - t0
             rows.append({"variant": variant.name, "label": variant.label, "overrides": overrides,
                          "seconds": round(seconds, 1), "datasets": per_dataset})
-            summary = " | ".join(f"{key} " + _summary(r["scores"]) for key, r in per_dataset.items())
+            summary = " | ".join(f"{key} " + scores_line(r["scores"]) for key, r in per_dataset.items())
             progress(f"[{k}/{total}] {ckpt} {variant.label}: {summary} ({seconds:.1f} s; "
                      f"{time.perf_counter() - start:.0f} s elapsed)")
         _add_deltas(rows)
@@ -195,7 +195,8 @@ def run_ablations(
     }
 
 
-def _summary(s: dict[str, float]) -> str:
+def scores_line(s: dict[str, float]) -> str:
+    """One variant's scores on one dataset, for the progress lines."""
     if "mae" in s:
         return " ".join(f"{label} {s[m]:.{digits}f}" for m, label, digits in REGRESSION_COLUMNS if m in s)
     out = f"emotion wF1 {s['emotion_weighted_f1']:.2f} acc {s['emotion_accuracy']:.2f}"

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .ablate import VARIANT_NAMES, VARIANTS, Variant, not_applicable, scores
+from .ablate import REGRESSION_COLUMNS, VARIANT_NAMES, VARIANTS, Variant, not_applicable, scores, scores_line
 from .analysis import DatasetSpec, ExampleSets, command_line, fmt_triple, markdown_table, progress
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, EGMFConfig
@@ -190,7 +190,7 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
             if variant.name == "full":
                 present |= set(runs[-1]["modalities_present"])
             progress(f"{variant.label} seed {seed}: " + "; ".join(
-                f"{key} {_brief(r['scores'])}" for key, r in runs[-1]["test"].items())
+                f"{key} {scores_line(r['scores'])}" for key, r in runs[-1]["test"].items())
                 + f" ({time.perf_counter() - start:.0f} s elapsed)")
         if skipped:
             progress(f"{variant.label}: not trained ({skipped})")
@@ -256,11 +256,6 @@ def _aggregate(per_seed: Sequence[dict]) -> dict:
     return out
 
 
-def _brief(s: dict[str, float]) -> str:
-    return f"acc {s['emotion_accuracy']:.2f} wF1 {s['emotion_weighted_f1']:.2f}" if "emotion_accuracy" in s else \
-        " ".join(f"{m} {v:.3f}" for m, v in s.items() if m in ("mae", "corr"))
-
-
 HEADER_FUSION = """\
 **Retrained ablations of the fusion stack.** Every row is trained from scratch without the part, with the same
 recipe, data, seeds and number of steps, selected on dev, and scored on the test split. Fusion-only recipe: the
@@ -315,8 +310,6 @@ def render_markdown(result: dict, command: str) -> str:
 
 
 def _metric_columns(full_scores: dict) -> list[tuple[str, str, int]]:
-    from .ablate import REGRESSION_COLUMNS
-
     if "mae" in full_scores:
         return [c for c in REGRESSION_COLUMNS if c[0] in full_scores]
     cols = [("emotion_accuracy", "acc", 2), ("emotion_weighted_f1", "wF1", 2)]
