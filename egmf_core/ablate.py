@@ -81,9 +81,9 @@ HEADER = """\
 one part removed at inference (a modality masked, an expert's gate weight forced to 0, equal gate weights over the
 experts, or the LLM without its LoRA adapter) and scores it with `egmf_core.evaluate`'s code on the same utterances.
 This measures how much the trained model relies on each part; the paper instead retrains every variant, which
-`python -m egmf_core.ablate_retrained` does (`ablations_retrained.md`). Checkpoints trained by hand with an `ablation:`
-section in the YAML config (as `configs/default.yaml` shows; `lora: enabled: false` for w/o LoRA) can also be given
-here, each with its own `--checkpoint` (with `--variants full`): one row block per checkpoint, side by side."""
+`python -m egmf_core.ablate_retrained` does (`ablations_retrained.md`). Checkpoints trained by hand with an
+`ablation:` section in the YAML config (as `configs/default.yaml` shows; `lora: enabled: false` for w/o LoRA) can
+also be given here, each with its own `--checkpoint` (with `--variants full`): one row block per checkpoint."""
 
 
 def not_applicable(cfg: EGMFConfig, overrides: dict) -> str | None:

@@ -41,7 +41,7 @@ def test_every_variant_is_scored_and_tabulated(ablation):
     assert ablation["json"]["datasets"]["ravdess"]["n"] == LIMITS["ravdess"]
     md = ablation["md"]
     assert "Test-time ablations of one trained checkpoint, not retrained variants" in md
-    assert "`ablation:` section" in md  # how to get retrained variants
+    assert "`ablation:` section" in md and "egmf_core.ablate_retrained" in md  # how to get retrained variants
     for v in ablate.VARIANTS:
         assert md.count(f"| {v.label} |") == 2, v.label  # one row in each dataset's table
     assert "8-class acc" in md and "sentiment wF1" in md
