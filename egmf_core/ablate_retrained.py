@@ -14,7 +14,9 @@ The recipe is the config's, and its `train.lm_weight` decides how the variants a
   fused representation, not to the LLM's answers, and "w/o LoRA" does not apply.
 
 Each run keeps its checkpoint and scores in `<runs-dir>/<variant>/seed<N>/`; running the sweep again reuses finished
-runs (an interrupted sweep continues where it stopped) unless `--fresh`. Variants that cannot differ from one already
+runs (an interrupted sweep continues where it stopped) unless `--fresh`. `--reuse <earlier report>.json` also counts
+the runs an earlier report recorded (same recipe, variant and seed) as finished, so that adding seeds to a committed
+table does not retrain the seeds it already has when the runs folder is gone. Variants that cannot differ from one already
 trained (a modality no example has) are not trained, and the table says why.
 """
 
@@ -160,10 +162,44 @@ def score_run(checkpoint: Path, fusion_only: bool, datasets: Sequence[DatasetSpe
     return out, present
 
 
+@dataclass(frozen=True)
+class RecordedRun:
+    """A finished run as an earlier report recorded it, with that report's test sets."""
+
+    run: dict
+    report: Path
+    tests: dict
+
+
+def recorded_runs(reports: Sequence[Path]) -> dict[tuple[str, int], RecordedRun]:
+    """The runs earlier reports (this module's JSON) hold, by (variant, seed)."""
+    out: dict[tuple[str, int], RecordedRun] = {}
+    for path in reports:
+        try:
+            report = json.loads(Path(path).read_text())
+            for row in report["variants"]:
+                for run in row.get("runs", []):
+                    out[(row["variant"], run["seed"])] = RecordedRun(run, Path(path), report["datasets"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--reuse {path}: not a report of python -m egmf_core.ablate_retrained ({exc})") from exc
+    return out
+
+
+def _config_json(cfg: RunConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _recipe(config: dict) -> dict:
+    """A run's config without its output folder: two runs with equal recipes are the same run."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k != "out_dir"}}
+
+
 def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int], runs_dir: Path,
-              limit: int | None = None, fresh: bool = False, batch_size: int = 16) -> dict:
+              limit: int | None = None, fresh: bool = False, batch_size: int = 16,
+              recorded: dict[tuple[str, int], RecordedRun] | None = None) -> dict:
     """Train (or reuse) every variant x seed, score each on the test splits; returns the JSON-ready result.
-    `variants` must start with the full model: the modalities its runs saw decide which removals can matter."""
+    `variants` must start with the full model: the modalities its runs saw decide which removals can matter.
+    `recorded`: runs from earlier reports (:func:`recorded_runs`), reused where the recipe is the same."""
     if not variants or variants[0].name != "full":
         raise ValueError("the variants must start with the full model")
     datasets = test_datasets(base)
@@ -174,6 +210,7 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
     fusion_only = not base.train.lm_weight
     present: set[str] = set()
     trained: dict[frozenset[str], str] = {}  # modalities removed -> the variant trained that way
+    tests = {d.key: {"split": "test", "limit": limit} for d in datasets}
     rows = []
     start = time.perf_counter()
     for variant in variants:
@@ -186,7 +223,11 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
             if trained and (twin := same_as(cfg.model, base.model, present, trained)):
                 skipped = f"no example has the removed modality: same run as {twin}"
                 break
-            runs.append(_train_and_score(RunPlan(variant, seed, cfg), fusion_only, datasets, sets, fresh, batch_size))
+            earlier = (recorded or {}).get((variant.name, seed))
+            if earlier is not None and (earlier.tests != tests or _recipe(earlier.run["config"]) != _recipe(_config_json(cfg))):
+                earlier = None
+            runs.append(_train_and_score(RunPlan(variant, seed, cfg), fusion_only, datasets, sets, fresh, batch_size,
+                                         earlier))
             if variant.name == "full":
                 present |= set(runs[-1]["modalities_present"])
             progress(f"{variant.label} seed {seed}: " + "; ".join(
@@ -206,22 +247,26 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
         "fusion_only": fusion_only,
         "seeds": list(seeds),
         "train": asdict(base.train),
-        "datasets": {d.key: {"split": "test", "limit": limit} for d in datasets},
+        "datasets": tests,
         "variants": rows,
         "seconds": round(time.perf_counter() - start, 1),
     }
 
 
 def _train_and_score(plan: RunPlan, fusion_only: bool, datasets: Sequence[DatasetSpec], sets: ExampleSets,
-                     fresh: bool, batch_size: int) -> dict:
-    """One variant x seed: trained unless a finished run with the same config is in its folder, then scored."""
+                     fresh: bool, batch_size: int, recorded: RecordedRun | None = None) -> dict:
+    """One variant x seed: trained and scored, unless a finished run with the same config is in its folder or
+    `recorded` (an earlier report's run with the same recipe and test sets) is given."""
     done = plan.out_dir / "ablation_run.json"
-    config = json.loads(json.dumps(asdict(plan.cfg)))
+    config = _config_json(plan.cfg)
     if not fresh and done.exists():
         previous = json.loads(done.read_text())
         if previous["config"] == config:
             progress(f"{plan.variant.label} seed {plan.seed}: reusing {done}")
             return previous
+    if not fresh and recorded is not None:
+        progress(f"{plan.variant.label} seed {plan.seed}: reusing the run recorded in {recorded.report}")
+        return {**recorded.run, "reused_from": str(recorded.report)}
     progress(f"training {plan.variant.label} seed {plan.seed} -> {plan.out_dir}")
     trainer = Trainer(plan.cfg)
     present = modalities_present(trainer.train_set)
@@ -273,8 +318,15 @@ same recipe, data, seeds and number of steps, selected on dev, and scored by the
 
 def render_markdown(result: dict, command: str) -> str:
     seeds = result["seeds"]
+    runs = [r for row in result["variants"] for r in row.get("runs", [])]
+    reused = sorted({r["reused_from"] for r in runs if "reused_from" in r})
+    took = f"{result['seconds'] / 60:.0f} min"
+    if reused:
+        n = sum("reused_from" in r for r in runs)
+        took += (f" for the runs it trained; {n} of {len(runs)} runs reused as recorded in {', '.join(reused)}, "
+                 f"{sum(r['train_seconds'] for r in runs if 'reused_from' in r) / 60:.0f} min of training there")
     parts = ["# Retrained ablations", "", HEADER_FUSION if result["fusion_only"] else HEADER_ANSWERS, "",
-             f"Command: `{command}` ({result['seconds'] / 60:.0f} min in all; seeds {', '.join(map(str, seeds))}; "
+             f"Command: `{command}` ({took}; seeds {', '.join(map(str, seeds))}; "
              f"{result['train']['epochs']} epochs of batch {result['train']['batch_size']} per run).", ""]
     full = next((r for r in result["variants"] if r["variant"] == "full" and "test" in r), None)
     for key, info in result["datasets"].items():
@@ -328,6 +380,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test utterances of each dataset")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     ap.add_argument("--fresh", action="store_true", help="retrain runs already finished in --runs-dir")
+    ap.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="REPORT_JSON",
+                    help="count the runs these earlier reports recorded as finished (same recipe, variant, seed and "
+                    "test sets), e.g. the committed benchmarks/results/ablations_retrained.json when adding seeds")
     add_machine_args(ap)
     ap.add_argument("--out", default="benchmarks/results/ablations_retrained.md", help="Markdown; the JSON goes beside it")
     args = ap.parse_args(argv)
@@ -338,7 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             base.train.epochs = args.epochs
         apply_machine_args(base, args)
         variants = [v for v in VARIANTS if v.name == "full" or v.name in args.variants]
-        result = run_sweep(base, variants, args.seeds, Path(args.runs_dir), args.limit, args.fresh)
+        result = run_sweep(base, variants, args.seeds, Path(args.runs_dir), args.limit, args.fresh,
+                           recorded=recorded_runs(args.reuse))
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -92,6 +92,34 @@ def test_a_second_sweep_reuses_finished_runs(sweep, capsys):
     assert [r.get("test") for r in again["variants"]] == [r.get("test") for r in sweep["json"]["variants"]]
 
 
+@pytest.mark.slow
+def test_runs_recorded_in_an_earlier_report_are_reused(sweep, capsys):
+    """A new runs folder (the old one is gone) and --reuse the first report: nothing is trained again, the table is
+    the same and says where its runs came from; a different recipe (more epochs) reuses nothing."""
+    out = sweep["tmp"] / "reused.md"
+    report = sweep["tmp"] / "ablations_retrained.json"
+    args = [str(sweep["tmp"] / "runs_new") if a == str(sweep["tmp"] / "runs") else a for a in sweep["args"]]
+    args = [str(out) if a == str(sweep["tmp"] / "ablations_retrained.md") else a for a in args]
+    assert ablate_retrained.main([*args, "--variants", "no_e1", "--reuse", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reusing the run recorded in") == 2 and "training " not in printed
+    again = _rows(json.loads(out.with_suffix(".json").read_text()))
+    first = _rows(sweep["json"])
+    assert [again[v]["test"] for v in ("full", "no_e1")] == [first[v]["test"] for v in ("full", "no_e1")]
+    assert again["no_e1"]["runs"][0]["reused_from"] == str(report)
+    assert f"2 of 2 runs reused as recorded in {report}" in out.read_text()
+    assert ablate_retrained.main([*args, "--variants", "no_e1", "--reuse", str(report), "--epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    trained = [line for line in printed.splitlines() if line.startswith("training ") and " seed 0 -> " in line]
+    assert "reusing the run" not in printed and len(trained) == 2  # another recipe: trained anew
+    with pytest.raises(SystemExit):  # --reuse needs a report
+        ablate_retrained.main([*args, "--reuse"])
+    bad = sweep["tmp"] / "not_a_report.json"
+    bad.write_text("{}")
+    assert ablate_retrained.main([*args, "--reuse", str(bad)]) == 2
+    assert "not a report of python -m egmf_core.ablate_retrained" in capsys.readouterr().err
+
+
 def test_variant_configs():
     base = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")
     runs = Path("runs/x")
