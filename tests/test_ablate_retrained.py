@@ -120,6 +120,34 @@ def test_runs_recorded_in_an_earlier_report_are_reused(sweep, capsys):
     assert "not a report of python -m egmf_core.ablate_retrained" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+def test_answer_loss_recipe_trains_lora_and_scores_by_the_llms_answers(tmp_path):
+    """The paper's setting (train.lm_weight > 0): LoRA + fusion trained on the answer loss, each variant scored by the
+    LLM's generated-label scoring (evaluate's code); "w/o LoRA" is trained here (it is n/a in the fusion-only recipe)
+    and has no LoRA weights. One step per run on 4 clips: the path, not the numbers."""
+    raw = yaml.safe_load(_small_recipe(tmp_path).read_text())
+    raw["data"]["ravdess_limit"] = 4
+    raw["train"].update(epochs=1, batch_size=4, lm_weight=1.0, train_lora=True)
+    recipe = tmp_path / "answers.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "answers.md"
+    assert ablate_retrained.main(["--config", str(recipe), "--variants", "no_lora", "--limit", "4",
+                                  "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["fusion_only"] is False and "scored by the LLM's answers" in result["kind"]
+    rows = _rows(result)
+    for name, lora in (("full", True), ("no_lora", False)):
+        (run,) = rows[name]["runs"]
+        assert run["config"]["model"]["lora"]["enabled"] is lora
+        with safe_open(str(tmp_path / "runs" / name / "seed0" / "best.safetensors"), framework="pt") as fh:
+            assert any(k.startswith("lora.") for k in fh.keys()) is lora
+        assert run["test"]["ravdess"]["n"] == 4
+        assert 0 <= run["test"]["ravdess"]["scores"]["emotion_accuracy"] <= 100
+    md = out.read_text()
+    assert md.startswith("# Retrained ablations\n\n**Retrained ablations.** Every row is trained from scratch")
+    assert md.count(f"| {VARIANT['no_lora'].label} |") == 1 and "not trained" not in md
+
+
 def test_variant_configs():
     base = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")
     runs = Path("runs/x")
