@@ -40,9 +40,6 @@ for p in (ROOT, ROOT / "benchmarks"):
 
 from bench_streaming_latency import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
 
-SR = 16000
-FRAME_S = 0.5  # faint noise before and after each clip, as a live line has
-NOISE_DBFS = -70.0
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "live_segments"
 ACTORS = {"train": "actors 01-10", "dev": "actors 11-12", "test": "actors 13-16"}
 
@@ -70,24 +67,14 @@ class Setting:
 
 
 def cut(audio: np.ndarray, setting: Setting, window_s: float) -> tuple[np.ndarray, int, float]:
-    """What the live pipeline analyzes for one clip framed by faint noise: (audio, number of segments, audio the cut
-    kept after the end of speech in ms). Several segments (a pause inside the sentence) are joined into one, from the
-    first's audio start to the last's audio end, so that the transcript is comparable."""
-    from streaming.analyzer import utterance_audio
-    from streaming.segmenter import SegmenterConfig, SpeechSegment, VADSegmenter
+    """What the live pipeline analyzes for one clip framed by faint noise (``streaming.analyzer.live_cut``): (audio,
+    number of segments, audio the cut kept after the end of speech in ms)."""
+    from streaming.analyzer import live_cut
+    from streaming.segmenter import SegmenterConfig
 
-    pad = np.zeros(int(FRAME_S * SR), np.float32)
-    x = np.concatenate([pad, audio.astype(np.float32), pad])
-    x += np.random.default_rng(0).normal(0, 10 ** (NOISE_DBFS / 20), len(x)).astype(np.float32)
-    seg = VADSegmenter(SegmenterConfig(pre_roll_ms=setting.pre_roll_ms, post_roll_ms=setting.post_roll_ms))
-    segs = seg.feed(x) + seg.flush()
-    if not segs:
-        return np.zeros(0, np.float32), 0, float("nan")
-    first, last = segs[0], segs[-1]
-    joined = SpeechSegment(start_s=first.start_s, end_s=last.end_s, audio_start_s=first.audio_start_s,
-                           audio=x[round(first.audio_start_s * SR):round(last.audio_end_s * SR)],
-                           channel=0, speaker="", sample_rate=SR)
-    return utterance_audio(joined, setting.frame_s, window_s), len(segs), 1000.0 * (last.audio_end_s - last.end_s)
+    c = live_cut(audio, SegmenterConfig(pre_roll_ms=setting.pre_roll_ms, post_roll_ms=setting.post_roll_ms),
+                 setting.frame_s, window_s)
+    return c.audio, c.segments, c.tail_ms
 
 
 def run(settings: list[Setting], limit: int | None, split: str = "dev") -> dict:

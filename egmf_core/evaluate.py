@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -199,13 +200,49 @@ def face_visual_lookup() -> VisualLookup:
     return lookup
 
 
-def whisper_audio_lookup() -> AudioLookup:
-    """Audio features of a record's file: Whisper encoder states through the on-disk feature cache."""
-    from .features.audio import WhisperFrontend
-    from .features.cache import FeatureCache
+AUDIO_VIEWS: tuple[str, ...] = ("clip", "live")
 
-    frontend, cache = WhisperFrontend(), FeatureCache()
-    return lambda rec: frontend.encoder_states_file(rec.audio_path, cache) if rec.audio_path else None
+
+def whisper_audio_lookup(view: str = "clip") -> AudioLookup:
+    """Audio features of a record's file: Whisper encoder states through the on-disk feature cache.
+
+    `view` says which audio: `clip`, the whole file in Whisper's native 30 s window (what the shipped checkpoint
+    learned from); `live`, the file as the live pipeline analyzes it (`streaming.analyzer.live_cut` with the CLI's
+    defaults: the VAD segmenter's cut framed by 1 s of room tone, encoded in the live 10 s window), so that a model can
+    be trained and evaluated on the audio it gets live. A clip in which the VAD hears no speech has no audio features
+    in the live view (live, it would give no event)."""
+    from .features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
+    from .features.cache import ExtractorId, FeatureCache
+
+    if view not in AUDIO_VIEWS:
+        raise ValueError(f"audio view: expected one of {', '.join(AUDIO_VIEWS)}, got {view!r}")
+    cache = FeatureCache()
+    if view == "clip":
+        frontend = WhisperFrontend()
+        return lambda rec: frontend.encoder_states_file(rec.audio_path, cache) if rec.audio_path else None
+
+    from streaming.analyzer import LIVE_CUT_VERSION, EGMFAnalyzerConfig, live_cut
+    from streaming.segmenter import SegmenterConfig
+
+    live, segmenter = EGMFAnalyzerConfig(), SegmenterConfig()
+    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=live.asr_window_s))
+    base = ExtractorId.of(frontend)
+    extractor = ExtractorId(f"{base.name}-live-cut", base.version, {
+        **base.config, "live_cut_version": LIVE_CUT_VERSION, "segmenter": dataclasses.asdict(segmenter),
+        "frame_s": live.frame_s})
+
+    def compute(path: str) -> dict[str, np.ndarray]:
+        cut = live_cut(load_audio(path), segmenter, live.frame_s, live.asr_window_s)
+        return {"encoder_states": frontend.encoder_states(cut.audio) if cut.segments
+                else np.zeros(0, np.float32)}
+
+    def lookup(rec: UtteranceRecord) -> np.ndarray | None:
+        if not rec.audio_path:
+            return None
+        states = cache.get_or_compute(rec.audio_path, extractor, lambda: compute(rec.audio_path))["encoder_states"]
+        return states if len(states) else None
+
+    return lookup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -218,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mmsa-folder", default=None, help="converted MMSA folder (python -m egmf_core.data.mmsa "
                     "convert) for mosi/mosei/sims/simsv2; default <data dir>/mmsa/<dataset>")
     ap.add_argument("--split", default="test")
+    ap.add_argument("--audio", choices=AUDIO_VIEWS, default="clip",
+                    help="datasets with audio files: the whole clip (default, as the checkpoint was trained) or the clip "
+                    "as the live segmenter cuts and frames it (what the model gets live)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--out", default=None, help="JSON report path (default benchmarks/results/eval_<dataset>_<split>.json)")
@@ -233,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dataset": args.dataset,
             "split": args.split,
             "label_set": examples[0].input.label_set,
+            "audio": args.audio,
             "limit": args.limit,
             **report(model, examples, preds),
             "seconds": round(time.perf_counter() - t0, 1),
@@ -240,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"benchmarks/results/eval_{args.dataset}_{args.split}.json")
+    live = "_live" if args.audio == "live" else ""
+    out = Path(args.out or f"benchmarks/results/eval_{args.dataset}_{args.split}{live}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     if "sentiment_regression" in result:
@@ -255,7 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cli_examples(model: EGMFModel, args: argparse.Namespace) -> list[Example]:
     if args.dataset not in MMSA_DATASETS:
-        return dataset_examples(model, args.dataset, args.split, args.limit, label_set=args.label_set)
+        audio = whisper_audio_lookup(args.audio) if args.audio != "clip" else None  # None: the default, when needed
+        return dataset_examples(model, args.dataset, args.split, args.limit, audio=audio, label_set=args.label_set)
     if args.label_set is not None:
         raise ValueError(f"--label-set does not apply to {args.dataset}: it is answered in its own sentiment-only "
                          f"label set {args.dataset!r}")

@@ -105,24 +105,29 @@ class AudioFeaturePack:
     transfer limit): per-frame absmax int8 keeps the relative error of each frame under 0.4%.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], view: str = "clip"):
         self.arrays = arrays
+        self.view = view  # which audio the features are of (egmf_core.evaluate.AUDIO_VIEWS)
 
     @staticmethod
-    def write(path: str | Path, features: dict[str, np.ndarray]) -> Path:
+    def write(path: str | Path, features: dict[str, np.ndarray], view: str = "clip") -> Path:
         tensors = {}
         for key, x in features.items():
             scale = np.abs(x).max(axis=1, keepdims=True).clip(min=1e-8) / 127.0
             tensors[f"{key}/q"] = np.round(x / scale).astype(np.int8)
             tensors[f"{key}/s"] = scale.astype(np.float32)
-        save_file(tensors, str(path))
+        save_file(tensors, str(path), metadata={"audio_view": view})
         return Path(path)
 
     @classmethod
     def read(cls, path: str | Path) -> "AudioFeaturePack":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as fh:
+            view = (fh.metadata() or {}).get("audio_view", "clip")  # packs from before views: whole clips
         raw = load_file(str(path))
         keys = {k.rsplit("/", 1)[0] for k in raw}
-        return cls({k: raw[f"{k}/q"].astype(np.float32) * raw[f"{k}/s"] for k in keys})
+        return cls({k: raw[f"{k}/q"].astype(np.float32) * raw[f"{k}/s"] for k in keys}, view)
 
     def __call__(self, rec: UtteranceRecord) -> np.ndarray | None:
         return self.arrays.get(feature_key(rec))

@@ -9,7 +9,7 @@ import sys
 import time
 
 from .data import RavdessConfig, RavdessDataset
-from .evaluate import whisper_audio_lookup
+from .evaluate import AUDIO_VIEWS, whisper_audio_lookup
 from .examples import AudioFeaturePack, feature_key
 
 
@@ -22,15 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m egmf_core.pack_audio", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--actors", default="1-12", help="actor range, e.g. 1-12")
+    ap.add_argument("--audio", choices=AUDIO_VIEWS, default="clip",
+                    help="whole clips (default) or live cuts (data.ravdess_audio: live); recorded in the pack")
     args = ap.parse_args(argv)
     records = list(RavdessDataset("all", RavdessConfig(splits={"all_actors": _actors(args.actors)})))
-    lookup = whisper_audio_lookup()
+    lookup = whisper_audio_lookup(args.audio)
     start, feats = time.perf_counter(), {}
     for i, rec in enumerate(records, 1):
-        feats[feature_key(rec)] = lookup(rec)
+        states = lookup(rec)
+        if states is not None:  # a live cut in which the VAD heard no speech has none
+            feats[feature_key(rec)] = states
         if i % 100 == 0 or i == len(records):
             print(f"  {i}/{len(records)} clips ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-    path = AudioFeaturePack.write(args.out, feats)
+    path = AudioFeaturePack.write(args.out, feats, args.audio)
     print(f"wrote {len(feats)} clips to {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -33,6 +33,7 @@ from .config import ConfigError, EGMFConfig, build_dataclass
 from .data import DATASETS, DatasetError, MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
 from .data.mmsa import MMSA_DATASETS, MmsaDataset
 from .evaluate import (
+    AUDIO_VIEWS,
     MMSA_SCORING,
     check_mmsa_model,
     mmsa_examples,
@@ -103,6 +104,9 @@ class DataConfig:
     ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
     ravdess_limit: int | None = None  # the first N clips of each RAVDESS split (smoke runs), None = all
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
+    # Which audio the RAVDESS clips give (egmf_core.evaluate.whisper_audio_lookup): "clip", the whole file as the
+    # shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the model gets live).
+    ravdess_audio: str = "clip"
     data_dir: str | None = None
     extra: list[ExtraDataset] = field(default_factory=list)  # the paper's benchmarks, where the user has them
     mmsa: MmsaData | None = None  # one MMSA benchmark: its features fix the fusion stack's input dims
@@ -195,7 +199,12 @@ def load_splits(
         meld_dev = list(MeldDataset("dev", MeldConfig(data_dir=d.data_dir)))
         dev["meld"] = build_examples(meld_dev[: cfg.train.dev_limit], model.prompts)
     if d.ravdess:
-        audio = AudioFeaturePack.read(d.audio_pack) if d.audio_pack else whisper_audio_lookup()
+        if d.ravdess_audio not in AUDIO_VIEWS:
+            raise ConfigError(f"data.ravdess_audio: expected one of {', '.join(AUDIO_VIEWS)}, got {d.ravdess_audio!r}")
+        audio = AudioFeaturePack.read(d.audio_pack) if d.audio_pack else whisper_audio_lookup(d.ravdess_audio)
+        if d.audio_pack and audio.view != d.ravdess_audio:
+            raise ConfigError(f"data.audio_pack holds features of {audio.view} audio but data.ravdess_audio is "
+                              f"{d.ravdess_audio!r} (python -m egmf_core.pack_audio --audio {d.ravdess_audio})")
         rcfg = RavdessConfig(
             data_dir=d.data_dir,
             splits={"train": tuple(d.ravdess_train_actors), "dev": tuple(d.ravdess_dev_actors)},
@@ -203,8 +212,11 @@ def load_splits(
         )
         r_train = build_examples(list(RavdessDataset("train", rcfg))[: d.ravdess_limit], model.prompts, audio=audio,
                                  label_set="ravdess")
-        if any(e.input.audio is None for e in r_train):
+        silent = sum(e.input.audio is None for e in r_train)
+        if silent and d.ravdess_audio == "clip":
             raise ConfigError("data.audio_pack lacks features for some RAVDESS training clips")
+        if silent:  # live cuts: the VAD heard no speech in these clips (live, no event); they train on text alone
+            log.warning("data.ravdess_audio live: %d of %d training clips have no speech segment", silent, len(r_train))
         train += r_train * d.ravdess_repeat
         dev["ravdess"] = build_examples(list(RavdessDataset("dev", rcfg))[: d.ravdess_limit], model.prompts, audio=audio,
                                         label_set="ravdess")

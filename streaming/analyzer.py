@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from .pipeline import AnalysisResult, analyze_and_commit, check_cancelled
-from .segmenter import SpeechSegment
+from .segmenter import SegmenterConfig, SpeechSegment
 
-__all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError"]
+__all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "LiveCut", "ModelUnavailableError", "live_cut",
+           "utterance_audio"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,49 @@ def utterance_audio(segment: SpeechSegment, frame_s: float, window_s: float) -> 
     start = min(max(0.0, segment.start_s - segment.audio_start_s), duration)
     end = min(max(start, segment.end_s - segment.audio_start_s), duration)
     return frame_utterance(audio, start, end, frame_s, max(window_s, duration), sr)
+
+
+#: Bump when :func:`live_cut` or the segmenter's cut change the audio they give for the same settings: features
+#: cached for live cuts (``egmf_core.evaluate.whisper_audio_lookup(view="live")``) are keyed on it.
+LIVE_CUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LiveCut:
+    """A recorded clip as the live pipeline would analyze it. ``audio``: what the recognizer and the audio branch get
+    (empty when the VAD heard no speech: live, no event); ``segments``: how many segments the VAD cut (several are
+    joined, from the first's audio start to the last's audio end); ``tail_ms``: audio the cut kept after the end of
+    speech, before framing (nan without a segment)."""
+
+    audio: np.ndarray
+    segments: int
+    tail_ms: float
+
+
+def live_cut(audio: np.ndarray, segmenter: SegmenterConfig | None = None, frame_s: float = TRAINING_FRAME_S,
+             window_s: float = 10.0, lead_s: float = 0.5, noise_dbfs: float = -70.0) -> LiveCut:
+    """Cut a recorded clip (float32 mono 16 kHz) as a live line would: the clip framed by ``lead_s`` of faint noise
+    (``noise_dbfs``; a live line is never digitally silent), segmented by :class:`VADSegmenter` (``segmenter``,
+    default the live settings), and the speech framed by :func:`utterance_audio` (``frame_s`` of room tone, within
+    the recognizer's ``window_s``). One implementation for the live-cut benchmark
+    (``benchmarks/bench_live_segments.py``) and for training and evaluating on live cuts
+    (``egmf_core.evaluate.whisper_audio_lookup(view="live")``). Deterministic: the noise has a fixed seed."""
+    from .segmenter import VADSegmenter
+
+    cfg = segmenter or SegmenterConfig()
+    pad = np.zeros(int(round(lead_s * cfg.sample_rate)), np.float32)
+    x = np.concatenate([pad, np.asarray(audio, np.float32), pad])
+    x += np.random.default_rng(0).normal(0, 10 ** (noise_dbfs / 20), len(x)).astype(np.float32)
+    seg = VADSegmenter(cfg)
+    segs = seg.feed(x) + seg.flush()
+    if not segs:
+        return LiveCut(np.zeros(0, np.float32), 0, float("nan"))
+    first, last = segs[0], segs[-1]
+    sr = cfg.sample_rate
+    joined = SpeechSegment(start_s=first.start_s, end_s=last.end_s, audio_start_s=first.audio_start_s,
+                           audio=x[round(first.audio_start_s * sr):round(last.audio_end_s * sr)],
+                           channel=0, speaker="", sample_rate=sr)
+    return LiveCut(utterance_audio(joined, frame_s, window_s), len(segs), 1000.0 * (last.audio_end_s - last.end_s))
 
 
 class ModelUnavailableError(RuntimeError):
