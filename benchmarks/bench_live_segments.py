@@ -5,7 +5,7 @@
     python benchmarks/bench_live_segments.py --settings pre300/post120 pre1000/post60/frame1.0 --limit 40
 
 Live, an utterance is what the VAD segmenter cuts: ``pre_roll_ms`` before the detected start to ``post_roll_ms``
-after the end of speech. The analysis waits for that post-roll (the speculative end of utterance starts once it
+after the last voiced frame. The analysis waits for that post-roll (the speculative end of utterance starts once it
 is in), so every millisecond of it is a millisecond of latency; too little and word endings are lost. The shipped
 checkpoint was trained on whole RAVDESS clips (about a second of room tone around the sentence), so a tight cut also
 moves its audio input away from what it learned on; ``streaming.analyzer.utterance_audio`` frames the cut with the

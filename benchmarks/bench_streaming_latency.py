@@ -184,7 +184,7 @@ def write_table_report(out: Path, result: dict, markdown: Any, script: str, argv
 
 
 def _speculation_lead_ms() -> float:
-    """How much sooner a speculative analysis starts at least: the VAD's hangover less the post-roll (live defaults)."""
+    """How much sooner a speculative analysis starts: the VAD's hangover less the post-roll (live defaults)."""
     from streaming.segmenter import SegmenterConfig
 
     c = SegmenterConfig()
@@ -746,8 +746,7 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
             f"Side by side: the same conversation streamed {len(sbs['order'])} times with the same loaded model, in "
             f"the order {' / '.join(sbs['order'])} (balanced against the machine's drift), every utterance of a "
             f"mode pooled. Latency = wait + analysis: speculation shortens the wait (the analysis starts "
-            f"at least {_speculation_lead_ms():.0f} ms sooner, more when webrtcvad calls the decay after the last "
-            f"word voiced); the analysis is the same work either way.",
+            f"{_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way.",
             "",
             "| speculation | utterances | latency p50 | latency p95 | wait p50 | analysis p50 | analysis p95 | "
             "RTF overall (mean of runs) |",

@@ -19,14 +19,10 @@ decisions into utterances:
 * **maximum length**: a turn longer than ``max_utterance_s`` is split at its quietest 30 ms frame (lowest energy)
   within the last ``split_search_s`` before the limit: a breath or a pause between phrases, rarely mid-word. The
   recognizer and the model both work on bounded input, and the listener gets an event at least every 8 s.
-* **tentative end**: once an utterance's post-roll audio is in (``post_roll_ms`` after its end of speech: the last
-  voiced frame, less a quiet decay, see ``end_trim_db``), the segment it will become if no speech comes back is fully
-  determined; :attr:`VADSegmenter.tentative` holds it until speech resumes (a voiced frame that moves the end of
-  speech; the quiet decay does not) or the hangover ends. The pipeline analyzes it during the rest of the hangover
+* **tentative end**: once an utterance's post-roll audio is in (``post_roll_ms`` of unvoiced frames after its last
+  voiced frame), the segment it will become if no speech comes back is fully determined; :attr:`VADSegmenter.tentative`
+  holds it until speech resumes or the hangover ends. The pipeline analyzes it during the rest of the hangover
   (speculative end of utterance) instead of after it; the final segment then equals the tentative one exactly.
-  Counting the post-roll from the trimmed end rather than from the last voiced frame starts the analysis ~90 ms
-  sooner on real speech (webrtcvad calls the decay voiced); the decay's audio is left out of the cut, as the room
-  tone that ``streaming.analyzer.utterance_audio`` frames the utterance with stands in for it.
 
 Chunks of any size (not multiples of a frame) are accepted: leftover samples wait for the next chunk, so the result
 does not depend on how the stream was chunked. Per-chunk work (int16 conversion, frame energies) is vectorized;
@@ -74,8 +70,7 @@ class SegmenterConfig:
     split_search_s: float = 1.5
     #: Trailing voiced frames more than this many dB below the utterance's loudest frame are not counted as speech:
     #: webrtcvad keeps calling the reverberant decay after the last word "speech" for 100-150 ms, which would make
-    #: ``end_s`` late and the tentative end wait for the decay. None disables the refinement (the end of speech is
-    #: the last voiced frame).
+    #: ``end_s`` (and the end-of-speech -> event latency measured from it) late. None disables the refinement.
     end_trim_db: float | None = 35.0
     #: A gap in chunk timestamps up to this long is filled with silence; a longer one ends the utterance in progress
     #: and re-anchors the clock (a dropped network stream that came back).
@@ -198,7 +193,6 @@ class VADSegmenter:
         self._utt_start_f = 0  # first voiced frame of the utterance
         self._audio_start = 0  # sample index where the utterance audio begins
         self._last_voiced_f = -1
-        self._end_f = 0  # end of speech (exclusive frame): see _speech_end_f
         self._prev_end_sample = 0  # pre-roll never reaches back into the previous utterance
         self._tentative: SpeechSegment | None = None
 
@@ -341,17 +335,15 @@ class VADSegmenter:
                         first = w0 + int(np.argmax(win))
                         self._begin(first, first - self._pre_roll_f)
                         self._last_voiced_f = g
-                        self._update_end()
                 if not self._in_speech:
                     self._trim(self._n_frames - self._keep_silent_f)
                 continue
             if v:
                 self._last_voiced_f = g
-                self._update_end()
+                self._tentative = None
             if not self._confirmed and self._last_voiced_f + 1 - self._utt_start_f >= self._min_f:
                 self._confirm()
-            if (self._tentative is None and self._post_roll_f < self._hang_f
-                    and g + 1 - self._end_f >= max(1, self._post_roll_f)):
+            if g - self._last_voiced_f == max(1, self._post_roll_f) and self._post_roll_f < self._hang_f:
                 self._tentative = self._end_segment(final=False)
             if g - self._last_voiced_f >= self._hang_f:
                 seg = self._end_of_speech()
@@ -409,30 +401,18 @@ class VADSegmenter:
         self._confirmed = False
         return seg
 
-    def _speech_end_f(self) -> int:
-        """End of speech (exclusive frame index): the last voiced frame, or with ``end_trim_db`` the last frame up
-        to it that is within ``end_trim_db`` of the utterance's loudest frame."""
-        end_f = self._last_voiced_f + 1
+    def _end_segment(self, final: bool) -> SpeechSegment | None:
+        """The utterance ending at its last voiced frame (less a quiet decay, see ``end_trim_db``); the audio keeps
+        ``post_roll_ms`` after the last voiced frame. Depends only on frames up to the post-roll's end, which is
+        why a tentative end (``final=False``) equals the final one when no speech follows."""
+        last_f = self._last_voiced_f + 1
+        end_f = last_f
         trim_db = self.config.end_trim_db
         if trim_db is not None and end_f - self._utt_start_f > 1:
             e = self._energy[self._utt_start_f - self._buf_f0:end_f - self._buf_f0]
             loud = np.flatnonzero(e >= e.max() - trim_db)
             end_f = self._utt_start_f + int(loud[-1]) + 1
-        return end_f
-
-    def _update_end(self) -> None:
-        """A voiced frame came (or the utterance began or continued after a split): recompute the end of speech; a
-        tentative end made for an earlier end no longer holds. A quiet voiced frame (decay) leaves both as they are."""
-        end_f = self._speech_end_f()
-        if end_f != self._end_f:
-            self._end_f = end_f
-            self._tentative = None
-
-    def _end_segment(self, final: bool) -> SpeechSegment | None:
-        """The utterance ending at its end of speech; the audio keeps ``post_roll_ms`` after it. Depends only on
-        frames up to the post-roll's end and on the end of speech, which is why a tentative end (``final=False``)
-        equals the final one when no speech follows."""
-        return self._finish(self._end_f * self._fl, (self._end_f + self._post_roll_f) * self._fl, final=final)
+        return self._finish(end_f * self._fl, (last_f + self._post_roll_f) * self._fl, final=final)
 
     def _split(self) -> list[SpeechSegment]:
         """The turn reached max_utterance_s: cut at the quietest frame of the last split_search_s."""
@@ -461,7 +441,6 @@ class VADSegmenter:
             self._utt_start_f = next_v
             self._audio_start = cut
             self._trim(q)
-            self._update_end()
             if self._last_voiced_f + 1 - self._utt_start_f >= self._min_f:
                 self._confirm()
         return [seg] if seg is not None else []
