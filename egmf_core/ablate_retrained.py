@@ -40,7 +40,7 @@ from .analysis import DatasetSpec, ExampleSets, command_line, fmt_triple, markdo
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, EGMFConfig
 from .data import DatasetError
-from .evaluate import predict_examples, report
+from .evaluate import AUDIO_VIEWS, predict_examples, report
 from .examples import Example
 from .metrics import classification_report, expert_similarity, gate_report
 from .model import EGMFModel
@@ -116,9 +116,12 @@ def modalities_present(examples: Sequence[Example]) -> set[str]:
     return {m for m, ok in found.items() if ok}
 
 
-def test_datasets(cfg: RunConfig) -> list[DatasetSpec]:
-    """The datasets the recipe trains on that `egmf_core.evaluate` can score: their test splits are the table."""
-    specs = [DatasetSpec(name) for name, on in (("meld", cfg.data.meld), ("ravdess", cfg.data.ravdess)) if on]
+def test_datasets(cfg: RunConfig, ravdess_audio: Sequence[str] = ()) -> list[DatasetSpec]:
+    """The datasets the recipe trains on that `egmf_core.evaluate` can score: their test splits are the table.
+    RAVDESS is scored on each audio view in `ravdess_audio` (default: the one the recipe trains on)."""
+    specs = [DatasetSpec("meld")] if cfg.data.meld else []
+    if cfg.data.ravdess:
+        specs += [DatasetSpec("ravdess", audio=view) for view in (ravdess_audio or [cfg.data.ravdess_audio])]
     specs += [DatasetSpec(x.name, None if x.label_set == "default" else x.label_set) for x in cfg.data.extra]
     if cfg.data.mmsa:
         specs.append(DatasetSpec(cfg.data.mmsa.dataset))
@@ -196,13 +199,13 @@ def _recipe(config: dict) -> dict:
 
 def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int], runs_dir: Path,
               limit: int | None = None, fresh: bool = False, batch_size: int = 16,
-              recorded: dict[tuple[str, int], RecordedRun] | None = None) -> dict:
+              recorded: dict[tuple[str, int], RecordedRun] | None = None, ravdess_audio: Sequence[str] = ()) -> dict:
     """Train (or reuse) every variant x seed, score each on the test splits; returns the JSON-ready result.
     `variants` must start with the full model: the modalities its runs saw decide which removals can matter.
     `recorded`: runs from earlier reports (:func:`recorded_runs`), reused where the recipe is the same."""
     if not variants or variants[0].name != "full":
         raise ValueError("the variants must start with the full model")
-    datasets = test_datasets(base)
+    datasets = test_datasets(base, ravdess_audio)
     if not datasets:
         raise ConfigError("the config trains on no dataset that evaluate can score (meld, ravdess, extra, mmsa)")
     mmsa = base.data.mmsa
@@ -353,7 +356,8 @@ def render_markdown(result: dict, command: str) -> str:
                       f"{t['mean']['expert_cosine']:.2f}"]
             rows.append(cells)
         limit = f"first {info['limit']}" if info["limit"] else "all"
-        parts += [f"## {key} test ({limit}: n = {n})", "", markdown_table(header, rows), ""]
+        title = key.replace("@live", " (live cuts: each clip as the live segmenter cuts and frames it)")
+        parts += [f"## {title}, test split ({limit}: n = {n})", "", markdown_table(header, rows), ""]
     spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed"
     parts.append(f"Scores in percent, {spread}; (+/-x) is the difference of the means to the full model. Dev: the "
                  "selection score of the kept checkpoint. Gate entropy in nats (ln 3 = 1.099 is equal weights). Raw "
@@ -380,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test utterances of each dataset")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     ap.add_argument("--fresh", action="store_true", help="retrain runs already finished in --runs-dir")
+    ap.add_argument("--test-audio", nargs="+", choices=AUDIO_VIEWS, default=[],
+                    help="score RAVDESS on these audio views: whole clips and/or live cuts (default: the view the "
+                    "recipe trains on, data.ravdess_audio)")
     ap.add_argument("--reuse", nargs="+", type=Path, default=[], metavar="REPORT_JSON",
                     help="count the runs these earlier reports recorded as finished (same recipe, variant, seed and "
                     "test sets), e.g. the committed benchmarks/results/ablations_retrained.json when adding seeds")
@@ -394,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_machine_args(base, args)
         variants = [v for v in VARIANTS if v.name == "full" or v.name in args.variants]
         result = run_sweep(base, variants, args.seeds, Path(args.runs_dir), args.limit, args.fresh,
-                           recorded=recorded_runs(args.reuse))
+                           recorded=recorded_runs(args.reuse), ravdess_audio=args.test_audio)
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ from typing import Sequence
 from .data import UtteranceRecord
 from .data.mmsa import MMSA_DATASETS, MmsaDataset
 from .evaluate import (
+    AUDIO_VIEWS,
     EVAL_DATASETS,
     dataset_examples,
     mmsa_examples,
@@ -36,14 +37,17 @@ EXPERT_NAMES: tuple[str, ...] = ("E1 local", "E2 semantic", "E3 global")
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One benchmark: a dataset and optionally its label set (`iemocap:iemocap6`), as `evaluate --label-set`."""
+    """One benchmark: a dataset and optionally its label set (`iemocap:iemocap6`), as `evaluate --label-set`, and
+    which audio its files give (`ravdess@live`: live cuts, as `evaluate --audio live`)."""
 
     name: str
     label_set: str | None = None
+    audio: str = "clip"
 
     @property
     def key(self) -> str:
-        return f"{self.name}:{self.label_set}" if self.label_set else self.name
+        key = f"{self.name}:{self.label_set}" if self.label_set else self.name
+        return key if self.audio == "clip" else f"{key}@{self.audio}"
 
     @property
     def is_mmsa(self) -> bool:
@@ -52,13 +56,16 @@ class DatasetSpec:
 
     @classmethod
     def parse(cls, text: str) -> "DatasetSpec":
+        text, _, audio = text.partition("@")
+        if audio and audio not in AUDIO_VIEWS:
+            raise argparse.ArgumentTypeError(f"@{audio}: the audio is one of {', '.join(AUDIO_VIEWS)}")
         name, _, label_set = text.partition(":")
         if name not in ANALYSIS_DATASETS:
             raise argparse.ArgumentTypeError(f"unknown dataset {name!r}; choose from {', '.join(ANALYSIS_DATASETS)}")
         if label_set and name in MMSA_DATASETS:
             raise argparse.ArgumentTypeError(f"{text!r}: no label set applies to {name}, which is answered in its own "
                                              f"sentiment-only label set {name!r}; write {name}")
-        return cls(name, label_set or None)
+        return cls(name, label_set or None, audio or "clip")
 
 
 def add_dataset_args(ap: argparse.ArgumentParser) -> None:
@@ -132,13 +139,18 @@ class ExampleSets:
         self.limits = limits
         self.mmsa_folders = mmsa_folders or {}
         self._built: dict[tuple[str, str], list[Example]] = {}
-        self._lookup: AudioLookup | None = None
+        self._lookups: dict[str, AudioLookup] = {}
         self._mmsa: dict[str, MmsaDataset] = {}
 
-    def _audio(self, rec: UtteranceRecord):
-        if self._lookup is None:
-            self._lookup = whisper_audio_lookup()
-        return self._lookup(rec)
+    def _audio(self, view: str) -> AudioLookup:
+        """The view's lookup, opened (with its recognizer) on first use by a record that has audio."""
+
+        def lookup(rec: UtteranceRecord):
+            if view not in self._lookups:
+                self._lookups[view] = whisper_audio_lookup(view)
+            return self._lookups[view](rec)
+
+        return lookup
 
     def get(self, model: EGMFModel, spec: DatasetSpec) -> list[Example]:
         cfg = model.cfg
@@ -153,7 +165,7 @@ class ExampleSets:
             if spec.is_mmsa:
                 examples = mmsa_examples(model, self._mmsa_split(spec.name), limit)
             else:
-                examples = dataset_examples(model, spec.name, self.split, limit, audio=self._audio,
+                examples = dataset_examples(model, spec.name, self.split, limit, audio=self._audio(spec.audio),
                                             label_set=spec.label_set)
             progress(f"  {spec.key} {self.split}: {len(examples)} examples built in {time.perf_counter() - t0:.1f} s")
             self._built[key] = examples

@@ -148,6 +148,25 @@ def test_answer_loss_recipe_trains_lora_and_scores_by_the_llms_answers(tmp_path)
     assert md.count(f"| {VARIANT['no_lora'].label} |") == 1 and "not trained" not in md
 
 
+def test_ravdess_is_scored_on_the_audio_views_asked_for():
+    """The recipe's own view by default (whole clips, or live cuts with data.ravdess_audio: live); --test-audio adds
+    the other; each view is its own table section and JSON key, so runs scored on another view are never reused."""
+    import argparse
+
+    from egmf_core.ablate_retrained import test_datasets
+    from egmf_core.analysis import DatasetSpec
+
+    clips = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")
+    live = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion_live.yaml")
+    assert live.data.ravdess_audio == "live"
+    assert [d.key for d in test_datasets(clips)] == ["ravdess"]
+    assert [d.key for d in test_datasets(live)] == ["ravdess@live"]
+    assert [d.key for d in test_datasets(clips, ["clip", "live"])] == ["ravdess", "ravdess@live"]
+    assert DatasetSpec.parse("ravdess@live") == DatasetSpec("ravdess", None, "live")
+    with pytest.raises(argparse.ArgumentTypeError, match="the audio is one of clip, live"):
+        DatasetSpec.parse("ravdess@framed")
+
+
 def test_variant_configs():
     base = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")
     runs = Path("runs/x")
