@@ -38,7 +38,7 @@ import torch
 from .ablate import REGRESSION_COLUMNS, VARIANT_NAMES, VARIANTS, Variant, not_applicable, scores, scores_line
 from .analysis import DatasetSpec, ExampleSets, command_line, fmt_triple, markdown_table, progress
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, EGMFConfig
+from .config import ConfigError, EGMFConfig, build_dataclass
 from .data import DatasetError
 from .evaluate import AUDIO_VIEWS, predict_examples, report
 from .examples import Example
@@ -173,6 +173,10 @@ class RecordedRun:
     report: Path
     tests: dict
 
+    def matches(self, cfg: RunConfig, tests: dict) -> bool:
+        """Whether this run is the one `cfg` would train, scored on the same `tests`."""
+        return self.tests == tests and _recipe(self.run["config"]) == _recipe(_config_json(cfg))
+
 
 def recorded_runs(reports: Sequence[Path]) -> dict[tuple[str, int], RecordedRun]:
     """The runs earlier reports (this module's JSON) hold, by (variant, seed)."""
@@ -193,7 +197,10 @@ def _config_json(cfg: RunConfig) -> dict:
 
 
 def _recipe(config: dict) -> dict:
-    """A run's config without its output folder: two runs with equal recipes are the same run."""
+    """A run's config, as today's config classes read it, without its output folder: two runs with equal recipes
+    are the same run. Reading it back fills the fields added since the run with their defaults, which keep the old
+    behaviour (e.g. `data.ravdess_audio: clip`), so a recorded run stays reusable after the config grows."""
+    config = _config_json(build_dataclass(RunConfig, config))
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "out_dir"}}
 
 
@@ -227,7 +234,7 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
                 skipped = f"no example has the removed modality: same run as {twin}"
                 break
             earlier = (recorded or {}).get((variant.name, seed))
-            if earlier is not None and (earlier.tests != tests or _recipe(earlier.run["config"]) != _recipe(_config_json(cfg))):
+            if earlier is not None and not earlier.matches(cfg, tests):
                 earlier = None
             runs.append(_train_and_score(RunPlan(variant, seed, cfg), fusion_only, datasets, sets, fresh, batch_size,
                                          earlier))
@@ -264,7 +271,7 @@ def _train_and_score(plan: RunPlan, fusion_only: bool, datasets: Sequence[Datase
     config = _config_json(plan.cfg)
     if not fresh and done.exists():
         previous = json.loads(done.read_text())
-        if previous["config"] == config:
+        if _recipe(previous["config"]) == _recipe(config):
             progress(f"{plan.variant.label} seed {plan.seed}: reusing {done}")
             return previous
     if not fresh and recorded is not None:

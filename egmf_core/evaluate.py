@@ -13,8 +13,8 @@ import argparse
 import json
 import logging
 import sys
-import time
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -127,9 +127,12 @@ def dataset_examples(
     audio: AudioLookup | None = None,
     label_set: str | None = None,
     visual: VisualLookup | None = None,
+    audio_view: str = "clip",
 ) -> list[Example]:
     """The labelled examples of a split. `label_set` defaults to RAVDESS's own for RAVDESS and MELD's seven
     otherwise; IEMOCAP's benchmarks are `iemocap6`/`iemocap4`, for a checkpoint whose config lists them.
+    Without an `audio` lookup, records with audio files get Whisper's features in `audio_view` (`AUDIO_VIEWS`); the
+    recognizer is opened only if some record has audio.
     Unlabelled records (no emotion in the label set) are context for their successors but are not scored."""
     label_set = label_set or ("ravdess" if dataset == "ravdess" else "default")
     model.prompts.check_label_set(label_set)
@@ -137,7 +140,7 @@ def dataset_examples(
     if limit is not None:
         records = records[:limit]  # a prefix keeps whole dialogues' past context intact
     if audio is None and any(r.audio_path for r in records):
-        audio = whisper_audio_lookup()
+        audio = whisper_audio_lookup(audio_view)
     if visual is None and any(r.video_path for r in records):
         visual = face_visual_lookup()
     examples = build_examples(records, model.prompts, audio=audio, label_set=label_set, visual=visual)
@@ -297,8 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cli_examples(model: EGMFModel, args: argparse.Namespace) -> list[Example]:
     if args.dataset not in MMSA_DATASETS:
-        audio = whisper_audio_lookup(args.audio) if args.audio != "clip" else None  # None: the default, when needed
-        return dataset_examples(model, args.dataset, args.split, args.limit, audio=audio, label_set=args.label_set)
+        return dataset_examples(model, args.dataset, args.split, args.limit, label_set=args.label_set,
+                                audio_view=args.audio)
     if args.label_set is not None:
         raise ValueError(f"--label-set does not apply to {args.dataset}: it is answered in its own sentiment-only "
                          f"label set {args.dataset!r}")

@@ -108,6 +108,14 @@ def test_runs_recorded_in_an_earlier_report_are_reused(sweep, capsys):
     assert [again[v]["test"] for v in ("full", "no_e1")] == [first[v]["test"] for v in ("full", "no_e1")]
     assert again["no_e1"]["runs"][0]["reused_from"] == str(report)
     assert f"2 of 2 runs reused as recorded in {report}" in out.read_text()
+    older = json.loads(report.read_text())  # a report from before data.ravdess_audio existed (its default: clip)
+    for row in older["variants"]:
+        for run in row.get("runs", []):
+            del run["config"]["data"]["ravdess_audio"]
+    older_path = sweep["tmp"] / "older_report.json"
+    older_path.write_text(json.dumps(older))
+    assert ablate_retrained.main([*args, "--variants", "no_e1", "--reuse", str(older_path)]) == 0
+    assert capsys.readouterr().out.count("reusing the run recorded in") == 2
     assert ablate_retrained.main([*args, "--variants", "no_e1", "--reuse", str(report), "--epochs", "1"]) == 0
     printed = capsys.readouterr().out
     trained = [line for line in printed.splitlines() if line.startswith("training ") and " seed 0 -> " in line]

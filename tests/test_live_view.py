@@ -97,3 +97,18 @@ def test_evaluate_on_live_cuts(tmp_path) -> None:
     result = json.loads(out.read_text())
     assert result["audio"] == "live" and result["emotion"]["n"] == 4
     assert 0 <= result["emotion"]["accuracy"] <= 100
+
+
+def test_evaluate_live_view_on_text_only_data_opens_no_recognizer(tmp_path, monkeypatch) -> None:
+    """MELD has no audio files: `--audio live` is accepted and the (costly) live recognizer is never opened."""
+    from egmf_core import evaluate
+
+    def refuse(view: str = "clip"):
+        raise AssertionError(f"opened the {view} recognizer for a dataset without audio")
+
+    monkeypatch.setattr(evaluate, "whisper_audio_lookup", refuse)
+    out = tmp_path / "eval.json"
+    assert evaluate.main(["--checkpoint", "default", "--dataset", "meld", "--split", "dev", "--limit", "3",
+                          "--audio", "live", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["audio"] == "live" and result["emotion"]["n"] == 3
