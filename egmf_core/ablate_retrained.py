@@ -129,9 +129,9 @@ def test_datasets(cfg: RunConfig, ravdess_audio: Sequence[str] = ()) -> list[Dat
 
 
 @torch.inference_mode()
-def aux_report(model: EGMFModel, examples: Sequence[Example], batch_size: int = 32) -> dict:
-    """The auxiliary head's emotion classification (argmax over the dataset's own labels, as the LLM's answer is
-    constrained to them) plus the gate and expert checks, in `evaluate.report`'s layout."""
+def aux_predictions(model: EGMFModel, examples: Sequence[Example], batch_size: int = 32) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The auxiliary head's label for each example (argmax over the dataset's own labels, as the LLM's answer is
+    constrained to them), with the gate weights (N, 3) and the experts' outputs (N, 3, d_h)."""
     label_set = examples[0].input.label_set
     labels = model.prompts.label_sets[label_set]
     columns = torch.tensor([model.aux_labels.index(lab) for lab in labels], device=model.device)
@@ -142,9 +142,16 @@ def aux_report(model: EGMFModel, examples: Sequence[Example], batch_size: int = 
         preds += [labels[i] for i in logits.argmax(-1).tolist()]
         alphas.append(fusion.alpha.float().cpu().numpy())
         experts.append(fusion.expert_outputs.float().cpu().numpy())
+    return preds, np.concatenate(alphas), np.concatenate(experts)
+
+
+def aux_report(model: EGMFModel, examples: Sequence[Example], batch_size: int = 32) -> dict:
+    """The auxiliary head's emotion classification plus the gate and expert checks, in `evaluate.report`'s layout."""
+    preds, alphas, experts = aux_predictions(model, examples, batch_size)
+    labels = model.prompts.label_sets[examples[0].input.label_set]
     out = {"emotion": classification_report([e.input.emotion for e in examples], preds, labels)}
-    out["gate"] = gate_report(np.concatenate(alphas))
-    out["expert_cosine"] = expert_similarity(np.concatenate(experts))
+    out["gate"] = gate_report(alphas)
+    out["expert_cosine"] = expert_similarity(experts)
     return out
 
 
