@@ -112,9 +112,9 @@ def history_rows(split: Split, rng: np.random.Generator) -> dict[str, list[tuple
     return rows
 
 
-def mapped_accuracy(clf, split: Split, pop: Population, picker: Picker, n0: float) -> float | None:
-    """Accuracy (%) of `clf` on the clips `picker` keeps, each mapped with its history; None if a kept clip has
-    an empty history and n0 = 0 (nothing to normalize by)."""
+def map_split(split: Split, pop: Population, picker: Picker, n0: float) -> tuple[list[int], list[np.ndarray]] | None:
+    """The clips `picker` keeps (indices) and their frames mapped with their histories; None if a kept clip has an
+    empty history and n0 = 0 (nothing to normalize by)."""
     kept, mapped = [], []
     for i, clip in enumerate(split.states):
         others = [j for j in range(len(split.states)) if split.speakers[j] == split.speakers[i] and j != i]
@@ -125,6 +125,14 @@ def mapped_accuracy(clf, split: Split, pop: Population, picker: Picker, n0: floa
             return None
         kept.append(i)
         mapped.append(speaker_mapped(clip, [split.states[j] for j in history], pop, n0))
+    return kept, mapped
+
+
+def mapped_accuracy(clf, split: Split, pop: Population, picker: Picker, n0: float) -> float | None:
+    """Accuracy (%) of `clf` on the clips `picker` keeps, each mapped with its history (None: see `map_split`)."""
+    if (result := map_split(split, pop, picker, n0)) is None:
+        return None
+    kept, mapped = result
     return 100.0 * clf.score(pooled(mapped), split.labels[kept])
 
 
@@ -175,17 +183,9 @@ def model_rows(checkpoint: str, test: Split, pop: Population, rng: np.random.Gen
     rows = history_rows(test, rng)
     out = {}
     for name in MODEL_ROWS:
-        picker = rows[name][0][0]
-        kept, mapped = [], []
-        for i, ex in enumerate(examples):
-            others = [j for j in range(len(examples)) if test.speakers[j] == test.speakers[i] and j != i]
-            history = picker(i, others)
-            if history is None:
-                continue
-            kept.append(i)
-            audio = speaker_mapped(test.states[i], [test.states[j] for j in history], pop, MODEL_N0)
-            mapped.append(dataclasses.replace(ex, input=dataclasses.replace(ex.input, audio=audio.astype(np.float32))))
-        llm, aux = scores(mapped)
+        kept, states = map_split(test, pop, rows[name][0][0], MODEL_N0)
+        llm, aux = scores([dataclasses.replace(examples[i], input=dataclasses.replace(examples[i].input, audio=a.astype(np.float32)))
+                           for i, a in zip(kept, states)])
         out[name] = {"n": len(kept), "llm_raw": 100.0 * raw_llm[kept].mean(), "llm_mapped": 100.0 * llm.mean(),
                      "aux_raw": 100.0 * raw_aux[kept].mean(), "aux_mapped": 100.0 * aux.mean()}
     return out
