@@ -89,66 +89,72 @@ def speaker_mapped(clip: np.ndarray, history: Sequence[np.ndarray], pop: Populat
     return (clip - m1) / sd * pop.std + pop.mean
 
 
-# A history picker gets a clip's index and the indices of the other clips of its speaker, and returns the history,
-# or None to leave that clip out of this row (e.g. "one other emotion" skips the clips of that emotion).
-Picker = Callable[[int, list[int]], "list[int] | None"]
+@dataclass(frozen=True)
+class History:
+    """One way of choosing a speaker's history: `pick(i, others)` returns the history of clip i among the other clips
+    of its speaker; `scores(i)` says whether the row scores clip i at all (a one-emotion history leaves out the clips
+    of that emotion); random histories are averaged over `draws`."""
+
+    pick: Callable[[int, list[int]], list[int]]
+    scores: Callable[[int], bool] = lambda i: True
+    draws: int = 1
 
 
-def history_rows(split: Split, rng: np.random.Generator) -> dict[str, list[tuple[Picker, int]]]:
-    """Row name -> the (picker, random draws) whose accuracies the row averages."""
+def history_rows(split: Split, rng: np.random.Generator) -> dict[str, list[History]]:
+    """Row name -> the histories whose accuracies the row averages."""
     y = split.labels
 
-    def random_k(k: int) -> Picker:
-        return lambda i, c: list(rng.choice(c, size=min(k, len(c)), replace=False))
+    def random_k(k: int) -> History:
+        return History(lambda i, c: list(rng.choice(c, size=min(k, len(c)), replace=False)), draws=RANDOM_DRAWS)
 
-    def only(emotions: set[str]) -> Picker:
-        return lambda i, c: None if y[i] in emotions else [j for j in c if y[j] in emotions]
+    def only(emotions: set[str]) -> History:
+        return History(lambda i, c: [j for j in c if y[j] in emotions], scores=lambda i: y[i] not in emotions)
 
-    rows: dict[str, list[tuple[Picker, int]]] = {"all other clips of the speaker (balanced emotions)": [(lambda i, c: c, 1)]}
-    rows.update({f"{k} random other clips": [(random_k(k), RANDOM_DRAWS)] for k in HISTORY_SIZES})
-    rows["neutral/calm clips only (other clips)"] = [(only({"neutral", "calm"}), 1)]
-    rows["clips of one other emotion (mean over emotions)"] = [(only({e}), 1) for e in sorted(set(y))]
-    rows["clips of the utterance's own emotion"] = [(lambda i, c: [j for j in c if y[j] == y[i]], 1)]
+    rows: dict[str, list[History]] = {"all other clips of the speaker (balanced emotions)": [History(lambda i, c: c)]}
+    rows.update({f"{k} random other clips": [random_k(k)] for k in HISTORY_SIZES})
+    rows["neutral/calm clips only (other clips)"] = [only({"neutral", "calm"})]
+    rows["clips of one other emotion (mean over emotions)"] = [only({e}) for e in sorted(set(y))]
+    rows["clips of the utterance's own emotion"] = [History(lambda i, c: [j for j in c if y[j] == y[i]])]
     return rows
 
 
-def map_split(split: Split, pop: Population, picker: Picker, n0: float) -> tuple[list[int], list[np.ndarray]] | None:
-    """The clips `picker` keeps (indices) and their frames mapped with their histories; None if a kept clip has an
+def map_split(split: Split, pop: Population, history: History, n0: float) -> tuple[list[int], list[np.ndarray]] | None:
+    """The clips `history` scores (indices) and their frames mapped with their histories; None if one of them has an
     empty history and n0 = 0 (nothing to normalize by)."""
     kept, mapped = [], []
     for i, clip in enumerate(split.states):
-        others = [j for j in range(len(split.states)) if split.speakers[j] == split.speakers[i] and j != i]
-        history = picker(i, others)
-        if history is None:
+        if not history.scores(i):
             continue
-        if not history and n0 == 0:
+        others = [j for j in range(len(split.states)) if split.speakers[j] == split.speakers[i] and j != i]
+        chosen = history.pick(i, others)
+        if not chosen and n0 == 0:
             return None
         kept.append(i)
-        mapped.append(speaker_mapped(clip, [split.states[j] for j in history], pop, n0))
+        mapped.append(speaker_mapped(clip, [split.states[j] for j in chosen], pop, n0))
     return kept, mapped
 
 
-def mapped_accuracy(clf, split: Split, pop: Population, picker: Picker, n0: float) -> float | None:
-    """Accuracy (%) of `clf` on the clips `picker` keeps, each mapped with its history (None: see `map_split`)."""
-    if (result := map_split(split, pop, picker, n0)) is None:
+def mapped_accuracy(clf, split: Split, pop: Population, history: History, n0: float) -> float | None:
+    """Accuracy (%) of `clf` on the clips `history` scores, each mapped with its history (None: see `map_split`)."""
+    if (result := map_split(split, pop, history, n0)) is None:
         return None
     kept, mapped = result
     return 100.0 * clf.score(pooled(mapped), split.labels[kept])
 
 
-def raw_accuracy(clf, split: Split, picker: Picker) -> float:
-    """Accuracy (%) of `clf` without normalization on the clips `picker` keeps: the row's own baseline."""
-    kept = [i for i in range(len(split.states)) if picker(i, []) is not None]
+def raw_accuracy(clf, split: Split, history: History) -> float:
+    """Accuracy (%) of `clf` without normalization on the clips `history` scores: the row's own baseline."""
+    kept = [i for i in range(len(split.states)) if history.scores(i)]
     return 100.0 * clf.score(pooled([split.states[i] for i in kept]), split.labels[kept])
 
 
 def evaluate_histories(clf, split: Split, pop: Population, rng: np.random.Generator) -> dict[str, dict[str, float | None]]:
     """Accuracy (%) of the raw-trained probe on speaker-mapped test clips, per history row and n0."""
     out: dict[str, dict[str, float | None]] = {}
-    for name, pickers in history_rows(split, rng).items():
-        out[name] = {"same clips, not normalized": float(np.mean([raw_accuracy(clf, split, p) for p, _ in pickers]))}
+    for name, histories in history_rows(split, rng).items():
+        out[name] = {"same clips, not normalized": float(np.mean([raw_accuracy(clf, split, h) for h in histories]))}
         for n0 in N0_GRID:
-            vals = [mapped_accuracy(clf, split, pop, picker, n0) for picker, draws in pickers for _ in range(draws)]
+            vals = [mapped_accuracy(clf, split, pop, h, n0) for h in histories for _ in range(h.draws)]
             out[name][f"n0={n0}"] = None if any(v is None for v in vals) else float(np.mean(vals))
     return out
 
@@ -183,7 +189,7 @@ def model_rows(checkpoint: str, test: Split, pop: Population, rng: np.random.Gen
     rows = history_rows(test, rng)
     out = {}
     for name in MODEL_ROWS:
-        kept, states = map_split(test, pop, rows[name][0][0], MODEL_N0)
+        kept, states = map_split(test, pop, rows[name][0], MODEL_N0)
         llm, aux = scores([dataclasses.replace(examples[i], input=dataclasses.replace(examples[i].input, audio=a.astype(np.float32)))
                            for i, a in zip(kept, states)])
         out[name] = {"n": len(kept), "llm_raw": 100.0 * raw_llm[kept].mean(), "llm_mapped": 100.0 * llm.mean(),

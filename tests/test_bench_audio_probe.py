@@ -39,18 +39,17 @@ def test_histories_never_hold_the_clip_and_one_emotion_rows_skip_that_emotion():
     labels = np.array(["angry", "sad", "angry", "neutral", "sad", "angry"])
     split = Split([np.zeros((2, 2))] * 6, labels, np.array(["a"] * 6))
     others = lambda i: [j for j in range(6) if j != i]  # noqa: E731
-    for name, pickers in history_rows(split, np.random.default_rng(0)).items():
-        for picker, _ in pickers:
+    for name, histories in history_rows(split, np.random.default_rng(0)).items():
+        for history in histories:
             for i in range(6):
-                history = picker(i, others(i))
-                assert history is None or i not in history, name
+                if history.scores(i):
+                    assert i not in history.pick(i, others(i)), name
     (own,) = history_rows(split, np.random.default_rng(0))["clips of the utterance's own emotion"]
-    assert own[0](0, others(0)) == [2, 5]
+    assert own.pick(0, others(0)) == [2, 5] and all(own.scores(i) for i in range(6))
     one_other = history_rows(split, np.random.default_rng(0))["clips of one other emotion (mean over emotions)"]
-    assert len(one_other) == 3  # one picker per emotion present
-    angry_only = one_other[0][0]
-    assert angry_only(0, others(0)) is None and angry_only(1, others(1)) == [0, 2, 5]
-
+    assert len(one_other) == 3  # one history per emotion present
+    angry_only = one_other[0]
+    assert not angry_only.scores(0) and angry_only.scores(1) and angry_only.pick(1, others(1)) == [0, 2, 5]
 
 @pytest.mark.slow
 @needs_ravdess
