@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the shipped default checkpoint in one command: the three training stages exactly as README's table ran
-# them (same configs, same time budgets), then its test evaluations. Sized for a GPU: ~15 minutes on an H100. On a
+# them (same configs, same time budgets), then its test evaluations. Sized for a GPU: the stages took 13 min on an H100. On a
 # 2-core CPU a joint step takes ~30 s, so the time budgets would stop each stage after a few dozen steps; pass a
 # larger --time-budget-minutes only if you mean it (it applies to every stage).
 #
