@@ -3,6 +3,8 @@
     python benchmarks/bench_streaming_latency.py            # 50 utterances, ~5 min -> benchmarks/results/
     python benchmarks/bench_streaming_latency.py --quick    # 5 utterances, < 2 min -> a temporary folder
     python benchmarks/bench_streaming_latency.py --wait-idle 1800   # shared machine: wait for other work to stop
+    python benchmarks/bench_streaming_latency.py --speculation on --checkpoint default runs/x/best.safetensors
+                                                            # two checkpoints side by side, A / B / B / A
 
 Results: ``benchmarks/results/streaming_latency.json`` (every utterance's row) and ``.md`` (the summary).
 
@@ -26,7 +28,8 @@ Measured per utterance:
 * **stages** (from ``AnalysisResult.timings_ms``): ``asr_encoder`` (log-mel + the Whisper encoder, which runs
   over its whole padded window, 10 s live by default, whatever the utterance's length), ``asr_decode``, ``predict``
   (the whole EGMF predictor call) and its parts ``fusion``, ``llm_prefill`` (prompt assembly + the LLM pass over the
-  prompt after the cached template prefix) and ``llm_answer`` (the one pass over the tree of valid answer
+  prompt ids the model's KV cache does not hold: after the template prefix, and with a "context_first" checkpoint
+  after the question and the conversation so far; ``prompt_pass_tokens`` counts them) and ``llm_answer`` (the one pass over the tree of valid answer
   continuations on the KV cache).
 * **cost of context**: the 50 utterances are ONE conversation (one stream). Utterances 1-5 and 46-50 are the same
   five recordings (46-50 = 2, 3, 4, 5, 1), so utterance 1 and 50 are the same audio with an empty vs a full context
@@ -279,7 +282,8 @@ class RecordingAnalyzer:
             self.intervals.append((t0, time.perf_counter(), finished))
         ms = (time.perf_counter() - t0) * 1000.0
         return res, {"start": round(segment.start_s, 6), "end": round(segment.end_s, 6), "analyze_ms": ms,
-                     "timings_ms": dict(res.timings_ms), "context": context, "segment": segment}
+                     "timings_ms": dict(res.timings_ms), "prompt_tokens": dict(res.prompt_tokens), "context": context,
+                     "segment": segment}
 
     def analyze(self, segment, video, conversation):
         res, rec = self._timed(self.inner.analyze, segment, video, conversation)
@@ -433,27 +437,30 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
             t0 = time.perf_counter()
             pred = model.score([inputs[name]])[0]
             times[name].append((time.perf_counter() - t0) * 1000.0)
-            parts[name].append(pred.timings_ms or {})
+            parts[name].append({**(pred.timings_ms or {}), "encoded": (pred.prompt_tokens or {}).get("encoded")})
     out: dict[str, Any] = {"reps": reps, "context_turns_stream": len(ctx_full)}
     tokens = AnswerTokens(model)
     for name, n_tok in (("empty", n_empty), ("stream", n_full)):
-        out[name] = {"prompt_tokens": n_tok, "score_ms": _dist(times[name]),
+        encoded = [p["encoded"] for p in parts[name] if p.get("encoded") is not None]
+        n_pass = int(np.median(encoded)) if encoded else n_tok  # the rest came from the model's KV cache
+        out[name] = {"prompt_tokens": n_tok, "prompt_pass_tokens": n_pass, "score_ms": _dist(times[name]),
                      **{f"{k}_ms_p50": round(float(np.median([p.get(k, np.nan) for p in parts[name]])), 1)
                         for k in ("fusion", "llm_prefill", "llm_answer")},
                      "answer": f"{answers[name][0]} {answers[name][1]:+.1f}",
                      "answer_tokens": tokens(*answers[name])}
-        out[name]["llm_prefill_ms_per_token"] = _per(out[name]["llm_prefill_ms_p50"], n_tok)
+        out[name]["llm_prefill_ms_per_token"] = _per(out[name]["llm_prefill_ms_p50"], n_pass)
         out[name]["llm_answer_ms_per_token"] = _per(out[name]["llm_answer_ms_p50"], out[name]["answer_tokens"], 1)
     out["ratio_stream_over_empty_p50"] = round(out["stream"]["score_ms"]["p50"] / out["empty"]["score_ms"]["p50"], 3)
     return out
 
 
-def load_analyzer(say=print) -> tuple[Any, float]:
-    """The analyzer `python -m streaming` builds (shipped checkpoint, CLI defaults) and its load time in seconds."""
+def load_analyzer(say=print, checkpoint: str = "default") -> tuple[Any, float]:
+    """The analyzer `python -m streaming` builds (CLI defaults; the shipped checkpoint unless told) and its load time
+    in seconds."""
     from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 
     t_load = time.monotonic()
-    inner = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"))
+    inner = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint=checkpoint))
     load_s = time.monotonic() - t_load
     say(f"model loaded in {load_s:.1f} s: {inner.version}")
     return inner, load_s
@@ -521,6 +528,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         rec = recs.get((round(ev.start, 6), round(ev.end, 6)), {})
         ss = [t for t, s in starts if abs(s.start - ev.start) < 1e-6]
         n_tok = prompt_tokens(model, rec.get("context", ()), ev.speaker, ev.text)[0] if rec else None
+        n_pass = rec.get("prompt_tokens", {}).get("encoded", n_tok)  # the rest came from the model's KV cache
         tm = rec.get("timings_ms", {})
         dur = ev.end - ev.start
         rows.append({
@@ -535,9 +543,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             "speculative": bool(rec.get("speculative", False)),  # the event used the speculative analysis
             "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
             "stages_ms": {k: round(v, 1) for k, v in tm.items()},
-            "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok,
+            "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok, "prompt_pass_tokens": n_pass,
             "answer_tokens": answer_tokens(ev.emotion.label, ev.sentiment.score),
-            "llm_prefill_ms_per_token": _per(tm.get("llm_prefill"), n_tok, 3),
+            "llm_prefill_ms_per_token": _per(tm.get("llm_prefill"), n_pass, 3),
             "llm_answer_ms_per_token": _per(tm.get("llm_answer"), answer_tokens(ev.emotion.label, ev.sentiment.score), 1),
             "other_processes_cores": other_by_event[j],
             "events_for_this_utterance": len(match),
@@ -588,7 +596,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             context[f"{key}_ms_first"] = first["stages_ms"][key]
             context[f"{key}_ms_last"] = last["stages_ms"][key]
             context[f"{key}_ratio_last_over_first"] = round(last["stages_ms"][key] / first["stages_ms"][key], 3)
-    for key in ("answer_tokens", "llm_prefill_ms_per_token", "llm_answer_ms_per_token"):
+    for key in ("answer_tokens", "prompt_pass_tokens", "llm_prefill_ms_per_token", "llm_answer_ms_per_token"):
         if first and last:
             context[f"{key}_first"], context[f"{key}_last"] = first[key], last[key]
     if first and last:
@@ -682,7 +690,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
 
 def compact(res: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a run, for a side-by-side comparison inside another run's report."""
-    return {"speculative": res["speculative"], "latency_ms": res["latency_ms"],
+    return {"label": res.get("label"), "speculative": res["speculative"], "latency_ms": res["latency_ms"],
             "rtf_overall": res["rtf"]["overall"], "analyze_ms": res["stages_ms"]["analyze"],
             "wait_before_analysis_ms": res["stages_ms"]["wait_before_analysis"],
             "machine": {k: res["machine"].get(k) for k in ("other_processes_cores", "shared", "load_average_before")},
@@ -690,22 +698,32 @@ def compact(res: dict[str, Any]) -> dict[str, Any]:
             "analyses": res.get("analyses")}
 
 
-def side_by_side(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Speculation off vs on over several runs of the same conversation: every utterance (up to 8 s) of a mode's runs
-    pooled. Latency = wait + analysis: speculation shortens the wait; the analysis time moves with the machine."""
-    out: dict[str, Any] = {"order": ["on" if r["speculative"] else "off" for r in runs],
-                           "runs": [compact(r) for r in runs]}
-    for mode in (False, True):
-        rows = [row for r in runs if r["speculative"] == mode for row in r["utterances"]
-                if row["vad_speech_s"] <= MAX_UTTERANCE_S + 1e-6]
-        out["on" if mode else "off"] = {
+def speculation_label(res: dict[str, Any]) -> str:
+    return "on" if res["speculative"] else "off"
+
+
+def side_by_side(runs: list[dict[str, Any]], label=speculation_label) -> dict[str, Any]:
+    """Several runs of the same conversation pooled by `label` (default: speculation off vs on): every utterance (up to
+    8 s) of a label's runs. Latency = wait + analysis: speculation shortens the wait; a checkpoint whose prompt pass
+    is shorter shortens the analysis; the analysis time also moves with the machine. With two labels, `ratio` is the
+    second seen over the first (on over off in the default order)."""
+    labels = list(dict.fromkeys(label(r) for r in runs))
+    out: dict[str, Any] = {"order": [label(r) for r in runs], "labels": labels, "runs": [compact(r) for r in runs]}
+    for lab in labels:
+        mine = [r for r in runs if label(r) == lab]
+        rows = [row for r in mine for row in r["utterances"] if row["vad_speech_s"] <= MAX_UTTERANCE_S + 1e-6]
+        out[lab] = {
             "latency_ms": _dist([row["latency_ms"] for row in rows]),
             "analyze_ms": _dist([row["analyze_ms"] for row in rows]),
             "wait_ms": _dist([row["latency_ms"] - row["analyze_ms"] for row in rows]),
-            "rtf_overall": _mean_or_none([r["rtf"]["overall"] for r in runs if r["speculative"] == mode])}
-    on, off = out["on"]["latency_ms"], out["off"]["latency_ms"]
-    if on.get("n") and off.get("n"):
-        out["ratio_on_over_off"] = {q: round(on[q] / off[q], 3) for q in ("p50", "p95")}
+            "llm_prefill_ms": _dist([row["stages_ms"]["llm_prefill"] for row in rows if "llm_prefill" in row["stages_ms"]]),
+            "prompt_pass_tokens": _dist([row["prompt_pass_tokens"] for row in rows
+                                         if row.get("prompt_pass_tokens") is not None], 0),
+            "rtf_overall": _mean_or_none([r["rtf"]["overall"] for r in mine])}
+    if len(labels) == 2:
+        a, b = out[labels[0]]["latency_ms"], out[labels[1]]["latency_ms"]
+        if a.get("n") and b.get("n"):
+            out["ratio"] = {"of": f"{labels[1]} / {labels[0]}", **{q: round(b[q] / a[q], 3) for q in ("p50", "p95")}}
     return out
 
 
@@ -742,27 +760,33 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
     lines.append("")
     sbs = res.get("side_by_side")
     if sbs:
+        by_speculation = set(sbs["labels"]) <= {"on", "off"}
         lines += [
-            f"Side by side: the same conversation streamed {len(sbs['order'])} times with the same loaded model, in "
-            f"the order {' / '.join(sbs['order'])} (balanced against the machine's drift), every utterance of a "
-            f"mode pooled. Latency = wait + analysis: speculation shortens the wait (the analysis starts "
-            f"{_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way.",
+            f"Side by side: the same conversation streamed {len(sbs['order'])} times, in the order "
+            f"{' / '.join(sbs['order'])} (balanced against the machine's drift), every utterance of a "
+            + (f"mode pooled, with the same loaded model. Latency = wait + analysis: speculation shortens the wait (the "
+               f"analysis starts {_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way."
+               if by_speculation else
+               "checkpoint pooled (each loaded once; speculation as in the first table). Latency = wait + analysis; "
+               "the prompt pass encodes what the model's KV cache does not already hold."),
             "",
-            "| speculation | utterances | latency p50 | latency p95 | wait p50 | analysis p50 | analysis p95 | "
-            "RTF overall (mean of runs) |",
-            "|---|---|---|---|---|---|---|---|",
+            f"| {'speculation' if by_speculation else 'run'} | utterances | latency p50 | latency p95 | wait p50 | "
+            "analysis p50 | analysis p95 | LLM prompt pass p50 | prompt-pass tokens p50 | RTF overall (mean of runs) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for mode in ("off", "on"):
-            m = sbs[mode]
-            lines.append(f"| {mode} | {m['latency_ms'].get('n', 0)} | {f(m['latency_ms'].get('p50'))} | "
+        for lab in sbs["labels"]:
+            m = sbs[lab]
+            lines.append(f"| {lab} | {m['latency_ms'].get('n', 0)} | {f(m['latency_ms'].get('p50'))} | "
                          f"{f(m['latency_ms'].get('p95'))} | {f(m['wait_ms'].get('p50'))} | "
                          f"{f(m['analyze_ms'].get('p50'))} | {f(m['analyze_ms'].get('p95'))} | "
+                         f"{f(m['llm_prefill_ms'].get('p50'))} | {f(m['prompt_pass_tokens'].get('p50'))} | "
                          f"{f(m['rtf_overall'], 3)} |")
-        if "ratio_on_over_off" in sbs:
-            r = sbs["ratio_on_over_off"]
-            lines += ["", f"Ratio on/off: latency p50 x{r['p50']:.2f}, p95 x{r['p95']:.2f}. Per run (latency p50 / "
+        if "ratio" in sbs:
+            r = sbs["ratio"]
+            lines += ["", f"Ratio {r['of']}: latency p50 x{r['p50']:.2f}, p95 x{r['p95']:.2f}. Per run (latency p50 / "
                       f"p95, analysis p50 / p95, other processes' cores, analyses overlapping another): "
-                      + "; ".join(f"{'on' if c['speculative'] else 'off'} {f(c['latency_ms'].get('p50'))} / "
+                      + "; ".join(f"{c.get('label') or ('on' if c['speculative'] else 'off')} "
+                                  f"{f(c['latency_ms'].get('p50'))} / "
                                   f"{f(c['latency_ms'].get('p95'))}, {f(c['analyze_ms'].get('p50'))} / "
                                   f"{f(c['analyze_ms'].get('p95'))}, {f(c['machine'].get('other_processes_cores'), 2)}, "
                                   f"{(c.get('analyses') or {}).get('overlapping', '-')}" for c in sbs["runs"]) + "."]
@@ -849,7 +873,8 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"- utterance 1 vs {ctx['utterance_last']} (same audio, same transcript: "
             f"{ctx.get('same_transcript_first_and_last')}; context {ctx['context_turns_first']} vs "
             f"{ctx['context_turns_last']} turns, prompt {ctx['prompt_tokens_first']} vs {ctx['prompt_tokens_last']} "
-            f"tokens): model (predict) {ctx['predict_ms_first']:.0f} vs {ctx['predict_ms_last']:.0f} ms "
+            f"tokens, of which the prompt pass encoded {ctx.get('prompt_pass_tokens_first')} vs "
+            f"{ctx.get('prompt_pass_tokens_last')}, the rest coming from the model's KV cache): model (predict) {ctx['predict_ms_first']:.0f} vs {ctx['predict_ms_last']:.0f} ms "
             f"(x{ctx['predict_ratio_last_over_first']:.2f}); end-to-end latency {ctx['latency_ms_first']:.0f} vs "
             f"{ctx['latency_ms_last']:.0f} ms; other processes meanwhile {f(ctx['other_processes_cores_first'], 2)} vs "
             f"{f(ctx['other_processes_cores_last'], 2)} cores; control, the recognizer's encoder (independent of the "
@@ -857,7 +882,7 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"(x{ctx['asr_encoder_ratio_last_over_first']:.2f}). Answers took {ctx.get('answer_tokens_first')} vs "
             f"{ctx.get('answer_tokens_last')} tokens in the answer pass; per unit of work: LLM prompt pass "
             f"{f(ctx.get('llm_prefill_ms_per_token_first'), 2)} vs {f(ctx.get('llm_prefill_ms_per_token_last'), 2)} "
-            f"ms per prompt token, answer pass {f(ctx.get('llm_answer_ms_per_token_first'))} vs "
+            f"ms per encoded prompt token, answer pass {f(ctx.get('llm_answer_ms_per_token_first'))} vs "
             f"{f(ctx.get('llm_answer_ms_per_token_last'))} ms per answer-pass token.")
     if "predict_ms_mean_head" in ctx:
         lines.append(
@@ -883,8 +908,9 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
     if off:
         lines.append(
             f"- offline, the model alone on utterance {ctx.get('utterance_last')}'s inputs, {off['reps']} interleaved "
-            f"calls each: empty context ({off['empty']['prompt_tokens']} tokens) {off['empty']['score_ms']['p50']:.0f} "
-            f"ms vs its stream context ({off['context_turns_stream']} turns, {off['stream']['prompt_tokens']} tokens) "
+            f"calls each: empty context ({off['empty']['prompt_tokens']} tokens, {off['empty'].get('prompt_pass_tokens')} "
+            f"encoded) {off['empty']['score_ms']['p50']:.0f} ms vs its stream context ({off['context_turns_stream']} "
+            f"turns, {off['stream']['prompt_tokens']} tokens, {off['stream'].get('prompt_pass_tokens')} encoded) "
             f"{off['stream']['score_ms']['p50']:.0f} ms median (x{off['ratio_stream_over_empty_p50']:.2f}); LLM "
             f"prompt pass {off['empty']['llm_prefill_ms_p50']:.0f} vs {off['stream']['llm_prefill_ms_p50']:.0f} ms, "
             f"answer pass {off['empty']['llm_answer_ms_p50']:.0f} vs {off['stream']['llm_answer_ms_p50']:.0f} ms "
@@ -892,7 +918,7 @@ def write_report(res: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, P
             f"{off['empty'].get('answer_tokens')} vs {off['stream'].get('answer_tokens')} answer-pass tokens; "
             f"{f(off['empty'].get('llm_answer_ms_per_token'))} vs {f(off['stream'].get('llm_answer_ms_per_token'))} ms "
             f"per answer-pass token; prompt pass {f(off['empty'].get('llm_prefill_ms_per_token'), 2)} vs "
-            f"{f(off['stream'].get('llm_prefill_ms_per_token'), 2)} ms per token).")
+            f"{f(off['stream'].get('llm_prefill_ms_per_token'), 2)} ms per encoded token).")
     lines += ["", f"Command: `{res['command']}`; per-utterance rows in `{jpath.name}`.", ""]
     mpath.write_text("\n".join(lines))
     return jpath, mpath
@@ -912,6 +938,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the pipeline's speculative end of utterance: 'both' (default) streams the conversation "
                          "four times with the same loaded model, off / on / on / off (order-balanced against the "
                          "machine's drift), reports the first 'on' run in full and both modes pooled side by side")
+    ap.add_argument("--checkpoint", nargs="+", metavar="CKPT",
+                    help="checkpoint(s) to stream with (default: the shipped one); two or more are compared side by "
+                         "side, streamed in the order A / B / B / A")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
     a = ap.parse_args(argv)
     import logging
@@ -922,14 +951,27 @@ def main(argv: list[str] | None = None) -> int:
     n = a.utterances or (5 if a.quick else 50)
     reps = a.offline_reps if a.offline_reps is not None else (2 if a.quick else 8)
     t0 = time.monotonic()
-    loaded = load_analyzer()
-    modes = {"both": (False, True, True, False), "on": (True,), "off": (False,)}[a.speculation]
-    report = modes.index(True) if True in modes else 0  # the run reported in full (with the offline check)
-    runs = [run_benchmark(n, offline_reps=reps if i == report else 0, wait_idle_s=a.wait_idle, speculative=m,
-                          loaded=loaded) for i, m in enumerate(modes)]
+    names = a.checkpoint or ["default"]
+    if len(names) > 1 and a.speculation == "both":
+        ap.error("with several --checkpoint, pick --speculation on or off (the runs compare the checkpoints)")
+    loaded = {name: load_analyzer(checkpoint=name) for name in dict.fromkeys(names)}
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[a.speculation]
+    forward = [(name, m) for name in loaded for m in modes]
+    schedule = forward + forward[::-1]  # e.g. off / on / on / off, or A / B / B / A: balanced against drift
+    if len(schedule) == 2:  # one checkpoint, one mode: a single run
+        schedule = schedule[:1]
+    # reported in full, with the offline check: the last checkpoint's first run in the last mode (on, for "both")
+    report = schedule.index((names[-1], modes[-1]))
+    runs = []
+    for i, (name, m) in enumerate(schedule):
+        r = run_benchmark(n, offline_reps=reps if i == report else 0, wait_idle_s=a.wait_idle, speculative=m,
+                          loaded=loaded[name])
+        r["checkpoint"] = name
+        r["label"] = speculation_label(r) if len(loaded) == 1 else Path(name).stem
+        runs.append(r)
     res = runs[report]
     if len(runs) > 1:
-        res["side_by_side"] = side_by_side(runs)
+        res["side_by_side"] = side_by_side(runs, label=lambda r: r["label"])
     res["command"] = " ".join(["python benchmarks/bench_streaming_latency.py", *(argv if argv is not None else
                                                                                   sys.argv[1:])])
     res["total_wall_s"] = round(time.monotonic() - t0, 1)

@@ -12,7 +12,10 @@ Three deployments, composed with DeploymentHandles and scaled on their own:
 * ``EGMFModel``: fusion + LLM scoring (PyTorch, or the onnxruntime/TensorRT fusion engine when ``engines`` names a
   ``python -m export`` folder); requests of all streams are batched with ``@serve.batch`` into one
   ``model.score`` call. It is stateless: the per-stream conversation (tokenized turns) lives in the ingress and
-  travels with each request, so any replica can serve any stream.
+  travels with each request, so any replica can serve any stream. What a replica keeps is a speed-up only: the KV
+  caches of recent prompt beginnings, and, with a "context_first" checkpoint, each stream's next context computed
+  in the background after each utterance (``EGMFPredictor.prime_context_later``); a replica without them encodes
+  the context in the utterance's own prompt pass.
 
 The WebSocket protocol is documented in ``deploy/README.md``.
 """
@@ -227,10 +230,12 @@ class EGMFModel:
                             preds.append(self.model.score([x])[0])
                     except Exception as e:
                         preds.append(e)
-            for i, turn, p in zip(idx, turns, preds):
+            for i, x, turn, p in zip(idx, inputs, turns, preds):
                 if isinstance(p, Exception):
                     out[i] = {"error": f"{type(p).__name__}: {p}"}
                     continue
+                if turn.text.strip():  # the stream's likely next context: its KV cache, ready before it is needed
+                    self.predictor.prime_context_later((*x.context, turn), x.language)
                 out[i] = {"emotion": p.emotion, "emotion_probs": dict(p.emotion_probs),
                           "sentiment_score": float(p.sentiment_score), "sentiment_label": p.sentiment_label,
                           "alpha": [float(a) for a in p.alpha], "modalities": dict(p.modalities),

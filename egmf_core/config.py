@@ -109,7 +109,15 @@ class PromptConfig:
     score_min: float = -1.0
     score_max: float = 1.0
     score_decimals: int = 1
+    # Where the conversation goes (`PROMPT_LAYOUTS`). "pseudo_first": [system; cues; pseudo tokens; context; current
+    # utterance; task] (every checkpoint trained before the field existed). "context_first": [system; task; context;
+    # cues; pseudo tokens; current utterance]: everything before the cues is the same for every utterance of a
+    # stream until its next turn, so a live stream's KV cache carries it over and each utterance's prompt pass
+    # covers only its own ~35 tokens. A checkpoint is served with the layout it was trained with.
+    layout: str = "pseudo_first"
 
+
+PROMPT_LAYOUTS = ("pseudo_first", "context_first")
 
 RAVDESS_EMOTIONS: tuple[str, ...] = ("neutral", "calm", "joy", "sadness", "anger", "fear", "disgust", "surprise")
 
@@ -173,6 +181,8 @@ class EGMFConfig:
             raise ConfigError(f"ablation.gating must be 'hierarchical' or 'uniform', got {a.gating!r}")
         if p.language not in ("en", "zh"):
             raise ConfigError(f"prompt.language must be 'en' or 'zh', got {p.language!r}")
+        if p.layout not in PROMPT_LAYOUTS:
+            raise ConfigError(f"prompt.layout must be one of {list(PROMPT_LAYOUTS)}, got {p.layout!r}")
         self.lora.check_languages(p.language)
         if not p.score_min < p.score_max:
             raise ConfigError("prompt.score_min must be below prompt.score_max")

@@ -35,11 +35,13 @@ from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dic
 from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from .backbone import LoadedBackbone, load_backbone
 from .config import EGMFConfig
 from .fusion import FusionOutput, FusionStack
-from .prompt import PromptBuilder, Turn
+from .prompt import PromptBuilder, PromptIds, Turn
+from .prompt_cache import PromptCache
 
 log = logging.getLogger(__name__)
 IGNORE = -100
@@ -79,6 +81,9 @@ class Prediction:
     # batch's times): "fusion" (fusion stack), "llm_prefill" (prompt assembly + the LLM pass over the prompt),
     # "llm_answer" (the answer-tree pass on the KV cache and the greedy walk through it). Not part of any event.
     timings_ms: dict[str, float] | None = field(default=None, repr=False)
+    # Prompt ids of this row taken from a kept KV cache ("cached", see `PromptCache`) and encoded by the prompt pass
+    # ("encoded", the pseudo tokens included) (scoring path only). Not part of any event.
+    prompt_tokens: dict[str, int] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -181,7 +186,7 @@ class EGMFModel(nn.Module):
         self.languages: list[str] = list(cfg.lora.languages or [cfg.prompt.language])
         self._fallbacks: set[str] = set()  # languages without an adapter whose fallback was already logged
         self._merged = False  # LoRA folded into the LLM's weights for serving (`merge_lora_for_inference`)
-        self._prefix_kv: dict[str, tuple[tuple, DynamicCache]] = {}  # language -> (weights key, prefix KV cache)
+        self._kv = PromptCache()  # KV caches of prompt beginnings (`PromptIds.reusable`) for inference passes
         # Auxiliary head classes: every emotion label of every label set (MELD's 7 + RAVDESS's "calm").
         self.aux_labels = sorted({lab for labels in self.prompts.label_sets.values() for lab in labels})
         self.fusion = FusionStack(
@@ -285,18 +290,23 @@ class EGMFModel(nn.Module):
                     if type(linear) is nn.Linear:
                         setattr(parent, name, TransposedLinear(linear))
                         n += 1
-        self._prefix_kv.clear()
+        self._kv.clear()
         return n
 
     def language_of(self, x: ModelInput) -> str:
-        """The language whose adapter and prompt template `x` uses: its own when the model has an adapter for it,
-        else the default. A missing adapter costs accuracy, never a crash of a live stream: it is logged once."""
-        if not x.language or x.language in self.languages:
-            return x.language or self.languages[0]
-        if x.language not in self._fallbacks:
-            self._fallbacks.add(x.language)
+        """The language whose adapter and prompt template `x` uses: see `resolve_language`."""
+        return self.resolve_language(x.language)
+
+    def resolve_language(self, language: str | None) -> str:
+        """The language whose adapter and prompt template an utterance in `language` uses: its own when the model
+        has an adapter for it, else the default. A missing adapter costs accuracy, never a crash of a live stream:
+        it is logged once."""
+        if not language or language in self.languages:
+            return language or self.languages[0]
+        if language not in self._fallbacks:
+            self._fallbacks.add(language)
             log.warning("no LoRA adapter for language %r: using the default language %r (adapter and prompt)",
-                        x.language, self.languages[0])
+                        language, self.languages[0])
         return self.languages[0]
 
     def _adapter_kwargs(self, prep: PreparedBatch) -> dict:
@@ -383,14 +393,20 @@ class EGMFModel(nn.Module):
         ]
         return out, modalities
 
+    def prompt_ids(self, batch: Sequence[ModelInput]) -> list[PromptIds]:
+        return [self.prompts.build(x.context, x.current, x.label_set, self.language_of(x)) for x in batch]
+
     def prepare(
-        self, batch: Sequence[ModelInput], with_answers: bool = False, prefix_cached: int = 0
+        self, batch: Sequence[ModelInput], with_answers: bool = False, prefix_cached: int | Sequence[int] = 0,
+        prompts: Sequence[PromptIds] | None = None,
     ) -> PreparedBatch:
         """Build left-padded input embeddings [prefix; pseudo; suffix+task (; answer)] for the batch.
 
-        `prefix_cached` = P > 0: the rows' template prefix (P tokens, the same for all) is already in a KV cache, so
-        the embeddings start at the pseudo tokens, left-padded after the prefix ([prefix; pad; pseudo; ...]); the
-        attention mask covers prefix + embeddings and the positions continue after the prefix.
+        `prefix_cached`: how many first ids of each row's prefix (one count for all rows, or one per row) are
+        already in a KV cache whose rows are left-padded to the longest (`_stack_caches`); the embeddings start
+        after them, left-padded ([pad; cached; pad; rest of the prefix; pseudo; ...]); the attention mask covers the
+        cache + embeddings and the positions continue after each row's cached ids. `prompts`: the rows'
+        `prompt_ids`, when the caller already built them.
         """
         t0 = time.perf_counter()
         fusion, modalities = self.run_fusion(batch)
@@ -399,13 +415,13 @@ class EGMFModel(nn.Module):
         pad = self.tokenizer.pad_token_id
         rows, answers = [], []
         languages = [self.language_of(x) for x in batch]
-        for x, language in zip(batch, languages):
-            p = self.prompts.build(x.context, x.current, x.label_set, language)
+        cached = [prefix_cached] * len(batch) if isinstance(prefix_cached, int) else list(prefix_cached)
+        for x, p, n_cached in zip(batch, prompts or self.prompt_ids(batch), cached):
             ans: list[int] = []
             n_loss = 0
             if with_answers:
                 ans, n_loss = self.prompts.answer_ids(x.emotion, x.sentiment, x.label_set)
-            rows.append(([] if prefix_cached else p.before, p.after + ans))
+            rows.append((p.before[n_cached:], p.after + ans))
             answers.append((ans, n_loss))
         lengths = [len(b) + k + len(a) for b, a in rows]
         seq = max(lengths)
@@ -423,8 +439,11 @@ class EGMFModel(nn.Module):
         embeds = self._embed(ids)
         pseudo = fusion.pseudo_tokens.to(embeds.dtype)
         embeds = embeds.masked_scatter(is_pseudo[..., None], pseudo)
-        if prefix_cached:
-            attn = torch.cat([torch.ones((len(batch), prefix_cached), dtype=attn.dtype, device=dev), attn], dim=1)
+        if max(cached):
+            past = torch.zeros((len(batch), max(cached)), dtype=attn.dtype)
+            for i, n_cached in enumerate(cached):
+                past[i, past.shape[1] - n_cached:] = 1
+            attn = torch.cat([past.to(dev), attn], dim=1)
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)[:, -seq:]
         labels = None
         if with_answers:
@@ -492,8 +511,9 @@ class EGMFModel(nn.Module):
     @torch.no_grad()
     def score(self, batch: Sequence[ModelInput]) -> list[Prediction]:
         t0 = time.perf_counter()
-        cache = self._prefix_cache(batch)
-        prep = self.prepare(batch, prefix_cached=cache.get_seq_length() if cache is not None else 0)
+        prompts = self.prompt_ids(batch)
+        cache, cached, keep = self._cached_start(batch, prompts)
+        prep = self.prepare(batch, prefix_cached=cached, prompts=prompts)
         adapters = self._adapter_kwargs(prep)
         out = self.llm(
             inputs_embeds=prep.embeds,
@@ -504,6 +524,11 @@ class EGMFModel(nn.Module):
             use_cache=True,
             **adapters,
         )
+        if out.cache.is_croppable:  # this pass computed reusable starts: keep them for the next prompts
+            for adapter, ids in keep:
+                kept = copy.deepcopy(out.cache)  # before the answer pass appends to it
+                kept.crop(len(ids) - kept.get_seq_length())  # a negative count: the tokens to remove at the end
+                self._kv.put(adapter, ids, kept)
         logits = out.logits[:, -1].float()
         label_probs, trees = [], []
         for i, x in enumerate(batch):
@@ -521,41 +546,82 @@ class EGMFModel(nn.Module):
         timings = {"fusion": round(prep.fusion_ms, 2), "llm_prefill": round((t1 - t0) * 1000.0 - prep.fusion_ms, 2),
                    "llm_answer": round((t2 - t1) * 1000.0, 2)}
         preds = []
+        encoded = (prep.attention_mask.sum(-1).cpu() - torch.tensor(cached)).tolist()
         for i, (label, value) in enumerate(results):
             preds.append(self._prediction(prep, i, batch[i].label_set, label, label_probs[i], value))
             preds[-1].timings_ms = dict(timings)
+            preds[-1].prompt_tokens = {"cached": cached[i], "encoded": int(encoded[i])}
         return preds
 
-    def _prefix_cache(self, batch: Sequence[ModelInput]) -> DynamicCache | None:
-        """A fresh KV cache holding the prompt template's prefix (the system prompt before the pseudo tokens: ~30
-        tokens of every prompt, identical for every utterance of a language), repeated for the batch's rows.
+    def _cached_start(
+        self, batch: Sequence[ModelInput], prompts: Sequence[PromptIds]
+    ) -> tuple[DynamicCache | None, list[int], list[tuple[str, list[int]]]]:
+        """A KV cache of the beginnings of the rows' reusable starts (`PromptIds.reusable`), how many ids of each row
+        it holds, and the beginnings the prompt pass should keep for later prompts: (adapter, ids) each.
 
-        The prefix is encoded once per language and reused while the LLM's weights stay as they were (a training
-        step or a LoRA load bumps the parameters' version counters, which are part of the key). None (no cache:
-        the prompt pass encodes the prefix as before) when the rows use different languages, or in training mode,
-        where LoRA dropout makes every pass different.
+        One row (a live utterance): the longest kept beginning of its reusable start; the rest of it goes into the
+        prompt pass with the utterance, which then keeps its shared and its reusable start (`PromptIds.shared`: the
+        template's part, for the stream's next context; no pass of its own on the hot path). Several rows (the
+        service's batch of streams): each row's longest kept beginning, stacked into one left-padded cache, when every
+        row has one; else their common reusable start, computed by a pass of its own when it is not kept yet (once per
+        template and label set in an evaluation). No cache in training mode, where LoRA dropout makes every pass
+        different, or when the rows use different languages (adapters).
         """
+        none: tuple[None, list[int], list] = (None, [0] * len(batch), [])
         languages = {self.language_of(x) for x in batch}
         if self.training or len(languages) != 1:
-            return None
+            return none
         language = languages.pop()
-        key = (language, tuple(p._version for p in self.llm.parameters()))
-        if self._prefix_kv.get(language, (None,))[0] != key:
-            ids = torch.tensor([self.prompts.build_prefix(language)], device=self.device)
-            name = self._adapter_name(language)
-            out = self.llm(
-                inputs_embeds=self._embed(ids),
-                attention_mask=torch.ones_like(ids),
-                position_ids=torch.arange(ids.shape[1], device=self.device)[None],
-                use_cache=True,
-                logits_to_keep=1,
-                **({} if name == DEFAULT_ADAPTER else {"adapter_names": [name]}),
-            )
-            self._prefix_kv[language] = (key, out.cache)
-        cache = copy.deepcopy(self._prefix_kv[language][1])  # a pass appends to its cache: never to the stored one
-        if len(batch) > 1:
-            cache.batch_repeat_interleave(len(batch))
-        return cache
+        adapter = self._adapter_name(language)
+        self._kv.check_weights(tuple(p._version for p in self.llm.parameters()))
+        if len(batch) == 1:
+            p = prompts[0]
+            n, cache = self._kv.longest(adapter, p.before[: p.reusable])
+            return cache, [n], [(adapter, p.before[:k]) for k in sorted({p.shared, p.reusable}) if k > n]
+        found = [self._kv.longest(adapter, p.before[: p.reusable]) for p in prompts]
+        if all(cache is not None for _, cache in found) and _stackable(found[0][1]):
+            return _stack_caches([cache for _, cache in found]), [n for n, _ in found], []
+        start = _common_prefix([p.before[: p.reusable] for p in prompts])
+        n, cache = self._kv.longest(adapter, start)
+        if n < len(start):
+            cache = self._extend(cache, start, n, adapter)
+            self._kv.put(adapter, start, cache)
+            n, cache = self._kv.longest(adapter, start)
+        if cache is None:
+            return none
+        cache.batch_repeat_interleave(len(batch))
+        return cache, [n] * len(batch), []
+
+    def _extend(self, cache: DynamicCache | None, ids: Sequence[int], n: int, adapter: str) -> DynamicCache:
+        """`cache` (the KV of ids[:n], or None when n == 0) extended by one pass over ids[n:]."""
+        new = torch.tensor([list(ids[n:])], device=self.device)
+        out = self.llm(
+            inputs_embeds=self._embed(new),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long, device=self.device),
+            position_ids=torch.arange(n, len(ids), device=self.device)[None],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **({} if adapter == DEFAULT_ADAPTER else {"adapter_names": [adapter]}),
+        )
+        return out.cache
+
+    @torch.no_grad()
+    def prime(self, context: Sequence[Turn], label_set: str = "default", language: str | None = None) -> bool:
+        """Compute and keep the KV cache of what any utterance after `context` will start with, so that its prompt
+        pass covers only the utterance itself. For a live stream between its turns (`EGMFPredictor.commit`).
+        Returns whether anything was computed (False: already kept, or nothing to gain in this layout)."""
+        if self.training:
+            return False
+        language = self.resolve_language(language)
+        adapter = self._adapter_name(language)
+        self._kv.check_weights(tuple(p._version for p in self.llm.parameters()))
+        start = self.prompts.reusable_ids(context, label_set, language)
+        n, cache = self._kv.longest(adapter, start)
+        if n == len(start):
+            return False
+        self._kv.put(adapter, start, self._extend(cache, start, n, adapter))
+        return True
 
     def _answer_pass(
         self, trees: list["AnswerTree"], prep: PreparedBatch, cache, adapters: dict
@@ -646,3 +712,28 @@ def _check_features(name: str, arr: np.ndarray, dim: int) -> None:
         raise ValueError(f"{name} features: expected an array of shape (frames, {dim}), got {shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} features contain NaN or inf")
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
+    first = rows[0]
+    n = min(len(r) for r in rows)
+    for r in rows[1:]:
+        n = next((i for i in range(n) if r[i] != first[i]), n)
+    return list(first[:n])
+
+
+def _stackable(cache: DynamicCache) -> bool:
+    """Whether every layer is a plain (full attention) dynamic layer, whose keys and values `_stack_caches` can pad."""
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _stack_caches(caches: Sequence[DynamicCache]) -> DynamicCache:
+    """One batch cache from single-row caches of different lengths, each row left-padded with zeros to the longest
+    (the attention mask hides the padding: `prepare` with per-row cached counts)."""
+    longest = max(c.get_seq_length() for c in caches)
+    out = caches[0]
+    for li, layer in enumerate(out.layers):
+        for name in ("keys", "values"):
+            rows = [getattr(c.layers[li], name) for c in caches]
+            setattr(layer, name, torch.cat([F.pad(r, (0, 0, longest - r.shape[-2], 0)) for r in rows]))
+    return out

@@ -7,20 +7,29 @@ conversation is re-tokenized or re-encoded from scratch, and the cost does not g
 `predict_uncommitted` + `commit` split a prediction from adding its turn to the context, for the live pipeline's
 speculative end of utterance: an utterance analyzed during the VAD's hangover joins the context only if it really
 ended there, and only if the context is still the one it was predicted with.
+
+With a "context_first" checkpoint (`PromptConfig.layout`), `commit` also starts, in a background thread, the KV
+cache of the stream's new context (`EGMFModel.prime`): it is computed while the next utterance is still being
+spoken, so that utterance's prompt pass covers only the utterance itself.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .checkpoint import load_checkpoint, resolve
 from .model import EGMFModel, ModelInput, Prediction
 from .prompt import ContextWindow, Turn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +47,7 @@ class PendingTurn:
 
     turn: Turn
     context_version: int
+    language: str | None = None  # the utterance's (the recognizer's): the next utterance's likely prompt language
 
 
 class EGMFPredictor:
@@ -45,6 +55,9 @@ class EGMFPredictor:
         self.model = model
         self.version = version
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
+        # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
+        self._primer = (ThreadPoolExecutor(1, thread_name_prefix="egmf-prime")
+                        if model.prompts.cfg.layout == "context_first" else None)
 
     @classmethod
     def load(
@@ -116,7 +129,7 @@ class EGMFPredictor:
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
         turn = self.model.prompts.make_turn(speaker, text)
         with conversation.lock:
-            pending = PendingTurn(turn, conversation.window.version)
+            pending = PendingTurn(turn, conversation.window.version, language)
             context = conversation.window.snapshot()
         x = ModelInput(context=context, current=turn, audio=audio_features, visual=visual_features,
                        visual_valid=visual_valid, language=language)
@@ -133,4 +146,39 @@ class EGMFPredictor:
                 return False
             if pending.turn.text.strip():
                 conversation.window.append(pending.turn)
+                self.prime_later(conversation, pending.language)
             return True
+
+    def prime_later(self, conversation: Conversation, language: str | None = None) -> Future | None:
+        """Start computing the KV cache of `conversation`'s context as it is now (`EGMFModel.prime`) in the
+        background; None where the layout has nothing to gain. The work is skipped if another turn arrives first."""
+        version = conversation.window.version
+
+        def current() -> tuple[Turn, ...] | None:
+            with conversation.lock:
+                return conversation.window.snapshot() if conversation.window.version == version else None
+
+        return self._submit_prime(current, language)
+
+    def prime_context_later(self, context: Sequence[Turn], language: str | None = None) -> Future | None:
+        """`prime_later` for a context held elsewhere (the service's model deployment is stateless: the stream's turns
+        travel with each request): the last `max_context_turns` of `context`."""
+        window = self.model.prompts.new_context()
+        for turn in context:
+            window.append(turn)
+        snapshot = window.snapshot()
+        return self._submit_prime(lambda: snapshot, language)
+
+    def _submit_prime(self, context: Callable[[], tuple[Turn, ...] | None], language: str | None) -> Future | None:
+        return None if self._primer is None else self._primer.submit(self._prime, context, language)
+
+    def _prime(self, context: Callable[[], tuple[Turn, ...] | None], language: str | None) -> bool:
+        try:
+            turns = context()
+            if turns is None:  # the conversation moved on
+                return False
+            with self._lock:
+                return self.model.prime(turns, language=language)
+        except Exception as e:  # a failed prime only costs the next utterance the time it would have saved
+            log.warning("could not precompute the conversation's KV cache: %s: %s", type(e).__name__, e)
+            return False

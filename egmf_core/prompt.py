@@ -1,5 +1,10 @@
 """Prompt construction: [E_prefix; T_pseudo; E_suffix; P_task] and the generative answer format.
 
+Two layouts (`PromptConfig.layout`) fill that frame. "pseudo_first": the prefix is the system prompt, the suffix the
+conversation so far, the current utterance and the question. "context_first": the prefix is the system prompt, the
+question and the conversation so far, the suffix the current utterance: the prefix is what consecutive utterances
+of a stream share (`PromptIds.reusable`), so its KV cache is computed once per turn, not once per utterance.
+
 Every piece of text is tokenized once: the constant pieces when the builder is created, each conversation turn
 when it is first seen (`make_turn`). A prompt is then a concatenation of cached token ids, so a live stream never
 re-tokenizes the conversation, and training and serving build byte-identical prompts.
@@ -91,19 +96,31 @@ class ContextWindow:
 class TemplateIds:
     """One language's constant prompt pieces, tokenized once."""
 
-    prefix: list[int]  # chat head + system message + "cues" line, before the pseudo tokens
-    suffix: list[int]  # between the pseudo tokens and the task prompt
+    prefix: list[int]  # chat head + system message + "cues" line, before the pseudo tokens ("pseudo_first")
+    head: list[int]  # chat head + system message, up to the user's text ("context_first")
+    cues: list[int]  # the line that introduces the pseudo tokens
+    suffix: list[int]  # right after the pseudo tokens
     context: list[int]
     no_context: list[int]
     current: list[int]
     no_text: list[int]
-    instruction: dict[str, list[int]]  # per label set, up to the start of the answer
+    instruction: dict[str, list[int]]  # per label set, the question + end of the user's turn + start of the answer
+    question: dict[str, list[int]]  # per label set, the question alone and a line break ("context_first")
+    tail: list[int]  # end of the user's turn + start of the answer ("context_first")
 
 
 @dataclass(frozen=True)
 class PromptIds:
     before: list[int]  # prefix: ids placed before the K pseudo tokens
     after: list[int]  # suffix + task prompt, up to the start of the answer
+    # How many leading ids of `before` the next prompts of the same conversation (same language and label set) also
+    # start with, until its next turn: the part whose KV cache is worth keeping. The whole prefix in
+    # "pseudo_first" (a constant); the question and the context, without the cues line, in "context_first".
+    reusable: int = 0
+    # How many leading ids of `before` every prompt of this template and label set starts with (<= reusable): the
+    # KV cache worth keeping for a stream's first utterance after its context changed (the question, in
+    # "context_first").
+    shared: int = 0
 
 
 def format_score(value: float, decimals: int) -> str:
@@ -159,12 +176,16 @@ class PromptBuilder:
         head, middle, tail = self._chat_frame(t["system"])
         return TemplateIds(
             prefix=self._ids(head + t["cues"]),
+            head=self._ids(head),
+            cues=self._ids(t["cues"]),
             suffix=self._ids("\n" + middle),
             context=self._ids(t["context"]),
             no_context=self._ids(t["no_context"]),
             current=self._ids(t["current"]),
             no_text=self._ids(t["no_text"]),
             instruction={name: self._ids(self._instruction(t, name) + tail) for name in self.label_sets},
+            question={name: self._ids(self._instruction(t, name) + "\n") for name in self.label_sets},
+            tail=self._ids(tail),
         )
 
     def _instruction(self, template: dict[str, str], label_set: str) -> str:
@@ -222,11 +243,6 @@ class PromptBuilder:
         """Whether `label_set` is a sentiment-only task (`TaskConfig.score_tasks`): no emotion, the score alone."""
         return label_set in self.task.score_tasks
 
-    def build_prefix(self, language: str | None = None) -> list[int]:
-        """The template's prefix (before the pseudo tokens) in `language`: what every prompt of that language starts
-        with, so its KV cache can be computed once (`EGMFModel.score`)."""
-        return list(self._template(language).prefix)
-
     def _template(self, language: str | None) -> TemplateIds:
         """`language`'s template (None = prompt.language), or a clear error naming the known ones."""
         language = language or self.cfg.language
@@ -234,24 +250,41 @@ class PromptBuilder:
             raise ValueError(f"language {language!r} has no prompt template; known: {sorted(self.templates)}")
         return self.templates[language]
 
+    def _context_ids(self, t: TemplateIds, context: Sequence[Turn]) -> list[int]:
+        if not (self.use_text and context):
+            return list(t.no_context)
+        ids = list(t.context)
+        for turn in context:
+            ids += turn.speaker_ids + turn.text_ids
+        return ids
+
+    def _current_ids(self, t: TemplateIds, current: Turn) -> list[int]:
+        return list(t.current) + list(current.speaker_ids) + (list(current.text_ids) if self.use_text else t.no_text)
+
     def build(
         self, context: Sequence[Turn], current: Turn, label_set: str = "default", language: str | None = None
     ) -> PromptIds:
-        """[prefix] + pseudo + [suffix; context; current utterance; instruction; assistant start], in the template of
-        `language` (None = prompt.language)."""
+        """The prompt of `current` after `context`, in the template of `language` (None = prompt.language), laid out
+        as `PromptConfig.layout` says (see the module docstring)."""
         t = self._template(language)
-        after = list(t.suffix)
-        if self.use_text and context:
-            after += t.context
-            for turn in context:
-                after += turn.speaker_ids + turn.text_ids
-        else:
-            after += t.no_context
-        after += t.current + list(current.speaker_ids)
-        after += list(current.text_ids) if self.use_text else t.no_text
         self.check_label_set(label_set)
+        if self.cfg.layout == "context_first":
+            lead = self.reusable_ids(context, label_set, language)
+            after = list(t.suffix) + self._current_ids(t, current) + t.tail
+            shared = len(t.head) + len(t.question[label_set])
+            return PromptIds(before=lead + t.cues, after=after, reusable=len(lead), shared=shared)
+        after = list(t.suffix) + self._context_ids(t, context) + self._current_ids(t, current)
         after += t.instruction[label_set]
-        return PromptIds(before=list(t.prefix), after=after)
+        return PromptIds(before=list(t.prefix), after=after, reusable=len(t.prefix), shared=len(t.prefix))
+
+    def reusable_ids(self, context: Sequence[Turn], label_set: str = "default", language: str | None = None) -> list[int]:
+        """`PromptIds.before[:reusable]` of any utterance that follows `context`: what a KV cache can hold before the
+        utterance is known (`EGMFModel.prime`)."""
+        t = self._template(language)
+        self.check_label_set(label_set)
+        if self.cfg.layout == "context_first":
+            return t.head + t.question[label_set] + self._context_ids(t, context)
+        return list(t.prefix)
 
     # -- answers ------------------------------------------------------------------------------------------------
     def snap_score(self, value: float, label_set: str = "default") -> float:

@@ -498,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", required=True, help="YAML with model/data/train sections (see configs/default.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.safetensors")
     ap.add_argument("--out-dir", default=None, help="override train.out_dir")
+    ap.add_argument("--init-from", default=None, help="override train.init_from (a checkpoint to start from)")
     add_machine_args(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -505,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = RunConfig.from_yaml(args.config)
         if args.out_dir:
             cfg.train.out_dir = args.out_dir
+        if args.init_from:
+            cfg.train.init_from = args.init_from
         apply_machine_args(cfg, args)
         trainer = Trainer(cfg)
         if args.resume:

@@ -248,6 +248,7 @@ class EGMFUtteranceAnalyzer:
             alpha=[float(a) for a in p.alpha],
             modalities=dict(p.modalities),
             timings_ms={k: round(float(v), 2) for k, v in timings.items()},
+            prompt_tokens=dict(p.prompt_tokens or {}),
             pending=pending,
         )
 

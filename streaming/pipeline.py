@@ -73,7 +73,8 @@ class AnalysisResult:
     ``emotion_probs`` must cover the 7 labels of :data:`streaming.events.EMOTION_LABELS`; ``alpha`` holds the 3
     gate weights in :data:`streaming.events.MODALITIES` order; ``modalities`` says which inputs carried data.
     ``timings_ms`` (optional): wall time per stage of this analysis (e.g. ``asr_encoder``, ``fusion``,
-    ``llm_prefill``), for logs and benchmarks; it is not part of the event. ``pending``: for a result of
+    ``llm_prefill``), for logs and benchmarks; it is not part of the event, nor is ``prompt_tokens`` (optional: how
+    many prompt ids came from the model's KV cache and how many its prompt pass encoded). ``pending``: for a result of
     :meth:`SpeculativeAnalyzer.analyze_uncommitted`, what its ``commit`` needs (opaque to the pipeline).
     """
 
@@ -86,6 +87,7 @@ class AnalysisResult:
     alpha: list[float]
     modalities: dict[str, bool]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    prompt_tokens: dict[str, int] = field(default_factory=dict)
     pending: Any = field(default=None, repr=False)
 
 

@@ -53,7 +53,12 @@ def test_three_utterance_report(tmp_path):
     # the side-by-side pooling (`--speculation both`), here over this run and the same rows labelled "off"
     sbs = bench.side_by_side([dict(res, speculative=False), res])
     assert sbs["order"] == ["off", "on"] and sbs["on"]["latency_ms"]["n"] == sbs["off"]["latency_ms"]["n"] == 3
-    assert sbs["ratio_on_over_off"] == {"p50": 1.0, "p95": 1.0}
+    assert sbs["ratio"] == {"of": "on / off", "p50": 1.0, "p95": 1.0}
+    # pooled by checkpoint instead (`--checkpoint A B`): the label is the run's
+    by_ckpt = bench.side_by_side([dict(res, label="a"), dict(res, label="b"), dict(res, label="b")],
+                                 label=lambda r: r["label"])
+    assert by_ckpt["labels"] == ["a", "b"] and by_ckpt["b"]["latency_ms"]["n"] == 6
+    assert by_ckpt["a"]["prompt_pass_tokens"]["n"] == 3 and by_ckpt["ratio"]["of"] == "b / a"
     waits = sorted(r["latency_ms"] - r["analyze_ms"] for r in res["utterances"])
     assert sbs["on"]["wait_ms"]["p50"] == pytest.approx(waits[1], abs=0.051)
     rows = res["utterances"]
@@ -69,6 +74,8 @@ def test_three_utterance_report(tmp_path):
         assert r["text"] and STAGES <= set(r["stages_ms"]), r
         assert r["latency_ms"] > 0 and r["analyze_ms"] > 0 and r["rtf"] > 0
         assert r["answer_tokens"] >= 1 and r["llm_answer_ms_per_token"] > 0 and r["llm_prefill_ms_per_token"] > 0
+        # the shipped checkpoint's template prefix comes from the KV cache: the pass encodes the rest
+        assert 0 < r["prompt_pass_tokens"] < r["prompt_tokens"]
         # the VAD found the reference utterance (frame-exact boundaries within 150 ms of the energy reference)
         assert abs(r["vad_start_s"] - r["ref_start_s"]) < 0.15 and abs(r["vad_end_s"] - r["ref_end_s"]) < 0.15
 
