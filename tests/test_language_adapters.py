@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from egmf_core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from egmf_core.data import load_dataset
@@ -79,12 +80,22 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     return r
 
 
-def test_old_single_adapter_checkpoint_loads_and_saves_in_the_same_layout(runs):
-    assert "lora_adapters" not in _metadata(DEFAULT_CHECKPOINT)  # a file from before language adapters
-    assert "languages" not in json.loads(_metadata(DEFAULT_CHECKPOINT)["config"])["lora"]
-    assert runs.languages_before == ["en"]
-    shipped, resaved = _tensors(DEFAULT_CHECKPOINT, "lora."), _tensors(runs.single_file, "lora.")
-    assert shipped.keys() == resaved.keys() and all(torch.equal(shipped[k], resaved[k]) for k in shipped)
+def test_old_single_adapter_checkpoint_loads_and_saves_in_the_same_layout(runs, tmp_path):
+    # a file from before language adapters: the shipped tensors with the metadata such files had (no adapter list,
+    # no lora.languages in the config)
+    meta = _metadata(DEFAULT_CHECKPOINT)
+    meta.pop("lora_adapters", None)
+    cfg = json.loads(meta["config"])
+    cfg["lora"].pop("languages", None)
+    meta["config"] = json.dumps(cfg)
+    old = tmp_path / "old.safetensors"
+    save_file(_tensors(DEFAULT_CHECKPOINT, ""), str(old), metadata=meta)
+    model = load_checkpoint(old, {"backbone": {"device": "cpu"}})
+    assert model.languages == ["en"] and runs.languages_before == ["en"]
+    resaved = save_checkpoint(model, tmp_path / "resaved.safetensors")
+    before, after = _tensors(old, "lora."), _tensors(resaved, "lora.")
+    assert before and before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert json.loads(_metadata(resaved)["lora_adapters"]) == ["en"]
     assert json.loads(_metadata(runs.single_file)["lora_adapters"]) == ["en"]
 
 
@@ -111,7 +122,8 @@ def test_mixed_language_batch_matches_each_language_alone(runs):
 def test_chinese_goes_through_the_zh_adapter_and_template(runs):
     model, zh = runs.model, runs.zh
     assert model.prepare([zh]).languages == ["zh"]
-    assert "情绪" in model.tokenizer.decode(model.prompts.build((), zh.current, language=model.language_of(zh)).after)
+    prompt = model.prompts.build((), zh.current, language=model.language_of(zh))
+    assert "情绪" in model.tokenizer.decode(prompt.before + prompt.after)
     assert runs.copied_exactly  # init_from="en" copies every LoRA tensor
     assert _max_prob_diff(runs.zh_score, runs.zh_copied) > 1e-3  # same input, same template: only the adapter changed
     # before the zh adapter existed, a Chinese utterance used the default adapter and prompt, as if it were English
