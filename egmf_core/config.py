@@ -113,7 +113,7 @@ class PromptConfig:
     # utterance; task] (every checkpoint trained before the field existed). "context_first": [system; task; context;
     # cues; pseudo tokens; current utterance]: everything before the cues is the same for every utterance of a
     # stream until its next turn, so a live stream's KV cache carries it over and each utterance's prompt pass
-    # covers only its own ~35 tokens. A checkpoint is served with the layout it was trained with.
+    # covers only its own ~40 tokens. A checkpoint is served with the layout it was trained with.
     layout: str = "pseudo_first"
 
 
