@@ -167,8 +167,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {tail} | {r['wer_mean']:.2f} | {r['accuracy8']:.2f} | "
                      f"{r[f'agreement_with_{first}']:.2f} | {r['clips_with_several_segments']} | "
                      f"{r['clips_with_no_segment']} |")
-    lines += ["", f"Command: `{result.get('command', 'python benchmarks/bench_live_segments.py')}`; numbers in "
-              "`live_segments.json`.", ""]
+    lines += ["", f"Command: `{result.get('command', 'python benchmarks/bench_live_segments.py')}`; numbers in the "
+              "JSON file of the same name.", ""]
     return "\n".join(lines)
 
 
