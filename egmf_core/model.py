@@ -571,9 +571,7 @@ class EGMFModel(nn.Module):
         languages = {self.language_of(x) for x in batch}
         if self.training or len(languages) != 1:
             return none
-        language = languages.pop()
-        adapter = self._adapter_name(language)
-        self._kv.check_weights(tuple(p._version for p in self.llm.parameters()))
+        adapter = self._kv_adapter(languages.pop())
         if len(batch) == 1:
             p = prompts[0]
             n, cache = self._kv.longest(adapter, p.before[: p.reusable])
@@ -591,6 +589,12 @@ class EGMFModel(nn.Module):
             return none
         cache.batch_repeat_interleave(len(batch))
         return cache, [n] * len(batch), []
+
+    def _kv_adapter(self, language: str) -> str:
+        """The adapter whose KV caches `language`'s prompts use, after dropping every kept cache if the weights changed
+        since the last pass (a training step or a LoRA load bumps the parameters' version counters)."""
+        self._kv.check_weights(tuple(p._version for p in self.llm.parameters()))
+        return self._adapter_name(language)
 
     def _extend(self, cache: DynamicCache | None, ids: Sequence[int], n: int, adapter: str) -> DynamicCache:
         """`cache` (the KV of ids[:n], or None when n == 0) extended by one pass over ids[n:]."""
@@ -614,8 +618,7 @@ class EGMFModel(nn.Module):
         if self.training:
             return False
         language = self.resolve_language(language)
-        adapter = self._adapter_name(language)
-        self._kv.check_weights(tuple(p._version for p in self.llm.parameters()))
+        adapter = self._kv_adapter(language)
         start = self.prompts.reusable_ids(context, label_set, language)
         n, cache = self._kv.longest(adapter, start)
         if n == len(start):

@@ -163,6 +163,8 @@ class EGMFPredictor:
     def prime_context_later(self, context: Sequence[Turn], language: str | None = None) -> Future | None:
         """`prime_later` for a context held elsewhere (the service's model deployment is stateless: the stream's turns
         travel with each request): the last `max_context_turns` of `context`."""
+        if self._primer is None:
+            return None
         window = self.model.prompts.new_context()
         for turn in context:
             window.append(turn)
