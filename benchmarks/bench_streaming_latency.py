@@ -5,6 +5,8 @@
     python benchmarks/bench_streaming_latency.py --wait-idle 1800   # shared machine: wait for other work to stop
     python benchmarks/bench_streaming_latency.py --speculation on --checkpoint default runs/x/best.safetensors
                                                             # two checkpoints side by side, A / B / B / A
+    python benchmarks/bench_streaming_latency.py --speculation on --folded-answers 0 2
+                                                            # answer trees folded into the prompt pass or not
 
 Results: ``benchmarks/results/streaming_latency.json`` (every utterance's row) and ``.md`` (the summary).
 
@@ -29,8 +31,10 @@ Measured per utterance:
   over its whole padded window, 10 s live by default, whatever the utterance's length), ``asr_decode``, ``predict``
   (the whole EGMF predictor call) and its parts ``fusion``, ``llm_prefill`` (prompt assembly + the LLM pass over the
   prompt ids the model's KV cache does not hold: after the template prefix, and with a "context_first" checkpoint
-  after the question and the conversation so far; ``prompt_pass_tokens`` counts them) and ``llm_answer`` (the one pass over the tree of valid answer
-  continuations on the KV cache).
+  after the question and the conversation so far; ``prompt_pass_tokens`` counts them; the pass also carries the answer
+  trees of the auxiliary head's likeliest labels, ``EGMFModel.folded_answers``) and ``llm_answer`` (the walk through
+  the answer tree, plus a pass over it on the KV cache when the prompt pass did not carry it: ``answer_pass`` counts
+  the utterances that needed one).
 * **cost of context**: the 50 utterances are ONE conversation (one stream). Utterances 1-5 and 46-50 are the same
   five recordings (46-50 = 2, 3, 4, 5, 1), so utterance 1 and 50 are the same audio with an empty vs a full context
   window; with every context turn tokenized once and the window bounded (3 turns), model time must stay flat. An
@@ -390,20 +394,6 @@ def _mean_or_none(a: list[float]) -> float | None:
     return round(float(np.mean(a)), 2) if a else None
 
 
-class AnswerTokens:
-    """Tokens the answer pass feeds: the answer is read in ONE LLM pass over the tree of valid continuations below
-    its first token (`egmf_core.model.AnswerTree`), whose size depends on the label ("joy" has one label token,
-    "disgust" three). Reported so the answer stage can be read per fed token."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def __call__(self, emotion: str, score: float) -> int | None:
-        ids = self.model.prompts.label_ids.get(emotion)
-        tree = self.model._answer_trees["default"].get(ids[0]) if ids else None
-        return None if tree is None else len(tree.tokens)
-
-
 def _per(num: float | None, den: float | None, nd: int = 2) -> float | None:
     return round(num / den, nd) if num is not None and den else None
 
@@ -431,7 +421,7 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
     answers = {}
     for name in inputs:  # one untimed call each
         pred = model.score([inputs[name]])[0]
-        answers[name] = (pred.emotion, float(pred.sentiment_score))
+        answers[name] = (pred.emotion, float(pred.sentiment_score), (pred.prompt_tokens or {}).get("answer_pass"))
     for i in range(reps):
         for name in (("empty", "stream") if i % 2 == 0 else ("stream", "empty")):
             t0 = time.perf_counter()
@@ -439,7 +429,6 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
             times[name].append((time.perf_counter() - t0) * 1000.0)
             parts[name].append({**(pred.timings_ms or {}), "encoded": (pred.prompt_tokens or {}).get("encoded")})
     out: dict[str, Any] = {"reps": reps, "context_turns_stream": len(ctx_full)}
-    tokens = AnswerTokens(model)
     for name, n_tok in (("empty", n_empty), ("stream", n_full)):
         encoded = [p["encoded"] for p in parts[name] if p.get("encoded") is not None]
         n_pass = int(np.median(encoded)) if encoded else n_tok  # the rest came from the model's KV cache
@@ -447,7 +436,7 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
                      **{f"{k}_ms_p50": round(float(np.median([p.get(k, np.nan) for p in parts[name]])), 1)
                         for k in ("fusion", "llm_prefill", "llm_answer")},
                      "answer": f"{answers[name][0]} {answers[name][1]:+.1f}",
-                     "answer_tokens": tokens(*answers[name])}
+                     "answer_tokens": answers[name][2]}
         out[name]["llm_prefill_ms_per_token"] = _per(out[name]["llm_prefill_ms_p50"], n_pass)
         out[name]["llm_answer_ms_per_token"] = _per(out[name]["llm_answer_ms_p50"], out[name]["answer_tokens"], 1)
     out["ratio_stream_over_empty_p50"] = round(out["stream"]["score_ms"]["p50"] / out["empty"]["score_ms"]["p50"], 3)
@@ -514,7 +503,6 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
     recs = {(rec["start"], rec["end"]): rec for rec in analyzer.records}
     model = inner.predictor.model
 
-    answer_tokens = AnswerTokens(model)
     rows: list[dict[str, Any]] = []
     unmatched_refs = 0
     used: set[int] = set()
@@ -529,6 +517,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         ss = [t for t, s in starts if abs(s.start - ev.start) < 1e-6]
         n_tok = prompt_tokens(model, rec.get("context", ()), ev.speaker, ev.text)[0] if rec else None
         n_pass = rec.get("prompt_tokens", {}).get("encoded", n_tok)  # the rest came from the model's KV cache
+        n_answer = rec.get("prompt_tokens", {}).get("answer_pass")  # 0: the prompt pass carried the answer's tree
         tm = rec.get("timings_ms", {})
         dur = ev.end - ev.start
         rows.append({
@@ -544,9 +533,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
             "stages_ms": {k: round(v, 1) for k, v in tm.items()},
             "context_turns": len(rec.get("context", ())), "prompt_tokens": n_tok, "prompt_pass_tokens": n_pass,
-            "answer_tokens": answer_tokens(ev.emotion.label, ev.sentiment.score),
+            "folded_tokens": rec.get("prompt_tokens", {}).get("folded"), "answer_tokens": n_answer,
             "llm_prefill_ms_per_token": _per(tm.get("llm_prefill"), n_pass, 3),
-            "llm_answer_ms_per_token": _per(tm.get("llm_answer"), answer_tokens(ev.emotion.label, ev.sentiment.score), 1),
+            "llm_answer_ms_per_token": _per(tm.get("llm_answer"), n_answer, 1),
             "other_processes_cores": other_by_event[j],
             "events_for_this_utterance": len(match),
         })
@@ -719,6 +708,8 @@ def side_by_side(runs: list[dict[str, Any]], label=speculation_label) -> dict[st
             "llm_prefill_ms": _dist([row["stages_ms"]["llm_prefill"] for row in rows if "llm_prefill" in row["stages_ms"]]),
             "prompt_pass_tokens": _dist([row["prompt_pass_tokens"] for row in rows
                                          if row.get("prompt_pass_tokens") is not None], 0),
+            "llm_answer_ms": _dist([row["stages_ms"]["llm_answer"] for row in rows if "llm_answer" in row["stages_ms"]]),
+            "answer_passes": sum(1 for row in rows if row.get("answer_tokens")),
             "rtf_overall": _mean_or_none([r["rtf"]["overall"] for r in mine])}
     if len(labels) == 2:
         a, b = out[labels[0]]["latency_ms"], out[labels[1]]["latency_ms"]
@@ -767,12 +758,15 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
             + (f"mode pooled, with the same loaded model. Latency = wait + analysis: speculation shortens the wait (the "
                f"analysis starts {_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way."
                if by_speculation else
-               "checkpoint pooled (each loaded once; speculation as in the first table). Latency = wait + analysis; "
-               "the prompt pass encodes what the model's KV cache does not already hold."),
+               f"{'setting' if sbs['labels'][0].startswith('folded') else 'checkpoint'} pooled (each checkpoint loaded "
+               "once; speculation as in the first table). Latency = wait + analysis; the prompt pass encodes what the "
+               "model's KV cache does not already hold, plus the answer trees it carries (`folded K`: the auxiliary "
+               "head's K likeliest labels'); an answer pass runs when none of them held the answer."),
             "",
             f"| {'speculation' if by_speculation else 'run'} | utterances | latency p50 | latency p95 | wait p50 | "
-            "analysis p50 | analysis p95 | LLM prompt pass p50 | prompt-pass tokens p50 | RTF overall (mean of runs) |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "analysis p50 | analysis p95 | LLM prompt pass p50 | prompt-pass tokens p50 | answer passes | "
+            "LLM answer p50 | RTF overall (mean of runs) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for lab in sbs["labels"]:
             m = sbs[lab]
@@ -780,6 +774,7 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
                          f"{f(m['latency_ms'].get('p95'))} | {f(m['wait_ms'].get('p50'))} | "
                          f"{f(m['analyze_ms'].get('p50'))} | {f(m['analyze_ms'].get('p95'))} | "
                          f"{f(m['llm_prefill_ms'].get('p50'))} | {f(m['prompt_pass_tokens'].get('p50'))} | "
+                         f"{m['answer_passes']} of {m['latency_ms'].get('n', 0)} | {f(m['llm_answer_ms'].get('p50'))} | "
                          f"{f(m['rtf_overall'], 3)} |")
         if "ratio" in sbs:
             r = sbs["ratio"]
@@ -941,6 +936,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", nargs="+", metavar="CKPT",
                     help="checkpoint(s) to stream with (default: the shipped one); two or more are compared side by "
                          "side, streamed in the order A / B / B / A")
+    ap.add_argument("--folded-answers", nargs="+", type=int, metavar="K",
+                    help="answer trees the prompt pass carries (EGMFModel.folded_answers; default: the model's); two "
+                         "or more values are compared side by side on one loaded model, A / B / B / A")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
     a = ap.parse_args(argv)
     import logging
@@ -952,22 +950,29 @@ def main(argv: list[str] | None = None) -> int:
     reps = a.offline_reps if a.offline_reps is not None else (2 if a.quick else 8)
     t0 = time.monotonic()
     names = a.checkpoint or ["default"]
-    if len(names) > 1 and a.speculation == "both":
-        ap.error("with several --checkpoint, pick --speculation on or off (the runs compare the checkpoints)")
+    folds = a.folded_answers or [None]
+    compared = sum(len(set(v)) > 1 for v in (names, folds)) + (a.speculation == "both")
+    if compared > 1:
+        ap.error("compare one thing at a time: several --checkpoint, several --folded-answers or --speculation both")
     loaded = {name: load_analyzer(checkpoint=name) for name in dict.fromkeys(names)}
     modes = {"both": (False, True), "on": (True,), "off": (False,)}[a.speculation]
-    forward = [(name, m) for name in loaded for m in modes]
+    forward = [(name, m, k) for name in loaded for m in modes for k in dict.fromkeys(folds)]
     schedule = forward + forward[::-1]  # e.g. off / on / on / off, or A / B / B / A: balanced against drift
-    if len(schedule) == 2:  # one checkpoint, one mode: a single run
+    if len(schedule) == 2:  # one setting: a single run
         schedule = schedule[:1]
-    # reported in full, with the offline check: the last checkpoint's first run in the last mode (on, for "both")
-    report = schedule.index((names[-1], modes[-1]))
+    # reported in full, with the offline check: the last setting's first run (speculation on, for "both")
+    report = schedule.index(forward[-1])
     runs = []
-    for i, (name, m) in enumerate(schedule):
+    for i, (name, m, k) in enumerate(schedule):
+        model = loaded[name][0].predictor.model
+        if k is not None:
+            model.folded_answers = k
         r = run_benchmark(n, offline_reps=reps if i == report else 0, wait_idle_s=a.wait_idle, speculative=m,
                           loaded=loaded[name])
         r["checkpoint"] = name
-        r["label"] = speculation_label(r) if len(loaded) == 1 else Path(name).stem
+        r["folded_answers"] = model.folded_answers
+        r["label"] = (Path(name).stem if len(loaded) > 1 else f"folded {k}" if len(set(folds)) > 1
+                      else speculation_label(r))
         runs.append(r)
     res = runs[report]
     if len(runs) > 1:

@@ -73,7 +73,11 @@ def test_three_utterance_report(tmp_path):
     for r in rows:
         assert r["text"] and STAGES <= set(r["stages_ms"]), r
         assert r["latency_ms"] > 0 and r["analyze_ms"] > 0 and r["rtf"] > 0
-        assert r["answer_tokens"] >= 1 and r["llm_answer_ms_per_token"] > 0 and r["llm_prefill_ms_per_token"] > 0
+        assert r["llm_prefill_ms_per_token"] > 0
+        # the prompt pass carried the aux head's two likeliest labels' answer trees (7-9 nodes each); a separate
+        # answer pass fed the answer's tree only when those were not it
+        assert 14 <= r["folded_tokens"] <= 18 and r["answer_tokens"] >= 0
+        assert (r["llm_answer_ms_per_token"] is None) == (r["answer_tokens"] == 0)
         # the shipped checkpoint's template prefix comes from the KV cache: the pass encodes the rest
         assert 0 < r["prompt_pass_tokens"] < r["prompt_tokens"]
         # the VAD found the reference utterance (frame-exact boundaries within 150 ms of the energy reference)
@@ -96,7 +100,7 @@ def test_three_utterance_report(tmp_path):
     assert ctx["utterance_last"] == 3 and ctx["predict_ms_first"] > 0 and ctx["predict_ms_last"] > 0
     off = ctx["offline"]
     assert off["empty"]["prompt_tokens"] < off["stream"]["prompt_tokens"]
-    assert off["empty"]["answer_tokens"] >= 1 and off["stream"]["answer_tokens"] >= 1
+    assert off["empty"]["answer_tokens"] >= 0 and off["stream"]["answer_tokens"] >= 0
     md = mpath.read_text()
     assert "end of speech -> event" in md and ("**met**" in md or "**not met**" in md)
 

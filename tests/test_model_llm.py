@@ -162,7 +162,8 @@ def test_answer_tree_pass_equals_step_by_step_decoding(model, meld_batch):
                         position_ids=prep.position_ids, logits_to_keep=1, use_cache=True)
         trees = [model._answer_trees["default"][model.prompts.label_ids[lab][0]]
                  for lab in ("disgust", "neutral", "surprise")]
-        tree_logits = model._answer_pass(trees, prep, copy.deepcopy(out.cache), {})
+        tree_logits = model._answer_pass(trees, prep.attention_mask, prep.position_ids[:, -1:], prep.embeds.dtype,
+                                         copy.deepcopy(out.cache), {})
         for i, tree in enumerate(trees):
             paths = {0: [tree.tokens[0]]}
             for q in range(1, len(tree.tokens)):
@@ -182,3 +183,44 @@ def test_answer_tree_pass_equals_step_by_step_decoding(model, meld_batch):
                 others = torch.ones_like(want, dtype=torch.bool)
                 others[[t for tr in trees for t in tr.choices]] = False
                 assert torch.isneginf(tree_logits[i, q, others]).all()
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_folded_answer_trees_change_time_not_answers(model, meld_batch, rows, monkeypatch):
+    """The prompt pass carrying answer trees gives the answers and probabilities of the separate answer pass, whether
+    a row's answer was folded (no answer pass) or not (an answer pass over the rows that missed only), for one row
+    and for left-padded rows in one batch."""
+    model.eval()
+    with torch.no_grad():
+        for n, p in model.llm.named_parameters():  # a non-trivial adapter
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    batch = meld_batch[:rows]
+    trees = model._answer_trees["default"]
+
+    def tree(label):
+        return trees[model.prompts.label_ids[label][0]]
+
+    def run(k):
+        model.folded_answers = k
+        model._kv.clear()
+        return model.score(batch)
+
+    try:
+        runs = {0: run(0), 7: run(7)}  # none folded; every label folded
+        answers = [p.emotion for p in runs[0]]
+        other = {lab: next(o for o in model.prompts.label_sets["default"] if o != lab) for lab in answers}
+        # rows 0, 2: the answer's tree is folded; rows 1, 3: another label's only (a miss: the answer pass)
+        monkeypatch.setattr(model, "_folded_trees", lambda b, prep: [
+            [tree(lab if i % 2 == 0 else other[lab])] for i, lab in enumerate(answers)])
+        runs["mixed"] = run(1)
+    finally:
+        model.folded_answers = 2
+    assert all(p.prompt_tokens["folded"] == 0 and p.prompt_tokens["answer_pass"] > 0 for p in runs[0])
+    assert all(p.prompt_tokens["folded"] > 50 and p.prompt_tokens["answer_pass"] == 0 for p in runs[7])
+    assert [p.prompt_tokens["answer_pass"] > 0 for p in runs["mixed"]] == [i % 2 == 1 for i in range(rows)]
+    for k in (7, "mixed"):
+        for a, b in zip(runs[0], runs[k]):
+            assert (a.emotion, a.sentiment_score) == (b.emotion, b.sentiment_score), k
+            for lab, prob in a.emotion_probs.items():
+                assert abs(prob - b.emotion_probs[lab]) < 1e-4, (k, lab)
