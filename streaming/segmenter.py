@@ -18,7 +18,9 @@ decisions into utterances:
   segment.
 * **maximum length**: a turn longer than ``max_utterance_s`` is split at its quietest 30 ms frame (lowest energy)
   within the last ``split_search_s`` before the limit: a breath or a pause between phrases, rarely mid-word. The
-  recognizer and the model both work on bounded input, and the listener gets an event at least every 8 s.
+  recognizer and the model both work on bounded input, and the listener gets an event at least every 8 s. The split
+  happens when a voiced frame reaches the limit (or comes after it, during the hangover): a turn whose speech ended
+  before the limit ends at its hangover like any other (with its tentative end), not at a split in its silence.
 * **tentative end**: once an utterance's post-roll audio is in (``post_roll_ms`` of unvoiced frames after its last
   voiced frame), the segment it will become if no speech comes back is fully determined; :attr:`VADSegmenter.tentative`
   holds it until speech resumes or the hangover ends. The pipeline analyzes it during the rest of the hangover
@@ -350,7 +352,7 @@ class VADSegmenter:
                 if seg is not None:
                     out.append(seg)
                 self._trim(self._n_frames - self._keep_silent_f)
-            elif self._n_frames - self._utt_start_f >= self._max_f:
+            elif v and self._n_frames - self._utt_start_f >= self._max_f:
                 out.extend(self._split())
         return out
 
@@ -416,7 +418,7 @@ class VADSegmenter:
 
     def _split(self) -> list[SpeechSegment]:
         """The turn reached max_utterance_s: cut at the quietest frame of the last split_search_s."""
-        limit_f = self._utt_start_f + self._max_f  # exclusive; == self._n_frames here
+        limit_f = self._utt_start_f + self._max_f  # exclusive; <= self._n_frames (speech resumed in the hangover)
         lo = max(self._utt_start_f + 1, limit_f - self._search_f)
         e = self._energy[lo - self._buf_f0:limit_f - self._buf_f0]
         # Latest of the quietest frames: keeps the first part as long as possible on ties (digital silence).

@@ -22,7 +22,14 @@ def test_window_report(tmp_path):
     assert res["data"] == "RAVDESS dev (actors 11-12), 4 clips"
     assert set(res["windows"]) == {"30", "10"}
     for w, r in res["windows"].items():
-        assert r["encoder_ms_p50"] > 0 and 0 <= r["wer_mean"] <= 100 and 0 <= r["accuracy8"] <= 100
-        assert 0 <= r["agreement_with_30s"] <= 100
-    assert res["windows"]["30"]["agreement_with_30s"] == 100.0
+        assert r["encoder_ms_p50"] > 0 and 0 <= r["wer_mean"] <= 100
+        for text in ("sentence", "transcript"):  # the known sentence, the recognizer's transcript as the text
+            t = r[text]
+            assert 0 <= t["accuracy8"] <= 100 and 0 <= t["agreement_with_30s"] <= 100
+            # paired counts: their difference is the accuracy difference to the 30 s window
+            diff = (t["only_this_right"] - t["only_30s_right"]) * 100 / 4
+            assert diff == pytest.approx(t["accuracy8"] - res["windows"]["30"][text]["accuracy8"], abs=0.01)
+    for text in ("sentence", "transcript"):
+        native = res["windows"]["30"][text]
+        assert native["agreement_with_30s"] == 100.0 and native["only_30s_right"] == native["only_this_right"] == 0
     assert "| 10 |" in out.with_suffix(".md").read_text()

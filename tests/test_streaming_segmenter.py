@@ -247,6 +247,29 @@ def test_max_length_split_at_quiet_point(clips):
 
 
 @needs_ravdess
+def test_turn_whose_speech_ends_just_before_the_limit_ends_at_its_hangover(clips):
+    """Speech that stops shortly before max_utterance_s, so that the hangover runs past the limit: the turn ends as
+    any other (not split in its trailing silence, which would also move its end and drop its speculative analysis),
+    and its last tentative end is its final segment, byte for byte."""
+    cfg = SegmenterConfig()
+    pause = np.zeros(int(0.18 * SR), np.float32)  # < hangover: one turn
+    speech = np.concatenate([q for c in clips[:6] for q in (c.audio[int(c.bounds[0] * SR):int(c.bounds[1] * SR)],
+                                                              pause)])
+    lead = np.zeros(SR, np.float32)
+    x = np.concatenate([lead, speech[:int((cfg.max_utterance_s - 0.1) * SR)], np.zeros(int(1.5 * SR), np.float32)])
+    x += np.random.default_rng(2).normal(0, 10 ** (-70 / 20), len(x)).astype(np.float32)
+    finals, tentatives = feed_blocks(VADSegmenter(cfg), x)
+    assert len(finals) == 1
+    final, t_final = finals[0]
+    span = final.end_s - final.start_s
+    # the case under test: the hangover after the last word ends beyond the limit
+    assert cfg.max_utterance_s - cfg.hangover_ms / 1000 < span <= cfg.max_utterance_s, span
+    assert not final.split
+    tent = [t for t, seen in tentatives if seen < t_final][-1]
+    assert (tent.start_s, tent.end_s) == (final.start_s, final.end_s) and np.array_equal(tent.audio, final.audio)
+
+
+@needs_ravdess
 def test_split_without_pause_picks_the_lowest_energy_frame(clips):
     cfg = SegmenterConfig(max_utterance_s=3.0, split_search_s=1.0)
     c = clips[0]
