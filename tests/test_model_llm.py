@@ -215,7 +215,7 @@ def test_folded_answer_trees_change_time_not_answers(model, meld_batch, rows, mo
             [tree(lab if i % 2 == 0 else other[lab])] for i, lab in enumerate(answers)])
         runs["mixed"] = run(1)
     finally:
-        model.folded_answers = 2
+        model.folded_answers = 3
     assert all(p.prompt_tokens["folded"] == 0 and p.prompt_tokens["answer_pass"] > 0 for p in runs[0])
     assert all(p.prompt_tokens["folded"] > 50 and p.prompt_tokens["answer_pass"] == 0 for p in runs[7])
     assert [p.prompt_tokens["answer_pass"] > 0 for p in runs["mixed"]] == [i % 2 == 1 for i in range(rows)]
