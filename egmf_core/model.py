@@ -544,8 +544,10 @@ class EGMFModel(nn.Module):
     # -- inference: constrained scoring (fast path) -------------------------------------------------------------
     def _build_answer_trie(self) -> None:
         """One trie of valid answer token sequences per label set (leaves hold (label, score)), and for every first
-        answer token the tree of trie nodes that the answer pass must feed (see `AnswerTree`)."""
+        answer token the tree of trie nodes that the answer pass must feed (see `AnswerTree`); per label set, its
+        labels' auxiliary-head columns and answer trees in label order (`_folded_trees`)."""
         self._answer_trees: dict[str, dict[int, AnswerTree]] = {}
+        self._label_trees: dict[str, tuple[list[int], list[AnswerTree]]] = {}
         for name in self.prompts.label_sets:
             trie: dict = {}
             for label, value, ids in self.prompts.answer_candidates(name):
@@ -554,6 +556,9 @@ class EGMFModel(nn.Module):
                     node = node.setdefault(t, {})
                 node[None] = (label, value)
             self._answer_trees[name] = {tok: AnswerTree.plan(tok, sub) for tok, sub in trie.items()}
+            labels = self.prompts.label_sets[name]
+            self._label_trees[name] = ([self.aux_labels.index(lab) for lab in labels],
+                                       [self._answer_trees[name][self.prompts.label_ids[lab][0]] for lab in labels])
 
     @torch.no_grad()
     def score(self, batch: Sequence[ModelInput]) -> list[Prediction]:
@@ -638,10 +643,9 @@ class EGMFModel(nn.Module):
         aux = head(prep.fusion.enhanced.to(head.weight.dtype)).float().cpu()
         forests = []
         for i, x in enumerate(batch):
-            labels = self.prompts.label_sets[x.label_set]
-            ranked = sorted(labels, key=lambda lab: -float(aux[i, self.aux_labels.index(lab)]))
-            trees = self._answer_trees[x.label_set]
-            forests.append([trees[self.prompts.label_ids[lab][0]] for lab in ranked[: self.folded_answers]])
+            columns, trees = self._label_trees[x.label_set]
+            ranked = torch.argsort(aux[i, columns], descending=True)[: self.folded_answers].tolist()
+            forests.append([trees[j] for j in ranked])
         return forests
 
     def _cached_start(
@@ -748,9 +752,9 @@ class EGMFModel(nn.Module):
         keys = attention_mask.bool()
         rows = []
         if causal:
-            q = torch.arange(past - causal, past, device=keys.device)
-            prompt = keys[:, None, :] & (torch.arange(past, device=keys.device)[None, :] <= q[:, None])[None]
-            prompt |= torch.eye(past, device=keys.device, dtype=torch.bool)[past - causal:][None]
+            q = torch.arange(past - causal, past, device=keys.device)[:, None]  # the prompt positions' own columns
+            k = torch.arange(past, device=keys.device)[None, :]
+            prompt = (keys[:, None, :] & (k <= q)[None]) | (k == q)[None]
             rows.append(torch.cat([prompt, torch.zeros((b, causal, n), dtype=torch.bool, device=keys.device)], -1))
         rows.append(torch.cat([keys[:, None, :].expand(b, n, past), nodes.mask.to(keys.device)], -1))
         mask = torch.cat(rows, 1)[:, None]
