@@ -155,8 +155,8 @@ def markdown(result: dict) -> str:
         "",
         f"{result['date']}; {result['machine']}. Model `{result['model_version']}`; faster-whisper tiny.en, "
         f"{result['asr_window_s']:g} s window; the recognizer's transcript as the text. Data: {result['data']}, each "
-        "clip framed by 0.5 s of -70 dBFS noise and cut by the live VAD segmenter (`clip` = the whole clip, as the "
-        "model was trained).",
+        "clip framed by 0.5 s of -70 dBFS noise and cut by the live VAD segmenter (`clip` = the whole clip, uncut, through "
+        "the same path).",
         "",
         f"| cut | audio after end of speech p50 (ms, before framing) | WER % | accuracy8 % | agreement with {first} % | "
         "clips cut in several segments | clips with no segment |",

@@ -7,6 +7,8 @@
                                                             # two checkpoints side by side, A / B / B / A
     python benchmarks/bench_streaming_latency.py --speculation on --folded-answers 0 2
                                                             # answer trees folded into the prompt pass or not
+    python benchmarks/bench_streaming_latency.py --speculation on --asr-threads 1 2
+                                                            # the recognizer on 1 or 2 CPU threads
 
 Results: ``benchmarks/results/streaming_latency.json`` (every utterance's row) and ``.md`` (the summary).
 
@@ -50,6 +52,7 @@ met or not met.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -455,6 +458,18 @@ def load_analyzer(say=print, checkpoint: str = "default") -> tuple[Any, float]:
     return inner, load_s
 
 
+def recognizer(inner: Any, cpu_threads: int) -> Any:
+    """`inner`'s recognizer on `cpu_threads` threads: the same one when it already runs so, else a second instance of
+    the same model and settings (warmed up)."""
+    from egmf_core.features.audio import WhisperFrontend
+
+    if inner.frontend.config.cpu_threads == cpu_threads:
+        return inner.frontend
+    frontend = WhisperFrontend(dataclasses.replace(inner.frontend.config, cpu_threads=cpu_threads))
+    frontend.warm_up()
+    return frontend
+
+
 def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int = 12, offline_reps: int = 8,
                   gap_s: float = GAP_S, wait_idle_s: float = 0.0, speculative: bool = True,
                   loaded: tuple[Any, float] | None = None, say=print) -> dict[str, Any]:
@@ -705,6 +720,8 @@ def side_by_side(runs: list[dict[str, Any]], label=speculation_label) -> dict[st
             "latency_ms": _dist([row["latency_ms"] for row in rows]),
             "analyze_ms": _dist([row["analyze_ms"] for row in rows]),
             "wait_ms": _dist([row["latency_ms"] - row["analyze_ms"] for row in rows]),
+            "asr_ms": _dist([row["stages_ms"]["asr_encoder"] + row["stages_ms"]["asr_decode"] for row in rows
+                             if "asr_decode" in row["stages_ms"]]),
             "llm_prefill_ms": _dist([row["stages_ms"]["llm_prefill"] for row in rows if "llm_prefill" in row["stages_ms"]]),
             "prompt_pass_tokens": _dist([row["prompt_pass_tokens"] for row in rows
                                          if row.get("prompt_pass_tokens") is not None], 0),
@@ -758,21 +775,25 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
             + (f"mode pooled, with the same loaded model. Latency = wait + analysis: speculation shortens the wait (the "
                f"analysis starts {_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way."
                if by_speculation else
-               f"{'setting' if sbs['labels'][0].startswith('folded') else 'checkpoint'} pooled (each checkpoint loaded "
+               f"{'setting' if sbs['labels'][0].startswith(('folded', 'asr')) else 'checkpoint'} pooled (each "
+               "checkpoint loaded "
                "once; speculation as in the first table). Latency = wait + analysis; the prompt pass encodes what the "
                "model's KV cache does not already hold, plus the answer trees it carries (`folded K`: the auxiliary "
-               "head's K likeliest labels'); an answer pass runs when none of them held the answer."),
+               "head's K likeliest labels'); an answer pass runs when none of them held the answer; `asr threads N`: "
+               "the recognizer on N CPU threads."),
             "",
             f"| {'speculation' if by_speculation else 'run'} | utterances | latency p50 | latency p95 | wait p50 | "
-            "analysis p50 | analysis p95 | LLM prompt pass p50 | prompt-pass tokens p50 | answer passes | "
+            "analysis p50 | analysis p95 | ASR p50 / p95 | LLM prompt pass p50 | prompt-pass tokens p50 | "
+            "answer passes | "
             "LLM answer p50 | RTF overall (mean of runs) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for lab in sbs["labels"]:
             m = sbs[lab]
             lines.append(f"| {lab} | {m['latency_ms'].get('n', 0)} | {f(m['latency_ms'].get('p50'))} | "
                          f"{f(m['latency_ms'].get('p95'))} | {f(m['wait_ms'].get('p50'))} | "
                          f"{f(m['analyze_ms'].get('p50'))} | {f(m['analyze_ms'].get('p95'))} | "
+                         f"{f(m.get('asr_ms', {}).get('p50'))} / {f(m.get('asr_ms', {}).get('p95'))} | "
                          f"{f(m['llm_prefill_ms'].get('p50'))} | {f(m['prompt_pass_tokens'].get('p50'))} | "
                          f"{m['answer_passes']} of {m['latency_ms'].get('n', 0)} | {f(m['llm_answer_ms'].get('p50'))} | "
                          f"{f(m['rtf_overall'], 3)} |")
@@ -939,6 +960,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folded-answers", nargs="+", type=int, metavar="K",
                     help="answer trees the prompt pass carries (EGMFModel.folded_answers; default: the model's); two "
                          "or more values are compared side by side on one loaded model, A / B / B / A")
+    ap.add_argument("--asr-threads", nargs="+", type=int, metavar="N",
+                    help="recognizer CPU threads (EGMFAnalyzerConfig.cpu_threads; default: the CLI's); two or more "
+                         "values are compared side by side, one recognizer loaded per value, A / B / B / A")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
     a = ap.parse_args(argv)
     import logging
@@ -951,28 +975,37 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     names = a.checkpoint or ["default"]
     folds = a.folded_answers or [None]
-    compared = sum(len(set(v)) > 1 for v in (names, folds)) + (a.speculation == "both")
+    threads = a.asr_threads or [None]
+    compared = sum(len(set(v)) > 1 for v in (names, folds, threads)) + (a.speculation == "both")
     if compared > 1:
-        ap.error("compare one thing at a time: several --checkpoint, several --folded-answers or --speculation both")
+        ap.error("compare one thing at a time: several --checkpoint, --folded-answers or --asr-threads, or "
+                 "--speculation both")
+    if any(n < 1 for n in threads if n is not None):
+        ap.error(f"--asr-threads: expected thread counts >= 1, got {a.asr_threads}")
     loaded = {name: load_analyzer(checkpoint=name) for name in dict.fromkeys(names)}
+    recognizers = {t: recognizer(loaded[names[0]][0], t) for t in dict.fromkeys(threads) if t is not None}
     modes = {"both": (False, True), "on": (True,), "off": (False,)}[a.speculation]
-    forward = [(name, m, k) for name in loaded for m in modes for k in dict.fromkeys(folds)]
+    forward = [(name, m, k, t) for name in loaded for m in modes for k in dict.fromkeys(folds)
+               for t in dict.fromkeys(threads)]
     schedule = forward + forward[::-1]  # e.g. off / on / on / off, or A / B / B / A: balanced against drift
     if len(schedule) == 2:  # one setting: a single run
         schedule = schedule[:1]
     # reported in full, with the offline check: the last setting's first run (speculation on, for "both")
     report = schedule.index(forward[-1])
     runs = []
-    for i, (name, m, k) in enumerate(schedule):
-        model = loaded[name][0].predictor.model
+    for i, (name, m, k, t) in enumerate(schedule):
+        inner = loaded[name][0]
+        model = inner.predictor.model
         if k is not None:
             model.folded_answers = k
+        if t is not None:
+            inner.frontend = recognizers[t]
         r = run_benchmark(n, offline_reps=reps if i == report else 0, wait_idle_s=a.wait_idle, speculative=m,
                           loaded=loaded[name])
         r["checkpoint"] = name
         r["folded_answers"] = model.folded_answers
         r["label"] = (Path(name).stem if len(loaded) > 1 else f"folded {k}" if len(set(folds)) > 1
-                      else speculation_label(r))
+                      else f"asr threads {t}" if len(set(threads)) > 1 else speculation_label(r))
         runs.append(r)
     res = runs[report]
     if len(runs) > 1:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default checkpoint in one command: the four training stages as README's table ran them (same
+# Reproduce the shipped default checkpoint in one command: the five training stages as README's table ran them (same
 # configs, same time budgets), then its test evaluations. Stages 1-3 are sized for a GPU (13 min on an H100; on a
-# 2-core CPU a joint step takes ~30 s, so their time budgets would stop each after a few dozen steps); stage 4 ran on
-# a 2-core CPU (45 min budget, 261 of its 300 steps), on a GPU it runs all 300 in a few minutes. Pass a larger
+# 2-core CPU a joint step takes ~30 s, so their time budgets would stop each after a few dozen steps); stages 4 and 5
+# ran on a 2-core CPU (45 min budgets: 261 and 300 of their 300 steps), on a GPU each runs in a few minutes. Pass a larger
 # --time-budget-minutes only if you mean it (it applies to every stage).
 #
 #   bash scripts/train_default.sh --device cuda [--audio-pack PACK]   # arguments go to every training stage
 #
-# Writes runs/default (stage 1), runs/stage2, runs/stage3, runs/stage4 (the result: runs/stage4/best.safetensors) and
-# the test reports runs/stage4/eval_{meld,ravdess}_test.json. It never overwrites the shipped file; to ship the result:
-#   cp runs/stage4/best.safetensors egmf_core/checkpoints/default.safetensors
+# Writes runs/default (stage 1), runs/stage2, runs/stage3, runs/stage4, runs/stage5 (the result:
+# runs/stage5/best.safetensors) and the test reports runs/stage5/eval_{meld,ravdess}_test.json and
+# runs/stage5/eval_ravdess_test_live.json (RAVDESS as the live pipeline cuts it). It never overwrites the shipped file;
+# to ship the result:
+#   cp runs/stage5/best.safetensors egmf_core/checkpoints/default.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +26,10 @@ stage configs/default.yaml 7 "$@"
 stage configs/stage2_audio_fusion.yaml 1.3 "$@"
 stage configs/stage3_joint.yaml 4.5 "$@"
 stage configs/stage4_context_first.yaml 45 "$@"
+stage configs/stage5_live_cuts.yaml 45 "$@"
 for dataset in meld ravdess; do
-    python -m egmf_core.evaluate --checkpoint runs/stage4/best.safetensors --dataset "$dataset" --split test \
-        --out "runs/stage4/eval_${dataset}_test.json"
+    python -m egmf_core.evaluate --checkpoint runs/stage5/best.safetensors --dataset "$dataset" --split test \
+        --out "runs/stage5/eval_${dataset}_test.json"
 done
+python -m egmf_core.evaluate --checkpoint runs/stage5/best.safetensors --dataset ravdess --split test --audio live \
+    --out runs/stage5/eval_ravdess_test_live.json

@@ -105,11 +105,13 @@ class EGMFAnalyzerConfig:
     CTranslate2 Whisper folder (default: the bundled tiny.en). ``language``: the recognizer/predictor language
     (``None`` = the recognizer's default, ``"en"`` for tiny.en). ``use_video``: compute face features when the stream
     has video (needs mediapipe and the face model; without them the analyzer carries on with audio and text and
-    logs why once). ``cpu_threads``: recognizer threads. ``asr_window_s``: the recognizer's encoder window. Live
+    logs why once). ``cpu_threads``: recognizer threads; 1 because tiny.en's decoder steps are too small to split (on
+    2 cores, 1 thread decodes faster and encodes about as fast: ASR p50 / p95 218 / 338 ms vs 255 / 458 ms with 2,
+    ``benchmarks/bench_streaming_latency.py --asr-threads 2 1``). ``asr_window_s``: the recognizer's encoder window. Live
     utterances are at most ``max_utterance_s`` (8 s) long, and the encoder's cost follows the window, not the speech:
-    10 s costs a fifth of Whisper's native 30 s. The checkpoint's audio features were made with 30 s; on RAVDESS dev
-    10 s gave the same word error rate and accuracy within one clip of 120 (benchmarks/results/whisper_window.md),
-    so live defaults to 10 s; 30 s reproduces the training features exactly. ``frame_s``: room tone the recognizer
+    10 s costs a fifth of Whisper's native 30 s, with the same word error rate (benchmarks/results/whisper_window.md);
+    the shipped checkpoint's last training stage learned from live cuts in the 10 s window (its earlier stages from
+    whole clips in 30 s). ``frame_s``: room tone the recognizer
     and the audio branch get on each side of the speech (:func:`utterance_audio`); the default is the training
     clips' framing, 0 gives them the segmenter's cut alone."""
 
@@ -118,7 +120,7 @@ class EGMFAnalyzerConfig:
     language: str | None = None
     use_video: bool = True
     face_model_path: str | None = None
-    cpu_threads: int = 2
+    cpu_threads: int = 1
     asr_window_s: float = 10.0
     frame_s: float = TRAINING_FRAME_S
 

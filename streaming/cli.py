@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--whisper-model", metavar="DIR", help="local CTranslate2 Whisper model folder")
     p.add_argument("--asr-window-s", type=float, default=10.0,
                    help="recognizer encoder window in seconds (default 10: a fifth of the cost of Whisper's native "
-                        "30, which reproduces the model's training features exactly)")
+                        "30, and the window of the shipped model's last training stage; 30: the features of its "
+                        "earlier, whole-clip stages)")
     p.add_argument("--frame-s", type=float, default=TRAINING_FRAME_S,
                    help="seconds of room tone given to the recognizer and the model on each side of an utterance's "
                         "speech (default 1.0: the framing of the clips the model was trained on; 0: the VAD's cut)")

@@ -59,6 +59,9 @@ def test_three_utterance_report(tmp_path):
                                  label=lambda r: r["label"])
     assert by_ckpt["labels"] == ["a", "b"] and by_ckpt["b"]["latency_ms"]["n"] == 6
     assert by_ckpt["a"]["prompt_pass_tokens"]["n"] == 3 and by_ckpt["ratio"]["of"] == "b / a"
+    asr = sorted(r["stages_ms"]["asr_encoder"] + r["stages_ms"]["asr_decode"] for r in res["utterances"])
+    assert sbs["on"]["asr_ms"]["p50"] == pytest.approx(asr[1], abs=0.051) and "ASR p50 / p95" in _report(bench, res,
+                                                                                                       sbs, tmp_path)
     waits = sorted(r["latency_ms"] - r["analyze_ms"] for r in res["utterances"])
     assert sbs["on"]["wait_ms"]["p50"] == pytest.approx(waits[1], abs=0.051)
     rows = res["utterances"]
@@ -103,6 +106,20 @@ def test_three_utterance_report(tmp_path):
     assert off["empty"]["answer_tokens"] >= 0 and off["stream"]["answer_tokens"] >= 0
     md = mpath.read_text()
     assert "end of speech -> event" in md and ("**met**" in md or "**not met**" in md)
+
+
+def _report(bench, res, sbs, tmp_path) -> str:
+    _, mpath = bench.write_report(dict(res, side_by_side=sbs), tmp_path / "sbs", "streaming_latency")
+    return mpath.read_text()
+
+
+@pytest.mark.parametrize("argv", [["--asr-threads", "1", "2", "--folded-answers", "0", "2"],
+                                  ["--asr-threads", "1", "2", "--speculation", "both"], ["--asr-threads", "0"]])
+def test_one_comparison_at_a_time_and_valid_thread_counts(argv, capsys):
+    """Mixed comparisons and thread counts below 1 are refused before any model loads, naming the options."""
+    with pytest.raises(SystemExit) as e:
+        _bench().main(argv)
+    assert e.value.code == 2 and "--asr-threads" in capsys.readouterr().err
 
 
 def test_analysis_intervals_counts_overlaps_and_cancellations():
