@@ -980,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     if compared > 1:
         ap.error("compare one thing at a time: several --checkpoint, --folded-answers or --asr-threads, or "
                  "--speculation both")
-    if any(n < 1 for n in threads if n is not None):
+    if any(t < 1 for t in threads if t is not None):
         ap.error(f"--asr-threads: expected thread counts >= 1, got {a.asr_threads}")
     loaded = {name: load_analyzer(checkpoint=name) for name in dict.fromkeys(names)}
     recognizers = {t: recognizer(loaded[names[0]][0], t) for t in dict.fromkeys(threads) if t is not None}
