@@ -776,16 +776,14 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
                f"analysis starts {_speculation_lead_ms():.0f} ms sooner); the analysis is the same work either way."
                if by_speculation else
                f"{'setting' if sbs['labels'][0].startswith(('folded', 'asr')) else 'checkpoint'} pooled (each "
-               "checkpoint loaded "
-               "once; speculation as in the first table). Latency = wait + analysis; the prompt pass encodes what the "
+               "checkpoint loaded once; speculation as in the first table). Latency = wait + analysis; the prompt pass encodes what the "
                "model's KV cache does not already hold, plus the answer trees it carries (`folded K`: the auxiliary "
                "head's K likeliest labels'); an answer pass runs when none of them held the answer; `asr threads N`: "
                "the recognizer on N CPU threads."),
             "",
             f"| {'speculation' if by_speculation else 'run'} | utterances | latency p50 | latency p95 | wait p50 | "
             "analysis p50 | analysis p95 | ASR p50 / p95 | LLM prompt pass p50 | prompt-pass tokens p50 | "
-            "answer passes | "
-            "LLM answer p50 | RTF overall (mean of runs) |",
+            "answer passes | LLM answer p50 | RTF overall (mean of runs) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for lab in sbs["labels"]:
@@ -793,7 +791,7 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
             lines.append(f"| {lab} | {m['latency_ms'].get('n', 0)} | {f(m['latency_ms'].get('p50'))} | "
                          f"{f(m['latency_ms'].get('p95'))} | {f(m['wait_ms'].get('p50'))} | "
                          f"{f(m['analyze_ms'].get('p50'))} | {f(m['analyze_ms'].get('p95'))} | "
-                         f"{f(m.get('asr_ms', {}).get('p50'))} / {f(m.get('asr_ms', {}).get('p95'))} | "
+                         f"{f(m['asr_ms'].get('p50'))} / {f(m['asr_ms'].get('p95'))} | "
                          f"{f(m['llm_prefill_ms'].get('p50'))} | {f(m['prompt_pass_tokens'].get('p50'))} | "
                          f"{m['answer_passes']} of {m['latency_ms'].get('n', 0)} | {f(m['llm_answer_ms'].get('p50'))} | "
                          f"{f(m['rtf_overall'], 3)} |")
