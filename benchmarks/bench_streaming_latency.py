@@ -599,7 +599,8 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
         if first and last and key in first["stages_ms"] and key in last["stages_ms"]:
             context[f"{key}_ms_first"] = first["stages_ms"][key]
             context[f"{key}_ms_last"] = last["stages_ms"][key]
-            context[f"{key}_ratio_last_over_first"] = round(last["stages_ms"][key] / first["stages_ms"][key], 3)
+            context[f"{key}_ratio_last_over_first"] = (  # none when the first took no time (an answer folded away)
+                round(last["stages_ms"][key] / first["stages_ms"][key], 3) if first["stages_ms"][key] else None)
     for key in ("answer_tokens", "prompt_pass_tokens", "llm_prefill_ms_per_token", "llm_answer_ms_per_token"):
         if first and last:
             context[f"{key}_first"], context[f"{key}_last"] = first[key], last[key]

@@ -111,9 +111,9 @@ class PromptConfig:
     score_decimals: int = 1
     # Where the conversation goes (`PROMPT_LAYOUTS`). "pseudo_first": [system; cues; pseudo tokens; context; current
     # utterance; task] (every checkpoint trained before the field existed). "context_first": [system; task; context;
-    # cues; pseudo tokens; current utterance]: everything before the cues is the same for every utterance of a
-    # stream until its next turn, so a live stream's KV cache carries it over and each utterance's prompt pass
-    # covers only its own ~40 tokens. A checkpoint is served with the layout it was trained with.
+    # cues; pseudo tokens; current utterance]: everything before the pseudo tokens is the same for every utterance of
+    # a stream until its next turn, so a live stream's KV cache carries it over and each utterance's prompt pass
+    # covers only its own ~30-40 ids. A checkpoint is served with the layout it was trained with.
     layout: str = "pseudo_first"
 
 

@@ -115,7 +115,7 @@ class PromptIds:
     after: list[int]  # suffix + task prompt, up to the start of the answer
     # How many leading ids of `before` the next prompts of the same conversation (same language and label set) also
     # start with, until its next turn: the part whose KV cache is worth keeping. The whole prefix in
-    # "pseudo_first" (a constant); the question and the context, without the cues line, in "context_first".
+    # "pseudo_first" (a constant); all of it in "context_first" (the question, the context and the cues line).
     reusable: int = 0
     # How many leading ids of `before` every prompt of this template and label set starts with (<= reusable): the
     # KV cache worth keeping for a stream's first utterance after its context changed (the question, in
@@ -272,7 +272,7 @@ class PromptBuilder:
             lead = self.reusable_ids(context, label_set, language)
             after = list(t.suffix) + self._current_ids(t, current) + t.tail
             shared = len(t.head) + len(t.question[label_set])
-            return PromptIds(before=lead + t.cues, after=after, reusable=len(lead), shared=shared)
+            return PromptIds(before=lead, after=after, reusable=len(lead), shared=shared)
         after = list(t.suffix) + self._context_ids(t, context) + self._current_ids(t, current)
         after += t.instruction[label_set]
         return PromptIds(before=list(t.prefix), after=after, reusable=len(t.prefix), shared=len(t.prefix))
@@ -283,7 +283,7 @@ class PromptBuilder:
         t = self._template(language)
         self.check_label_set(label_set)
         if self.cfg.layout == "context_first":
-            return t.head + t.question[label_set] + self._context_ids(t, context)
+            return t.head + t.question[label_set] + self._context_ids(t, context) + t.cues
         return list(t.prefix)
 
     # -- answers ------------------------------------------------------------------------------------------------
