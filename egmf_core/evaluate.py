@@ -206,6 +206,17 @@ def face_visual_lookup() -> VisualLookup:
 AUDIO_VIEWS: tuple[str, ...] = ("clip", "live")
 
 
+def live_encoder_states(audio: np.ndarray, frontend) -> np.ndarray:
+    """Whisper encoder states of a recorded clip (float32 mono 16 kHz) as the live pipeline encodes it: the VAD
+    segmenter's cut with the CLI's defaults (`streaming.analyzer.live_cut`) in `frontend`'s window (a `WhisperFrontend`
+    with the live window, `EGMFAnalyzerConfig.asr_window_s`). Empty (0 frames) when the VAD hears no speech."""
+    from streaming.analyzer import EGMFAnalyzerConfig, live_cut
+
+    live = EGMFAnalyzerConfig()
+    cut = live_cut(audio, None, live.frame_s, live.asr_window_s)
+    return frontend.encoder_states(cut.audio) if cut.segments else np.zeros(0, np.float32)
+
+
 def whisper_audio_lookup(view: str = "clip") -> AudioLookup:
     """Audio features of a record's file: Whisper encoder states through the on-disk feature cache.
 
@@ -224,7 +235,7 @@ def whisper_audio_lookup(view: str = "clip") -> AudioLookup:
         frontend = WhisperFrontend()
         return lambda rec: frontend.encoder_states_file(rec.audio_path, cache) if rec.audio_path else None
 
-    from streaming.analyzer import LIVE_CUT_VERSION, EGMFAnalyzerConfig, live_cut
+    from streaming.analyzer import LIVE_CUT_VERSION, EGMFAnalyzerConfig
     from streaming.segmenter import SegmenterConfig
 
     live, segmenter = EGMFAnalyzerConfig(), SegmenterConfig()
@@ -235,9 +246,7 @@ def whisper_audio_lookup(view: str = "clip") -> AudioLookup:
         "frame_s": live.frame_s})
 
     def compute(path: str) -> dict[str, np.ndarray]:
-        cut = live_cut(load_audio(path), segmenter, live.frame_s, live.asr_window_s)
-        return {"encoder_states": frontend.encoder_states(cut.audio) if cut.segments
-                else np.zeros(0, np.float32)}
+        return {"encoder_states": live_encoder_states(load_audio(path), frontend)}
 
     def lookup(rec: UtteranceRecord) -> np.ndarray | None:
         if not rec.audio_path:
