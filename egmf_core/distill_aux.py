@@ -102,6 +102,8 @@ def spoken(model: EGMFModel, examples: Sequence[Example], workdir: Path) -> list
         wav.unlink()
         audio = states if len(states) else None
         out.append(Example(ex.record, dataclasses.replace(ex.input, audio=audio)))
+        if (i + 1) % 100 == 0 or i + 1 == len(examples):
+            print(f"  espeak-ng speech: {i + 1}/{len(examples)}", file=sys.stderr, flush=True)
     return out
 
 

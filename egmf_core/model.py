@@ -568,10 +568,12 @@ class EGMFModel(nn.Module):
         head finds likeliest (each attending to the prompt and its own ancestors only, as in `_answer_pass`). A row
         whose first answer token (the prompt's argmax) starts one of its folded trees is answered from that pass;
         the others get a separate answer pass on the prompt's KV cache. Both give the logits that step-by-step
-        greedy decoding would see, so folding changes the time, not the answers (within float rounding). The aux
-        head has the LLM's answer among its top 3 (2) for ~94 % (86 %) of MELD dev and 100 % (99.6 %) of RAVDESS test
-        utterances; each folded tree adds 7-9 ids to the pass (~20 ms here), a missed one costs an answer pass
-        (~150 ms): 3 gave the lowest p50 and p95 in `benchmarks/results/streaming_latency.md`.
+        greedy decoding would see, so folding changes the time, not the answers (within float rounding). The shipped
+        aux head is fitted to the LLM's own answers (`egmf_core.distill_aux`): its top 3 hold the LLM's answer for
+        94 % of MELD dev lines, 95 % of MELD dev lines spoken by espeak-ng and 100 % of RAVDESS dev live cuts
+        (`benchmarks/results/aux_distill.md`); each folded tree adds 7-9 ids to the pass (~15-25 ms on 2 cores), a
+        missed one costs an answer pass (~150-270 ms): 3 gave the lowest p50 and p95 in
+        `benchmarks/results/streaming_latency.md`.
         """
         t0 = time.perf_counter()
         prompts = self.prompt_ids(batch)

@@ -8,7 +8,8 @@
 #   bash scripts/train_default.sh --device cuda [--audio-pack PACK]   # arguments go to every training stage
 #
 # Writes runs/default (stage 1), runs/stage2, runs/stage3, runs/stage4, runs/stage5 (the result:
-# runs/stage5/best.safetensors) and the test reports runs/stage5/eval_{meld,ravdess}_test.json and
+# runs/stage5/best.safetensors, its aux head then distilled toward the LLM's answers by egmf_core.distill_aux, ~15 min
+# on a 2-core CPU; report runs/stage5/aux_distill.{md,json}) and the test reports runs/stage5/eval_{meld,ravdess}_test.json and
 # runs/stage5/eval_ravdess_test_live.json (RAVDESS as the live pipeline cuts it). It never overwrites the shipped file;
 # to ship the result:
 #   cp runs/stage5/best.safetensors egmf_core/checkpoints/default.safetensors
@@ -27,6 +28,9 @@ stage configs/stage2_audio_fusion.yaml 1.3 "$@"
 stage configs/stage3_joint.yaml 4.5 "$@"
 stage configs/stage4_context_first.yaml 45 "$@"
 stage configs/stage5_live_cuts.yaml 45 "$@"
+# The aux head refit to the LLM's own answers (which answer trees the prompt pass folds; the answers stay the same).
+python -m egmf_core.distill_aux --checkpoint runs/stage5/best.safetensors --out runs/stage5/best.safetensors \
+    --report runs/stage5/aux_distill.md
 for dataset in meld ravdess; do
     python -m egmf_core.evaluate --checkpoint runs/stage5/best.safetensors --dataset "$dataset" --split test \
         --out "runs/stage5/eval_${dataset}_test.json"
