@@ -83,7 +83,7 @@ class DistillConfig:
                              f"batch_size={self.batch_size}, lr={self.lr}")
 
 
-def spoken(model: EGMFModel, examples: Sequence[Example], workdir: Path) -> list[Example]:
+def spoken(examples: Sequence[Example], workdir: Path) -> list[Example]:
     """`examples` with audio: each utterance's words spoken by espeak-ng (voices and rates alternated), encoded as the
     live pipeline encodes a turn (`live_encoder_states`). Utterances in which the VAD hears no speech keep no audio."""
     from .features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
@@ -96,8 +96,9 @@ def spoken(model: EGMFModel, examples: Sequence[Example], workdir: Path) -> list
     for i, ex in enumerate(examples):
         wav = workdir / f"espeak_{i}.wav"
         k = i % len(ESPEAK_VOICES)
-        subprocess.run(["espeak-ng", "-v", ESPEAK_VOICES[k], "-s", str(ESPEAK_RATES[k]), "-w", str(wav),
-                        ex.input.current.text], check=True, capture_output=True)
+        # the words on stdin: a line starting with "-" must not read as an option
+        subprocess.run(["espeak-ng", "-v", ESPEAK_VOICES[k], "-s", str(ESPEAK_RATES[k]), "-w", str(wav), "--stdin"],
+                       input=ex.input.current.text.encode(), check=True, capture_output=True)
         states = live_encoder_states(load_audio(wav), frontend)
         wav.unlink()
         audio = states if len(states) else None
@@ -255,10 +256,10 @@ def run(checkpoint: str, out: Path, cfg: DistillConfig) -> dict:
     dev_sets = {"MELD dev, words": dataset_examples(model, "meld", "dev", cfg.dev_meld)}
     with tempfile.TemporaryDirectory(prefix="egmf-espeak-") as tmp:
         if cfg.espeak:
-            train_sets["MELD train lines, espeak-ng speech"] = spoken(model, meld_train[cfg.meld:], Path(tmp))
+            train_sets["MELD train lines, espeak-ng speech"] = spoken(meld_train[cfg.meld:], Path(tmp))
         if cfg.dev_espeak:
             dev_sets["MELD dev lines, espeak-ng speech"] = spoken(
-                model, dataset_examples(model, "meld", "dev", cfg.dev_espeak), Path(tmp))
+                dataset_examples(model, "meld", "dev", cfg.dev_espeak), Path(tmp))
     if cfg.ravdess:
         train_sets["RAVDESS train, live cuts"] = dataset_examples(model, "ravdess", "train", audio_view="live",
                                                                   label_set="default")
