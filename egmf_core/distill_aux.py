@@ -41,8 +41,6 @@ from .evaluate import dataset_examples, live_encoder_states
 from .examples import Example, text_length
 from .model import EGMFModel
 
-log = logging.getLogger(__name__)
-
 HEAD_KEYS = ("fusion.aux_head.weight", "fusion.aux_head.bias")
 ESPEAK_VOICES = ("en-us", "en-gb+f3", "en-us+m3", "en+f2")  # alternated, each at its own rate
 ESPEAK_RATES = (160, 150, 175, 165)
@@ -83,15 +81,12 @@ class DistillConfig:
                              f"batch_size={self.batch_size}, lr={self.lr}")
 
 
-def spoken(examples: Sequence[Example], workdir: Path) -> list[Example]:
-    """`examples` with audio: each utterance's words spoken by espeak-ng (voices and rates alternated), encoded as the
-    live pipeline encodes a turn (`live_encoder_states`). Utterances in which the VAD hears no speech keep no audio."""
-    from .features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
-    from streaming.analyzer import EGMFAnalyzerConfig
+def spoken(examples: Sequence[Example], workdir: Path, frontend) -> list[Example]:
+    """`examples` with audio: each utterance's words spoken by espeak-ng (voices and rates alternated), encoded by
+    `frontend` (a `WhisperFrontend` with the live window) as the live pipeline encodes a turn (`live_encoder_states`).
+    Utterances in which the VAD hears no speech keep no audio."""
+    from .features.audio import load_audio
 
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), or pass --espeak 0 --dev-espeak 0")
-    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=EGMFAnalyzerConfig().asr_window_s))
     out = []
     for i, ex in enumerate(examples):
         wav = workdir / f"espeak_{i}.wav"
@@ -254,12 +249,20 @@ def run(checkpoint: str, out: Path, cfg: DistillConfig) -> dict:
     meld_train = dataset_examples(model, "meld", "train", cfg.meld + cfg.espeak)
     train_sets = {"MELD train, words": meld_train[: cfg.meld]}
     dev_sets = {"MELD dev, words": dataset_examples(model, "meld", "dev", cfg.dev_meld)}
-    with tempfile.TemporaryDirectory(prefix="egmf-espeak-") as tmp:
-        if cfg.espeak:
-            train_sets["MELD train lines, espeak-ng speech"] = spoken(meld_train[cfg.meld:], Path(tmp))
-        if cfg.dev_espeak:
-            dev_sets["MELD dev lines, espeak-ng speech"] = spoken(
-                dataset_examples(model, "meld", "dev", cfg.dev_espeak), Path(tmp))
+    if cfg.espeak or cfg.dev_espeak:
+        if shutil.which("espeak-ng") is None:
+            raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), or pass --espeak 0 "
+                               "--dev-espeak 0")
+        from .features.audio import WhisperFrontend, WhisperFrontendConfig
+        from streaming.analyzer import EGMFAnalyzerConfig
+
+        frontend = WhisperFrontend(WhisperFrontendConfig(window_s=EGMFAnalyzerConfig().asr_window_s))  # loaded once
+        with tempfile.TemporaryDirectory(prefix="egmf-espeak-") as tmp:
+            if cfg.espeak:
+                train_sets["MELD train lines, espeak-ng speech"] = spoken(meld_train[cfg.meld:], Path(tmp), frontend)
+            if cfg.dev_espeak:
+                dev_sets["MELD dev lines, espeak-ng speech"] = spoken(
+                    dataset_examples(model, "meld", "dev", cfg.dev_espeak), Path(tmp), frontend)
     if cfg.ravdess:
         train_sets["RAVDESS train, live cuts"] = dataset_examples(model, "ravdess", "train", audio_view="live",
                                                                   label_set="default")
