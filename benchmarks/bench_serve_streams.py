@@ -60,19 +60,40 @@ def cluster_pss_gib() -> float:
     return total / 2**30
 
 
-def start_service(config: str, base: str) -> tuple[subprocess.Popen, float]:
+def health(base: str) -> dict | None:
+    """The service's /health answer, or None when nothing answers at `base`."""
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_until_gone(base: str, timeout_s: float = 60.0) -> None:
+    """Block until nothing answers at `base`. A stopped `serve run` leaves its Ray proxy up for a few seconds; a
+    benchmark started in that window would take the dying service for its own and lose every stream."""
+    t0 = time.monotonic()
+    while health(base) is not None:
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(f"a service still answers at {base}/health after {timeout_s:.0f} s; stop it, or pass "
+                               "--url to benchmark it")
+        time.sleep(0.5)
+
+
+def start_service(config: str, base: str) -> tuple[subprocess.Popen, float, dict]:
+    """Start `serve run config` and wait until it is healthy: (process, seconds to healthy, its /health answer)."""
+    wait_until_gone(base)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
     t0 = time.monotonic()
     proc = subprocess.Popen(["serve", "run", config], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     while time.monotonic() - t0 < 300:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2):
-                return proc, time.monotonic() - t0
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError("serve run exited before the service became healthy")
-            time.sleep(0.25)
+        answer = health(base)
+        if answer is not None:
+            return proc, time.monotonic() - t0, answer
+        if proc.poll() is not None:
+            raise RuntimeError("serve run exited before the service became healthy")
+        time.sleep(0.25)
     raise RuntimeError("service not healthy after 300 s")
 
 
@@ -158,8 +179,9 @@ def main() -> int:
     url = a.url or "ws://127.0.0.1:8000/v1/stream"
     try:
         if a.url is None:
-            proc, startup = start_service(a.config, "http://127.0.0.1:8000")
+            proc, startup, answer = start_service(a.config, "http://127.0.0.1:8000")
             result["startup_to_healthy_s"] = round(startup, 1)
+            result["model_version"] = answer.get("model_version")
             result["pss_idle_gib"] = round(cluster_pss_gib(), 2)
         result["levels"] = []
         for kind in a.offsets.split(","):
@@ -174,6 +196,7 @@ def main() -> int:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
+            wait_until_gone("http://127.0.0.1:8000")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
@@ -185,7 +208,7 @@ def main() -> int:
                     f"{f(r['p95_ms'])} | "
                     f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
     head = (f"Serve streams benchmark ({result['machine']}, load before {result['loadavg_before']:.1f}); "
-            f"recording {result['recording_s']} s with {len(refs)} utterances per stream, real-time pace. "
+            f"model {result.get('model_version', '-')}; recording {result['recording_s']} s with {len(refs)} utterances per stream, real-time pace. "
             f"Startup to healthy: {result.get('startup_to_healthy_s', '-')} s; cluster PSS idle "
             f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "
             f"side, end of speech -> event; 'server' = the events' latency_ms, counted from when the stream's worker "
