@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -213,10 +213,13 @@ def _recipe(config: dict) -> dict:
 
 def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int], runs_dir: Path,
               limit: int | None = None, fresh: bool = False, batch_size: int = 16,
-              recorded: dict[tuple[str, int], RecordedRun] | None = None, ravdess_audio: Sequence[str] = ()) -> dict:
+              recorded: dict[tuple[str, int], RecordedRun] | None = None, ravdess_audio: Sequence[str] = (),
+              on_variant: Callable[[dict], None] | None = None) -> dict:
     """Train (or reuse) every variant x seed, score each on the test splits; returns the JSON-ready result.
     `variants` must start with the full model: the modalities its runs saw decide which removals can matter.
-    `recorded`: runs from earlier reports (:func:`recorded_runs`), reused where the recipe is the same."""
+    `recorded`: runs from earlier reports (:func:`recorded_runs`), reused where the recipe is the same.
+    `on_variant` gets the result so far after every variant (the CLI rewrites its report, so a sweep cut short by a
+    time limit still leaves the table of the variants it finished)."""
     if not variants or variants[0].name != "full":
         raise ValueError("the variants must start with the full model")
     datasets = test_datasets(base, ravdess_audio)
@@ -230,6 +233,19 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
     tests = {d.key: {"split": "test", "limit": limit} for d in datasets}
     rows = []
     start = time.perf_counter()
+
+    def result() -> dict:
+        return {
+            "kind": "retrained ablations (" + ("fusion stack through the auxiliary emotion head" if fusion_only
+                                               else "LoRA + fusion, scored by the LLM's answers") + ")",
+            "fusion_only": fusion_only,
+            "seeds": list(seeds),
+            "train": asdict(base.train),
+            "datasets": tests,
+            "variants": rows,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+
     for variant in variants:
         runs, skipped = [], None
         for seed in seeds:
@@ -253,21 +269,14 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
         if skipped:
             progress(f"{variant.label}: not trained ({skipped})")
             rows.append({"variant": variant.name, "label": variant.label, "skipped": skipped})
-            continue
-        if differs_only_in_modalities(cfg.model, base.model):
-            trained.setdefault(removed_modalities(cfg.model) & present, variant.label)
-        rows.append({"variant": variant.name, "label": variant.label, "runs": runs,
-                     "test": _aggregate([r["test"] for r in runs])})
-    return {
-        "kind": "retrained ablations (" + ("fusion stack through the auxiliary emotion head" if fusion_only
-                                           else "LoRA + fusion, scored by the LLM's answers") + ")",
-        "fusion_only": fusion_only,
-        "seeds": list(seeds),
-        "train": asdict(base.train),
-        "datasets": tests,
-        "variants": rows,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+        else:
+            if differs_only_in_modalities(cfg.model, base.model):
+                trained.setdefault(removed_modalities(cfg.model) & present, variant.label)
+            rows.append({"variant": variant.name, "label": variant.label, "runs": runs,
+                         "test": _aggregate([r["test"] for r in runs])})
+        if on_variant is not None:
+            on_variant(result())
+    return result()
 
 
 def _train_and_score(plan: RunPlan, fusion_only: bool, datasets: Sequence[DatasetSpec], sets: ExampleSets,
@@ -392,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m egmf_core.ablate_retrained", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/ablation_fusion.yaml", help="the training recipe every variant uses")
     ap.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=list(VARIANT_NAMES),
-                    help="variants to train (default: all); the full model always is, and comes first")
+                    help="variants to train, in this order (default: all); the full model always is, and comes first")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and variant (default: 0)")
     ap.add_argument("--runs-dir", default="runs/ablate_retrained", help="each run's checkpoint and scores")
     ap.add_argument("--limit", type=int, default=None, help="score only the first N test utterances of each dataset")
@@ -413,16 +422,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.epochs:
             base.train.epochs = args.epochs
         apply_machine_args(base, args)
-        variants = [v for v in VARIANTS if v.name == "full" or v.name in args.variants]
+        by_name = {v.name: v for v in VARIANTS}
+        variants = [by_name["full"]] + [by_name[n] for n in dict.fromkeys(args.variants) if n != "full"]
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = command_line("egmf_core.ablate_retrained", argv)
+
+        def write(result: dict) -> None:
+            out.write_text(render_markdown(result, command))
+            out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+
         result = run_sweep(base, variants, args.seeds, Path(args.runs_dir), args.limit, args.fresh,
-                           recorded=recorded_runs(args.reuse), ravdess_audio=args.test_audio)
+                           recorded=recorded_runs(args.reuse), ravdess_audio=args.test_audio, on_variant=write)
     except (CheckpointError, ConfigError, DatasetError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(result, command_line("egmf_core.ablate_retrained", argv)))
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write(result)
     progress(f"report: {out} and {out.with_suffix('.json')}")
     return 0
 
