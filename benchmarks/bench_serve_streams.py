@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -32,9 +31,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "tests"):
+for p in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
+
+from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
 SR = 16000
 FRAME = 1600
@@ -151,6 +152,7 @@ async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: 
     srv = np.array([x for r in res for x in r["server_latency_ms"]])
     return {"streams": n, "offsets": kind, "offsets_s": [round(d, 2) for d in offsets],
             "utterances": n * len(refs), "lost": sum(r["lost"] for r in res),
+            "latencies_ms": [round(float(x), 1) for x in lat],  # every utterance's: runs can be pooled
             "errors": [e for r in res for e in r["errors"]],
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
@@ -172,7 +174,7 @@ def main() -> int:
 
     x, refs = recording(a.clips)
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-    result: dict = {"machine": f"{platform.node()} {os.cpu_count()} CPUs", "loadavg_before": os.getloadavg()[0],
+    result: dict = {"machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "loadavg_before": os.getloadavg()[0],
                     "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config,
                     "command": " ".join(["python benchmarks/bench_serve_streams.py", *sys.argv[1:]])}
     proc = None
