@@ -38,7 +38,7 @@ print(next(pathlib.Path(list(s.submodule_search_locations)[0]).glob('*.gguf')))"
     # This machine's versions of what the GPU image lacks or has too old (Python 3.12 wheels for that machine).
     local pins
     pins=$("$PY" -c "import importlib.metadata as m; print(' '.join(f'{n}=={m.version(n)}' for n in ('gguf', 'peft', \
-'transformers', 'huggingface_hub', 'httpx2', 'httpcore2', 'truststore', 'kernels', 'tomlkit')))")
+'transformers', 'huggingface_hub', 'httpx2', 'httpcore2', 'truststore')))")
     # shellcheck disable=SC2086  # pins is a list of words
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$out/c" $pins
