@@ -141,7 +141,10 @@ def test_unknown_language_falls_back_to_the_default_adapter_with_a_note(runs, ca
 def test_predictor_passes_the_utterance_language(runs):
     predictor = EGMFPredictor(runs.model, "test")
     pred = predictor.predict(predictor.new_conversation(), ZH_TEXT, ZH_SPEAKER, language="zh")
-    assert pred.emotion_probs == runs.zh_score.emotion_probs
+    # the predictor's path (one utterance, cached prompt start) may round differently from a batch by ~1e-7 on some
+    # CPUs (e.g. AVX-512 GEMM kernels chosen by shape); the adapters differ by far more (> 1e-3, above)
+    assert _max_prob_diff(pred, runs.zh_score) <= 1e-5
+    assert _max_prob_diff(pred, runs.zh_as_english) > 1e-3
 
 
 def test_checkpoint_round_trip_restores_both_adapters(runs):
