@@ -36,7 +36,7 @@ from .analysis import (
     parse_mmsa_folders,
     progress,
 )
-from .checkpoint import CheckpointError, load_checkpoint, read_metadata
+from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint, read_metadata
 from .config import ConfigError, EGMFConfig
 from .data import DatasetError
 from .data.mmsa import MMSA_DATASETS
@@ -185,7 +185,8 @@ def run_ablations(
             progress(f"[{k}/{total}] {ckpt} {variant.label}: {summary} ({seconds:.1f} s; "
                      f"{time.perf_counter() - start:.0f} s elapsed)")
         _add_deltas(rows)
-        blocks.append({"checkpoint": str(ckpt), "variants": rows})
+        blocks.append({"checkpoint": str(ckpt), "model_version": checkpoint_version(ckpt, cfg.backbone.name),
+                       "variants": rows})
     return {
         "kind": "test-time ablations (parts removed at inference from trained checkpoints; not retrained)",
         "split": split,
@@ -215,7 +216,8 @@ def _add_deltas(rows: list[dict]) -> None:
 
 def render_markdown(result: dict, command: str) -> str:
     several = len(result["checkpoints"]) > 1
-    parts = ["# Ablations", "", HEADER, "", f"Command: `{command}` ({result['seconds']:.0f} s).", ""]
+    models = ", ".join(f"`{b.get('model_version', b['checkpoint'])}`" for b in result["checkpoints"])
+    parts = ["# Ablations", "", HEADER, "", f"Command: `{command}` ({result['seconds']:.0f} s). Model: {models}.", ""]
     for key, info in result["datasets"].items():
         full = result["checkpoints"][0]["variants"][0]  # always scored
         metrics = _columns(info, full["datasets"][key]["scores"])

@@ -12,6 +12,7 @@ not stored: it is rebuilt from `config.backbone` (a registry package or a user p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -38,6 +39,13 @@ def resolve(path: str | Path) -> Path:
         hint = " (the default checkpoint ships with the package; train one with `python -m egmf_core.train`)" if str(path) == "default" else ""
         raise CheckpointError(f"checkpoint not found: {p}{hint}")
     return p
+
+
+def checkpoint_version(path: str | Path, backbone: str) -> str:
+    """The model's identity in events and reports: backbone, file name and the first 12 hex digits of the file's
+    sha256, so that "default" in a report still says which weights it was once the shipped file changes."""
+    p = resolve(path)
+    return f"egmf-{backbone}-{p.stem}-{hashlib.sha256(p.read_bytes()).hexdigest()[:12]}"
 
 
 def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = None) -> Path:

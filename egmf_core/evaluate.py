@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint
 from .config import ConfigError, EGMFConfig
 from .data import DatasetError, UtteranceRecord, load_dataset
 from .data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
@@ -282,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         preds = predict_examples(model, examples, args.batch_size, progress=True)
         result = {
             "checkpoint": str(args.checkpoint),
+            "model_version": checkpoint_version(args.checkpoint, model.cfg.backbone.name),
             "dataset": args.dataset,
             "split": args.split,
             "label_set": examples[0].input.label_set,

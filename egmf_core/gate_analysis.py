@@ -39,7 +39,7 @@ from .analysis import (
     parse_mmsa_folders,
     progress,
 )
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint
 from .data import DatasetError
 from .evaluate import predict_examples
 from .metrics import expert_similarity, gate_report
@@ -144,7 +144,7 @@ def plot_histograms(alphas: dict[str, np.ndarray], path: Path) -> Path:
 def render_markdown(result: dict, command: str, image: str) -> str:
     parts = [
         "# Gate analysis", "",
-        f"Checkpoint `{result['checkpoint']}`. Command: `{command}` ({result['seconds']:.0f} s).", "",
+        f"Checkpoint `{result['checkpoint']}` (model `{result.get('model_version', '?')}`). Command: `{command}` ({result['seconds']:.0f} s).", "",
         "Break conditions of expert-guided fusion, per dataset: **collapsed** = mean of the largest gate weight > "
         f"{COLLAPSE_MAX_ALPHA} (one expert does all the work); **redundant** = experts' mean pairwise output cosine > "
         f"{REDUNDANT_COSINE}; **static** = every expert's weight has an across-utterance std < {STATIC_STD} (alpha does "
@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     image = plot_histograms(alphas, out_dir / "gate_alpha_hist.png")
     result = {
         "checkpoint": str(args.checkpoint),
+        "model_version": checkpoint_version(args.checkpoint, model.cfg.backbone.name),
         "split": args.split,
         "thresholds": {"collapse_max_alpha": COLLAPSE_MAX_ALPHA, "redundant_cosine": REDUNDANT_COSINE,
                        "static_std": STATIC_STD, "significance": SIGNIFICANCE},

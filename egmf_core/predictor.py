@@ -15,7 +15,6 @@ spoken, so that utterance's prompt pass covers only the utterance itself.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import load_checkpoint, resolve
+from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel, ModelInput, Prediction
 from .prompt import ContextWindow, Turn
 
@@ -70,8 +69,7 @@ class EGMFPredictor:
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        version = f"egmf-{model.cfg.backbone.name}-{path.stem}-{digest}"
+        version = checkpoint_version(path, model.cfg.backbone.name)
         if engines:
             from export.runner import use_engines
 

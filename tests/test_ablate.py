@@ -29,7 +29,9 @@ def _rows(ablation: dict) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_every_variant_is_scored_and_tabulated(ablation):
+def test_every_variant_is_scored_and_tabulated(ablation, shipped_model_version):
+    assert ablation["json"]["checkpoints"][0]["model_version"] == shipped_model_version
+    assert f"Model: `{shipped_model_version}`." in ablation["md"]
     rows = _rows(ablation)
     assert list(rows) == list(ablate.VARIANT_NAMES)
     for row in rows.values():
@@ -55,7 +57,8 @@ def test_full_variant_equals_evaluate(ablation, tmp_path):
         assert evaluate.main(["--checkpoint", "default", "--dataset", dataset, "--limit", str(limit), "--out", str(out)]) == 0
         expected = json.loads(out.read_text())
         got = full[dataset]["report"]
-        assert set(got) == set(expected) - {"checkpoint", "dataset", "split", "label_set", "audio", "limit", "seconds"}
+        assert set(got) == set(expected) - {"checkpoint", "model_version", "dataset", "split", "label_set", "audio", "limit",
+                                          "seconds"}
         for key, value in got.items():  # compared as JSON text: NaN (a constant prediction's correlation) equals NaN
             assert json.dumps(value, sort_keys=True) == json.dumps(expected[key], sort_keys=True), key
 

@@ -24,7 +24,7 @@ def out_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_writes_markdown_json_and_a_png(out_dir):
+def test_writes_markdown_json_and_a_png(out_dir, shipped_model_version):
     png = out_dir / "gate_alpha_hist.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = imread(png)
@@ -33,7 +33,9 @@ def test_writes_markdown_json_and_a_png(out_dir):
     assert "## Break conditions" in md and "](gate_alpha_hist.png)" in md
     for name in LIMITS:
         assert f"## {name} test (first {LIMITS[name]} utterances" in md
-    assert json.loads((out_dir / "gate_analysis.json").read_text())["checkpoint"] == "default"
+    result = json.loads((out_dir / "gate_analysis.json").read_text())
+    assert result["checkpoint"] == "default" and result["model_version"] == shipped_model_version
+    assert f"(model `{shipped_model_version}`)" in md
 
 
 @pytest.mark.slow

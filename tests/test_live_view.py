@@ -88,7 +88,7 @@ def test_audio_pack_records_its_view_and_train_checks_it(records, tmp_path) -> N
         Trainer(config(audio_pack=str(pack)))
 
 
-def test_evaluate_on_live_cuts(tmp_path) -> None:
+def test_evaluate_on_live_cuts(tmp_path, shipped_model_version) -> None:
     from egmf_core import evaluate
 
     out = tmp_path / "eval.json"
@@ -96,6 +96,7 @@ def test_evaluate_on_live_cuts(tmp_path) -> None:
                           "--audio", "live", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["audio"] == "live" and result["emotion"]["n"] == 4
+    assert result["model_version"] == shipped_model_version
     assert 0 <= result["emotion"]["accuracy"] <= 100
 
 
