@@ -87,3 +87,45 @@ def test_cache_location(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     with pytest.raises(ValueError, match="read-only"):
         FeatureCache(resolve_data_dir() / "cache")
 
+
+
+@pytest.mark.parametrize("layout", ["symlink", "folder"])
+def test_shared_folder_refused_through_a_symlink_or_a_plain_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, layout: str
+) -> None:
+    """`<repo>/../shared` may be a symbolic link (to a folder elsewhere) or a plain folder: a cache root inside it is
+    refused whichever spelling names it (through the link, the link's target, a link to a folder inside it), and a
+    root outside it is accepted."""
+    from egmf_core.features import cache as cache_module
+
+    checkout = tmp_path / "work"
+    repo = checkout / "main"
+    repo.mkdir(parents=True)
+    if layout == "symlink":
+        target = tmp_path / "elsewhere" / "shared-store"
+        (target / "data").mkdir(parents=True)
+        (checkout / "shared").symlink_to(target, target_is_directory=True)
+        assert (checkout / "shared").is_symlink() and (checkout / "shared").resolve() == target.resolve()
+    else:
+        target = checkout / "shared"
+        (target / "data").mkdir(parents=True)
+        assert not target.is_symlink()
+    monkeypatch.setattr(cache_module, "REPO_ROOT", repo)
+    assert cache_module.shared_dir() == target.resolve()
+
+    link_inside = tmp_path / "cache-link"  # a cache root that is itself a link into the shared folder
+    link_inside.symlink_to(target / "data", target_is_directory=True)
+    refused = [
+        repo / ".." / "shared",
+        repo / ".." / "shared" / "data" / "cache",  # as resolve_data_dir's default spells it, unresolved
+        checkout / "shared" / "cache",
+        target,
+        target / "data" / "cache",
+        link_inside,
+        link_inside / "features",
+    ]
+    for root in refused:
+        with pytest.raises(ValueError, match="read-only"):
+            FeatureCache(root)
+    for root in (checkout / "cache", repo / "cache", checkout / "shared-not" / "cache", tmp_path / "elsewhere"):
+        assert FeatureCache(root).root == root.resolve()

@@ -26,6 +26,15 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV = "EGMF_CACHE_DIR"
 
+#: The checkout's root; the read-only shared folder is its sibling `shared` (a folder or a symbolic link to one).
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def shared_dir() -> Path:
+    """The read-only shared folder `<repo root>/../shared`, resolved: a symbolic link is followed to its target, so
+    it compares equal to any resolved path inside it."""
+    return (REPO_ROOT.parent / "shared").resolve()
+
 
 def default_cache_dir() -> Path:
     """`$EGMF_CACHE_DIR/features`, or `~/.cache/egmf/features`."""
@@ -63,7 +72,7 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = (Path(root) if root is not None else default_cache_dir()).expanduser().resolve()
-        shared = Path(__file__).resolve().parents[2].parent / "shared"
+        shared = shared_dir()  # both sides resolved: `../shared` may be a symbolic link
         if self.root == shared or shared in self.root.parents:
             raise ValueError(f"feature cache root {self.root} is inside the read-only shared folder {shared}")
 
