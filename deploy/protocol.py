@@ -1,7 +1,7 @@
 """Binary messages of ``WS /v1/stream``: PCM audio and JPEG video frames (the spec is in ``deploy/README.md``).
 
 Shared by the service (:class:`StreamInput` validates a stream's binary messages and feeds its
-:class:`~streaming.sources.PushSource`) and by ``streaming.client`` (:func:`audio_message`, :func:`video_message`,
+:class:`~streaming.sources.PushSource`) and by ``deploy.client`` (:func:`audio_message`, :func:`video_message`,
 :func:`encode_jpeg`). Nothing here imports Ray, so the client and the unit tests load it cheaply.
 
 Why every binary message of a video stream carries a 4-byte tag (``EGA1`` audio, ``EGV1`` video) while an

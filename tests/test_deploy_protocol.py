@@ -267,9 +267,9 @@ def test_video_limits_are_validated():
 
 
 def test_client_messages_parse_without_error(faces):
-    """What ``python -m streaming.client --file talking.mp4`` sends goes through the server's parser without one
+    """What ``python -m deploy.client --file talking.mp4`` sends goes through the server's parser without one
     error: tagged audio from time 0, 10 fps JPEG frames on the same clock."""
-    from streaming.client import _messages
+    from deploy.client import _messages
 
     source = AVFileSource(TALKING_HEADS / "1.mp4")
     source.open()

@@ -234,7 +234,7 @@ def _utterances(events: list) -> list[UtteranceEvent]:
 
 def _video_messages() -> list[bytes]:
     """What the client sends for the talking-head video: tagged float32 PCM and 10 fps JPEG frames."""
-    from streaming.client import _messages
+    from deploy.client import _messages
     from streaming.sources import AVFileSource
 
     return list(_messages(AVFileSource(HEAD), video=True))
@@ -244,7 +244,7 @@ def _video_messages() -> list[bytes]:
 def test_client_streams_a_talking_head_video_at_real_time_pace(service):
     """The client sends the audio and the JPEG frames of a real talking-head mp4 at real-time pace; every utterance
     was analyzed with the face (modalities.video); with --no-video the same file gives audio-only utterances."""
-    from streaming.client import main
+    from deploy.client import main
 
     out, err = io.StringIO(), io.StringIO()
     t0 = time.monotonic()
@@ -321,7 +321,7 @@ def test_post_analyze_uses_the_video_track(service):
 
 
 def test_client_cli(service, recording, tmp_path):
-    from streaming.client import main
+    from deploy.client import main
 
     x, refs = recording
     wav = write_wav(tmp_path / "call.wav", x[: int(refs[0][1] * SR) + SR])
@@ -338,7 +338,7 @@ def test_client_cli(service, recording, tmp_path):
 @needs_espeak
 def test_client_stereo_call_one_speaker_per_channel(service, tmp_path):
     """A 2-channel call (two espeak voices, one per channel) through the client: channel diarization server-side."""
-    from streaming.client import main
+    from deploy.client import main
 
     path, turns = espeak_conversation(tmp_path, SCRIPT[:3])
     out, err = io.StringIO(), io.StringIO()

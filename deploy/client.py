@@ -1,4 +1,4 @@
-"""WebSocket client of the service: ``python -m streaming.client --url ws://127.0.0.1:8000/v1/stream --file call.wav``
+"""WebSocket client of the service: ``python -m deploy.client --url ws://127.0.0.1:8000/v1/stream --file call.wav``
 (or ``--mic``).
 
 Decodes the input locally (any file FFmpeg reads, or the microphone), streams 16 kHz float32 PCM in binary frames
@@ -22,10 +22,9 @@ from typing import TextIO
 import numpy as np
 
 from deploy.protocol import audio_message, encode_jpeg, video_message
-
-from .cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, _emit
-from .events import EventValidationError, parse_event
-from .sources import (
+from streaming.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, _emit
+from streaming.events import EventValidationError, parse_event
+from streaming.sources import (
     SAMPLE_RATE,
     AVFileSource,
     AVSourceConfig,
@@ -42,7 +41,7 @@ FRAME_SAMPLES = 1600
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m streaming.client",
+    p = argparse.ArgumentParser(prog="python -m deploy.client",
                                 description="Stream a file or the microphone to the EGMF service over WebSocket.")
     p.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream", help="service WebSocket URL")
     src = p.add_mutually_exclusive_group(required=True)
