@@ -8,10 +8,10 @@ Live, an utterance is what the VAD segmenter cuts: ``pre_roll_ms`` before the de
 after the last voiced frame. The analysis waits for that post-roll (the speculative end of utterance starts once it
 is in), so every millisecond of it is a millisecond of latency; too little and word endings are lost. The shipped
 checkpoint was trained on whole RAVDESS clips (about a second of room tone around the sentence), so a tight cut also
-moves its audio input away from what it learned on; ``streaming.analyzer.utterance_audio`` frames the cut with the
+moves its audio input away from what it learned on; ``egmf_core.features.live_cut.utterance_audio`` frames the cut with the
 line's room tone (``frameS``), as the CLI and the service do.
 
-Each clip, framed by 0.5 s of faint noise, goes through :class:`streaming.segmenter.VADSegmenter` once per setting,
+Each clip, framed by 0.5 s of faint noise, goes through :class:`egmf_core.features.segmenter.VADSegmenter` once per setting,
 and each cut through the live recognizer (faster-whisper tiny.en, the live 10 s window) and the shipped model with
 the recognizer's transcript, as ``python -m streaming`` does; ``clip`` is the whole clip through the same path.
 Reported per setting: word error rate against the known sentence, 8-class accuracy, agreement of the answers with
@@ -47,7 +47,7 @@ ACTORS = {"train": "actors 01-10", "dev": "actors 11-12", "test": "actors 13-16"
 @dataclass(frozen=True)
 class Setting:
     """One way to cut a clip: the segmenter's pre-roll and post-roll, and the room tone framed around the speech
-    (``streaming.analyzer.utterance_audio``: what the CLI and the service give the recognizer and the model)."""
+    (``egmf_core.features.live_cut.utterance_audio``: what the CLI and the service give the recognizer and the model)."""
 
     pre_roll_ms: int
     post_roll_ms: int
@@ -67,10 +67,10 @@ class Setting:
 
 
 def cut(audio: np.ndarray, setting: Setting, window_s: float) -> tuple[np.ndarray, int, float]:
-    """What the live pipeline analyzes for one clip framed by faint noise (``streaming.analyzer.live_cut``): (audio,
+    """What the live pipeline analyzes for one clip framed by faint noise (``egmf_core.features.live_cut.live_cut``): (audio,
     number of segments, audio the cut kept after the end of speech in ms)."""
-    from streaming.analyzer import live_cut
-    from streaming.segmenter import SegmenterConfig
+    from egmf_core.features.live_cut import live_cut
+    from egmf_core.features.segmenter import SegmenterConfig
 
     c = live_cut(audio, SegmenterConfig(pre_roll_ms=setting.pre_roll_ms, post_roll_ms=setting.post_roll_ms),
                  setting.frame_s, window_s)

@@ -195,7 +195,7 @@ def write_table_report(out: Path, result: dict, markdown: Any, script: str, argv
 
 def _speculation_lead_ms() -> float:
     """How much sooner a speculative analysis starts: the VAD's hangover less the post-roll (live defaults)."""
-    from streaming.segmenter import SegmenterConfig
+    from egmf_core.features.segmenter import SegmenterConfig
 
     c = SegmenterConfig()
     return float(c.hangover_ms - c.post_roll_ms)

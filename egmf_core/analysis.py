@@ -142,20 +142,23 @@ class ExampleSets:
         self._lookups: dict[str, AudioLookup] = {}
         self._mmsa: dict[str, MmsaDataset] = {}
 
-    def _audio(self, view: str) -> AudioLookup:
-        """The view's lookup, opened (with its recognizer) on first use by a record that has audio."""
+    def _audio(self, view: str, loudness_lufs: float | None) -> AudioLookup:
+        """The view's lookup for a model's input normalization, opened (with its recognizer) on first use by a record
+        that has audio."""
 
         def lookup(rec: UtteranceRecord):
-            if view not in self._lookups:
-                self._lookups[view] = whisper_audio_lookup(view)
-            return self._lookups[view](rec)
+            key = f"{view}@{loudness_lufs}"
+            if key not in self._lookups:
+                self._lookups[key] = whisper_audio_lookup(view, loudness_lufs)
+            return self._lookups[key](rec)
 
         return lookup
 
     def get(self, model: EGMFModel, spec: DatasetSpec) -> list[Example]:
         cfg = model.cfg
         prompt_key = json.dumps(
-            {"backbone": cfg.backbone.name, "prompt": dataclasses.asdict(cfg.prompt), "task": dataclasses.asdict(cfg.task)},
+            {"backbone": cfg.backbone.name, "prompt": dataclasses.asdict(cfg.prompt), "task": dataclasses.asdict(cfg.task),
+             "loudness_lufs": cfg.fusion.audio_loudness_lufs},
             sort_keys=True,
         )
         key = (spec.key, prompt_key)
@@ -165,8 +168,8 @@ class ExampleSets:
             if spec.is_mmsa:
                 examples = mmsa_examples(model, self._mmsa_split(spec.name), limit)
             else:
-                examples = dataset_examples(model, spec.name, self.split, limit, audio=self._audio(spec.audio),
-                                            label_set=spec.label_set)
+                audio = self._audio(spec.audio, cfg.fusion.audio_loudness_lufs)
+                examples = dataset_examples(model, spec.name, self.split, limit, audio=audio, label_set=spec.label_set)
             progress(f"  {spec.key} {self.split}: {len(examples)} examples built in {time.perf_counter() - t0:.1f} s")
             self._built[key] = examples
         return self._built[key]

@@ -88,6 +88,9 @@ class FusionConfig:
     # Utterance-level acoustic statistics (masked mean and std of the audio frames) added to f: the summary a
     # linear probe on the same encoder states already finds discriminative, given a short path past the attention.
     audio_stats: bool = False
+    # Integrated loudness (LUFS) every utterance is normalized to before the speech encoder (training, evaluation and
+    # live alike: `WhisperFrontendConfig.loudness_lufs`); None = audio as recorded (checkpoints before the field).
+    audio_loudness_lufs: float | None = None
 
 
 @dataclass

@@ -254,9 +254,10 @@ def run(checkpoint: str, out: Path, cfg: DistillConfig) -> dict:
             raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), or pass --espeak 0 "
                                "--dev-espeak 0")
         from .features.audio import WhisperFrontend, WhisperFrontendConfig
-        from streaming.analyzer import EGMFAnalyzerConfig
+        from .features.live_cut import LIVE_WINDOW_S
 
-        frontend = WhisperFrontend(WhisperFrontendConfig(window_s=EGMFAnalyzerConfig().asr_window_s))  # loaded once
+        frontend = WhisperFrontend(WhisperFrontendConfig(  # loaded once
+            window_s=LIVE_WINDOW_S, loudness_lufs=model.cfg.fusion.audio_loudness_lufs))
         with tempfile.TemporaryDirectory(prefix="egmf-espeak-") as tmp:
             if cfg.espeak:
                 train_sets["MELD train lines, espeak-ng speech"] = spoken(meld_train[cfg.meld:], Path(tmp), frontend)

@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint
+from .features.live_cut import LIVE_CUT_VERSION, LIVE_WINDOW_S, TRAINING_FRAME_S, live_cut
 from .config import ConfigError, EGMFConfig
 from .data import DatasetError, UtteranceRecord, load_dataset
 from .data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
@@ -140,7 +141,7 @@ def dataset_examples(
     if limit is not None:
         records = records[:limit]  # a prefix keeps whole dialogues' past context intact
     if audio is None and any(r.audio_path for r in records):
-        audio = whisper_audio_lookup(audio_view)
+        audio = whisper_audio_lookup(audio_view, model.cfg.fusion.audio_loudness_lufs)
     if visual is None and any(r.video_path for r in records):
         visual = face_visual_lookup()
     examples = build_examples(records, model.prompts, audio=audio, label_set=label_set, visual=visual)
@@ -208,45 +209,69 @@ AUDIO_VIEWS: tuple[str, ...] = ("clip", "live")
 
 def live_encoder_states(audio: np.ndarray, frontend) -> np.ndarray:
     """Whisper encoder states of a recorded clip (float32 mono 16 kHz) as the live pipeline encodes it: the VAD
-    segmenter's cut with the CLI's defaults (`streaming.analyzer.live_cut`) in `frontend`'s window (a `WhisperFrontend`
-    with the live window, `EGMFAnalyzerConfig.asr_window_s`). Empty (0 frames) when the VAD hears no speech."""
-    from streaming.analyzer import EGMFAnalyzerConfig, live_cut
-
-    live = EGMFAnalyzerConfig()
-    cut = live_cut(audio, None, live.frame_s, live.asr_window_s)
+    segmenter's cut with the live defaults (`egmf_core.features.live_cut.live_cut`: 1 s of room tone each side) in
+    `frontend`'s window (a `WhisperFrontend` with the live window and the checkpoint's loudness normalization). Empty
+    (0 frames) when the VAD hears no speech."""
+    cut = live_cut(audio, None, TRAINING_FRAME_S, frontend.config.window_s)
     return frontend.encoder_states(cut.audio) if cut.segments else np.zeros(0, np.float32)
 
 
-def whisper_audio_lookup(view: str = "clip") -> AudioLookup:
+def degradation_of(name: str | None, key: str):
+    """The degradation named `name` for the clip `key`: a benchmark condition (`egmf_core.degrade.CONDITIONS`),
+    `random:<k>` (training copy k's random chain, `egmf_core.degrade.random_chain`), or None (the clip as recorded)."""
+    from .degrade import CONDITIONS, random_chain
+
+    if name is None:
+        return None
+    if name.startswith("random:"):
+        return random_chain(key, int(name.split(":", 1)[1])).apply
+    if name not in CONDITIONS:
+        raise ValueError(f"degradation: expected one of {', '.join(CONDITIONS)} or random:<k>, got {name!r}")
+    return CONDITIONS[name]
+
+
+def whisper_audio_lookup(view: str = "clip", loudness_lufs: float | None = None,
+                         degradation: str | None = None) -> AudioLookup:
     """Audio features of a record's file: Whisper encoder states through the on-disk feature cache.
 
-    `view` says which audio: `clip`, the whole file in Whisper's native 30 s window (what the shipped checkpoint
-    learned from); `live`, the file as the live pipeline analyzes it (`streaming.analyzer.live_cut` with the CLI's
-    defaults: the VAD segmenter's cut framed by 1 s of room tone, encoded in the live 10 s window), so that a model can
-    be trained and evaluated on the audio it gets live. A clip in which the VAD hears no speech has no audio features
-    in the live view (live, it would give no event)."""
+    `view` says which audio: `clip`, the whole file in Whisper's native 30 s window; `live`, the file as the live
+    pipeline analyzes it (`egmf_core.features.live_cut.live_cut`: the VAD segmenter's cut framed by 1 s of room tone,
+    encoded in the live 10 s window), so that a model can be trained and evaluated on the audio it gets live. A clip
+    in which the VAD hears no speech has no audio features in the live view (live, it would give no event).
+    `loudness_lufs`: the model's input normalization (`FusionConfig.audio_loudness_lufs`). `degradation`: a channel
+    condition applied to the file's audio first (`degradation_of`), as a phone line or a codec would."""
     from .features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
     from .features.cache import ExtractorId, FeatureCache
+    from .features.segmenter import SegmenterConfig
 
     if view not in AUDIO_VIEWS:
         raise ValueError(f"audio view: expected one of {', '.join(AUDIO_VIEWS)}, got {view!r}")
+    degradation_of(degradation, "")  # refuse an unknown name before any work
     cache = FeatureCache()
-    if view == "clip":
-        frontend = WhisperFrontend()
+    window = LIVE_WINDOW_S if view == "live" else WhisperFrontendConfig.window_s
+    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=window, loudness_lufs=loudness_lufs))
+    if view == "clip" and degradation is None:
         return lambda rec: frontend.encoder_states_file(rec.audio_path, cache) if rec.audio_path else None
 
-    from streaming.analyzer import LIVE_CUT_VERSION, EGMFAnalyzerConfig
-    from streaming.segmenter import SegmenterConfig
-
-    live, segmenter = EGMFAnalyzerConfig(), SegmenterConfig()
-    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=live.asr_window_s))
     base = ExtractorId.of(frontend)
-    extractor = ExtractorId(f"{base.name}-live-cut", base.version, {
-        **base.config, "live_cut_version": LIVE_CUT_VERSION, "segmenter": dataclasses.asdict(segmenter),
-        "frame_s": live.frame_s})
+    name, config = base.name, dict(base.config)
+    if view == "live":
+        name += "-live-cut"
+        config.update({"live_cut_version": LIVE_CUT_VERSION, "segmenter": dataclasses.asdict(SegmenterConfig()),
+                       "frame_s": TRAINING_FRAME_S})
+    if degradation is not None:
+        from .degrade import DEGRADE_VERSION
+
+        config.update({"degradation": degradation, "degrade_version": DEGRADE_VERSION})
+    extractor = ExtractorId(name, base.version, config)
 
     def compute(path: str) -> dict[str, np.ndarray]:
-        return {"encoder_states": live_encoder_states(load_audio(path), frontend)}
+        audio = load_audio(path)
+        degrade = degradation_of(degradation, Path(path).name)
+        if degrade is not None:
+            audio = degrade(audio)
+        states = live_encoder_states(audio, frontend) if view == "live" else frontend.encoder_states(audio)
+        return {"encoder_states": states}
 
     def lookup(rec: UtteranceRecord) -> np.ndarray | None:
         if not rec.audio_path:

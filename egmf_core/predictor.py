@@ -58,6 +58,12 @@ class EGMFPredictor:
         self._primer = (ThreadPoolExecutor(1, thread_name_prefix="egmf-prime")
                         if model.prompts.cfg.layout == "context_first" else None)
 
+    @property
+    def audio_loudness_lufs(self) -> float | None:
+        """The loudness the checkpoint's audio features were normalized to: the recognizer that feeds this predictor
+        must be built with it (`WhisperFrontendConfig.loudness_lufs`)."""
+        return self.model.cfg.fusion.audio_loudness_lufs
+
     @classmethod
     def load(
         cls, checkpoint: str | Path = "default", device: str | None = None, engines: str | Path | None = None

@@ -107,6 +107,10 @@ class DataConfig:
     # Which audio the RAVDESS clips give (egmf_core.evaluate.whisper_audio_lookup): "clip", the whole file as the
     # shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the model gets live).
     ravdess_audio: str = "clip"
+    # Extra copies of every RAVDESS training clip, each through its own random channel chain (egmf_core.degrade.
+    # random_chain: room, gain or limiter, noise, phone line or codec), so the audio branch learns the voice rather
+    # than one studio's level and room. 0 = the clips as recorded only.
+    ravdess_degraded_copies: int = 0
     data_dir: str | None = None
     extra: list[ExtraDataset] = field(default_factory=list)  # the paper's benchmarks, where the user has them
     mmsa: MmsaData | None = None  # one MMSA benchmark: its features fix the fusion stack's input dims
@@ -201,7 +205,9 @@ def load_splits(
     if d.ravdess:
         if d.ravdess_audio not in AUDIO_VIEWS:
             raise ConfigError(f"data.ravdess_audio: expected one of {', '.join(AUDIO_VIEWS)}, got {d.ravdess_audio!r}")
-        audio = AudioFeaturePack.read(d.audio_pack) if d.audio_pack else whisper_audio_lookup(d.ravdess_audio)
+        loudness = model.cfg.fusion.audio_loudness_lufs
+        audio = (AudioFeaturePack.read(d.audio_pack) if d.audio_pack
+                 else whisper_audio_lookup(d.ravdess_audio, loudness))
         if d.audio_pack and audio.view != d.ravdess_audio:
             raise ConfigError(f"data.audio_pack holds features of {audio.view} audio but data.ravdess_audio is "
                               f"{d.ravdess_audio!r} (python -m egmf_core.pack_audio --audio {d.ravdess_audio})")
@@ -218,9 +224,19 @@ def load_splits(
         if silent:  # live cuts: the VAD heard no speech in these clips (live, no event); they train on text alone
             log.warning("data.ravdess_audio live: %d of %d training clips have no speech segment", silent, len(r_train))
         train += r_train * d.ravdess_repeat
+        if d.ravdess_degraded_copies and d.audio_pack:
+            raise ConfigError("data.ravdess_degraded_copies needs the clips themselves, not data.audio_pack")
+        for k in range(d.ravdess_degraded_copies):
+            t0 = time.perf_counter()
+            degraded = whisper_audio_lookup(d.ravdess_audio, loudness, degradation=f"random:{k}")
+            train += build_examples(list(RavdessDataset("train", rcfg))[: d.ravdess_limit], model.prompts,
+                                    audio=degraded, label_set="ravdess")
+            print(f"RAVDESS degraded copy {k + 1}/{d.ravdess_degraded_copies}: features in "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
         dev["ravdess"] = build_examples(list(RavdessDataset("dev", rcfg))[: d.ravdess_limit], model.prompts, audio=audio,
                                         label_set="ravdess")
-    audio = whisper_audio_lookup() if d.extra else None  # one recognizer for every extra data set
+    # one recognizer for every extra data set
+    audio = whisper_audio_lookup("clip", model.cfg.fusion.audio_loudness_lufs) if d.extra else None
     for extra in d.extra:
         model.prompts.check_label_set(extra.label_set)
         records = list(load_dataset(extra.name, extra.train_split, d.data_dir))[: extra.train_limit]

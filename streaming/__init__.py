@@ -3,8 +3,8 @@
 * :mod:`streaming.events`: the one event schema (utterance, speech_started, error) used by the CLI, the service
   and clients.
 * :mod:`streaming.sources`: microphone, files/URLs/webcams (PyAV), pushed PCM; timestamped chunks in stream time.
-* :mod:`streaming.segmenter`: webrtcvad utterance segmentation, per-channel diarization for stereo calls.
-* :mod:`streaming.pipeline`: :class:`StreamAnalyzer` wiring source -> segmenter -> analyzer -> events.
+* :mod:`streaming.pipeline`: :class:`StreamAnalyzer` wiring source -> segmenter (``egmf_core.features.segmenter``,
+  shared with training's live cuts) -> analyzer -> events.
 * :mod:`streaming.analyzer`: the EGMF analyzer (Whisper frontend + face features + predictor).
 * :mod:`streaming.cli`: ``python -m streaming``.
 

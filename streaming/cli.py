@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
-from .analyzer import TRAINING_FRAME_S
+from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
 from .events import ErrorEvent, Event, SpeechStartedEvent, UtteranceEvent
 from .pipeline import StreamAnalyzer, StreamConfig, UtteranceAnalyzer
-from .segmenter import SegmenterConfig
+from egmf_core.features.segmenter import SegmenterConfig
 from .sources import (
     AVFileSource,
     AVSourceConfig,
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="default", help="EGMF checkpoint path, or 'default' (the shipped model)")
     p.add_argument("--language", help="speech language (default: the recognizer's, 'en' for the bundled tiny.en)")
     p.add_argument("--whisper-model", metavar="DIR", help="local CTranslate2 Whisper model folder")
-    p.add_argument("--asr-window-s", type=float, default=10.0,
+    p.add_argument("--asr-window-s", type=float, default=LIVE_WINDOW_S,
                    help="recognizer encoder window in seconds (default 10: a fifth of the cost of Whisper's native "
                         "30, and the window of the shipped model's last training stage; 30: the features of its "
                         "earlier, whole-clip stages)")

@@ -19,7 +19,7 @@ Design choices:
   utterance waits until the video clock has passed its end (at most ``max_video_wait_s`` of audio).
 * **Speculative end of utterance.** The VAD declares an end only after ``hangover_ms`` (300 ms) of non-speech, but
   the utterance's audio is complete ``post_roll_ms`` (60 ms) after its last voiced frame
-  (:attr:`~streaming.segmenter.ChannelSegmenter.tentative`). With an analyzer that can analyze without committing
+  (:attr:`~egmf_core.features.segmenter.ChannelSegmenter.tentative`). With an analyzer that can analyze without committing
   the turn to the conversation (:class:`SpeculativeAnalyzer`), that tentative utterance is analyzed on a worker
   thread during the rest of the hangover. If the utterance ends there, the result is used and committed (it is
   the same segment, frames and context, so the same result, 240 ms sooner); if speech resumes, the analysis is
@@ -57,7 +57,7 @@ from .events import (
     SpeechStartedEvent,
     UtteranceEvent,
 )
-from .segmenter import ChannelSegmenter, SegmenterConfig, SpeechSegment, SpeechStart
+from egmf_core.features.segmenter import ChannelSegmenter, SegmenterConfig, SpeechSegment, SpeechStart
 from .sources import AudioChunk, Source, SourceError, SourceItem, VideoFrame
 
 __all__ = ["AnalysisResult", "AnalysisCancelled", "check_cancelled", "analyze_and_commit", "UtteranceAnalyzer",

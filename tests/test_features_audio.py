@@ -156,8 +156,8 @@ def test_live_cut_is_framed_with_its_own_room_tone(clip: np.ndarray) -> None:
     """The segmenter's cut of a real clip (live defaults) gets at least a second of audio on each side of the speech,
     as the training clips had; the cut itself is unchanged inside it, and the added audio is the clip's own room
     tone from before the speech (quiet, not digital silence)."""
-    from streaming.analyzer import utterance_audio
-    from streaming.segmenter import VADSegmenter
+    from egmf_core.features.live_cut import utterance_audio
+    from egmf_core.features.segmenter import VADSegmenter
 
     seg = VADSegmenter()
     segs = seg.feed(clip) + seg.flush()

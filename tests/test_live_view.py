@@ -1,5 +1,5 @@
 """Training and evaluating on live cuts: RAVDESS clips as the live segmenter cuts and frames them
-(`streaming.analyzer.live_cut`), their Whisper features through the cache (`whisper_audio_lookup("live")`), in audio
+(`egmf_core.features.live_cut.live_cut`), their Whisper features through the cache (`whisper_audio_lookup("live")`), in audio
 packs, in train configs (`data.ravdess_audio`) and in `python -m egmf_core.evaluate --audio live`."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from egmf_core.evaluate import whisper_audio_lookup
 from egmf_core.examples import AudioFeaturePack, feature_key
 from egmf_core.features import WhisperFrontend, WhisperFrontendConfig, load_audio
 from egmf_core.features.cache import CACHE_DIR_ENV
-from streaming.analyzer import EGMFAnalyzerConfig, live_cut, utterance_audio
-from streaming.segmenter import SegmenterConfig, VADSegmenter
+from streaming.analyzer import EGMFAnalyzerConfig
+from egmf_core.features.live_cut import live_cut, utterance_audio
+from egmf_core.features.segmenter import SegmenterConfig, VADSegmenter
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ from test_streaming_support import (
     with_inner_pause,
 )
 
-from streaming.segmenter import (
+from egmf_core.features.segmenter import (
     ChannelSegmenter,
     SegmenterConfig,
     SpeechSegment,

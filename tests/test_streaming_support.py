@@ -22,7 +22,7 @@ import pytest
 
 from streaming.events import EMOTION_LABELS
 from streaming.pipeline import AnalysisResult
-from streaming.segmenter import SpeechSegment
+from egmf_core.features.segmenter import SpeechSegment
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -28,6 +28,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
 from egmf_core.features.cache import ExtractorId, FeatureCache
+from egmf_core.features.loudness import normalize_loudness
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,12 @@ class WhisperFrontendConfig:
     shipped checkpoint's audio features were made with it. The encoder's cost grows with the window, not with the
     speech (on 2 CPU cores: ~530 ms at 30 s, ~125 ms at 10 s), so live use of short utterances can trade exact
     feature parity for speed with e.g. 10 s; audio longer than the window is encoded in the 30 s window.
+
+    `loudness_lufs`: every utterance is scaled to this integrated loudness before the log-mel
+    (`egmf_core.features.loudness.normalize_loudness`), for the recognizer and the audio features alike; `None`
+    encodes the audio as recorded. It must be the loudness the checkpoint was trained with
+    (`FusionConfig.audio_loudness_lufs`, stored in the checkpoint): the CLI's analyzer, the service and the training
+    feature lookups take it from there.
     """
 
     model_path: str | None = None
@@ -83,6 +90,7 @@ class WhisperFrontendConfig:
     max_new_tokens: int = 224
     seed: int = 0
     window_s: float = MAX_WINDOW_S
+    loudness_lufs: float | None = None
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
@@ -95,6 +103,9 @@ class WhisperFrontendConfig:
             raise ValueError(f"WhisperFrontendConfig.temperatures must be non-empty and >= 0, got {self.temperatures}")
         if self.cpu_threads < 0:
             raise ValueError(f"WhisperFrontendConfig.cpu_threads must be >= 0, got {self.cpu_threads}")
+        if self.loudness_lufs is not None and not -70.0 < self.loudness_lufs < 0.0:
+            raise ValueError(f"WhisperFrontendConfig.loudness_lufs must be in (-70, 0) LUFS or None, "
+                             f"got {self.loudness_lufs}")
 
 
 @dataclass
@@ -259,11 +270,15 @@ class WhisperFrontend:
         }
         if self.config.window_s != MAX_WINDOW_S:  # only then: entries made with the native window stay valid
             identity["window_s"] = self.config.window_s
+        if self.config.loudness_lufs is not None:  # likewise: entries made without normalization stay valid
+            identity["loudness_lufs"] = self.config.loudness_lufs
         return identity
 
     def _encode(self, audio: np.ndarray) -> tuple[ctranslate2.StorageView, np.ndarray]:
-        """Log-mel with the model's own extractor, zero-pad to the window (`config.window_s`, or 30 s for longer
-        audio; trimmed at 30 s), one encoder pass; states trimmed to T."""
+        """Loudness normalization (`config.loudness_lufs`), log-mel with the model's own extractor, zero-pad to the
+        window (`config.window_s`, or 30 s for longer audio; trimmed at 30 s), one encoder pass; states trimmed to T."""
+        if self.config.loudness_lufs is not None:
+            audio = normalize_loudness(audio, self.config.loudness_lufs, SAMPLE_RATE)
         mel = self._feature_extractor(audio)[:, : self._n_mel_frames]
         window = round(self.config.window_s * self._n_mel_frames / MAX_WINDOW_S)
         window = window if mel.shape[1] <= window else self._n_mel_frames
