@@ -66,21 +66,21 @@ class EGMFPredictor:
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path = "default", device: str | None = None, engines: str | Path | None = None
+        cls, checkpoint: str | Path = "default", device: str | None = None,
+        prepare: Callable[[EGMFModel, Path], str] | None = None,
     ) -> "EGMFPredictor":
-        """Load a checkpoint for serving; with `engines` (a `python -m export` folder) the fusion stack runs in
-        onnxruntime / TensorRT and the LLM is the exported LoRA-merged one. Without engines the LoRA is merged into
+        """Load a checkpoint for serving. `prepare(model, checkpoint_path)` runs on the loaded model before it is
+        frozen for inference and returns a suffix for the model version: the caller's choice of runtime, e.g.
+        `export.runner.engines_preparer("engines/")` (the fusion stack in onnxruntime / TensorRT, the LLM the
+        exported LoRA-merged one); this library does not know the export package. Otherwise the LoRA is merged into
         the LLM in memory (`EGMFModel.merge_lora_for_inference`), and on CPU its linear layers keep their weights
         transposed (`EGMFModel.use_transposed_linear_weights`), so the model this returns is for inference only."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
         version = checkpoint_version(path, model.cfg.backbone.name)
-        if engines:
-            from export.runner import use_engines
-
-            engine = use_engines(model, engines, checkpoint=path)
-            version += f"+engines-{engine.provider}"
+        if prepare is not None:
+            version += prepare(model, path)
         model.eval()
         model.merge_lora_for_inference()
         if model.device.type == "cpu":

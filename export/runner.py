@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -352,3 +352,13 @@ def load_engine_model(
     model.fusion = FusionEngine.from_dir(engines_dir, providers=providers, threads=threads, manifest=manifest).to(device)
     model.eval()
     return model
+
+
+def engines_preparer(engines_dir: str | Path) -> Callable[[Any, Path], str]:
+    """For `EGMFPredictor.load(..., prepare=...)`: serve the checkpoint on the engines in `engines_dir`
+    (`use_engines`); the model version gets `+engines-<provider>`, the execution provider that runs the fusion."""
+
+    def prepare(model: Any, checkpoint: Path) -> str:
+        return f"+engines-{use_engines(model, engines_dir, checkpoint=checkpoint).provider}"
+
+    return prepare

