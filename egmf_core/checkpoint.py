@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .calibration import METADATA_KEY as CALIBRATION_KEY
+from .calibration import Calibration
 from .config import EGMFConfig
 from .model import EGMFModel
 
@@ -57,6 +59,7 @@ def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = Non
         "emotions": json.dumps(model.cfg.task.emotions),
         "sentiments": json.dumps(model.cfg.task.sentiments),
         "extra": json.dumps(extra or {}),
+        CALIBRATION_KEY: model.calibration.to_json(),
     }
     if model.cfg.lora.enabled:
         for i, language in enumerate(model.languages):
@@ -96,8 +99,15 @@ def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFMode
     cfg = EGMFConfig.from_dict(merged)
     model = EGMFModel.build(cfg)
     load_weights(model, path)
+    model.calibration = read_calibration(path)
     model.eval()
     return model
+
+
+def read_calibration(path: str | Path) -> Calibration:
+    """The file's confidence calibration (`egmf_core.calibration`); uncalibrated for files without one."""
+    with safe_open(str(resolve(path)), framework="pt") as fh:
+        return Calibration.from_json((fh.metadata() or {}).get(CALIBRATION_KEY))
 
 
 # Blocks whose output starts at exactly zero: a staged run may add them to a checkpoint trained without them.

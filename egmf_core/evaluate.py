@@ -28,10 +28,12 @@ from .data import DatasetError, UtteranceRecord, load_dataset
 from .data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
 from .examples import AudioLookup, Example, VisualLookup, build_examples, text_length
 from .metrics import (
+    calibration_report,
     classification_report,
     expert_similarity,
     gate_report,
     mosei_regression_report,
+    reliability_diagram,
     score_report,
     sims_regression_report,
 )
@@ -106,7 +108,8 @@ def emotion_report(model: EGMFModel, examples: Sequence[Example], preds: Sequenc
     label_set = examples[0].input.label_set
     labels = model.prompts.label_sets[label_set]
     gold = [e.input.emotion for e in examples]
-    out: dict = {"emotion": classification_report(gold, [p.emotion for p in preds], labels)}
+    out: dict = {"emotion": classification_report(gold, [p.emotion for p in preds], labels),
+                 "emotion_calibration": emotion_calibration(model, label_set, gold, preds)}
     if label_set == "ravdess":
         to7 = lambda lab: "neutral" if lab == "calm" else lab  # noqa: E731
         out["emotion_7class"] = classification_report(
@@ -118,6 +121,20 @@ def emotion_report(model: EGMFModel, examples: Sequence[Example], preds: Sequenc
         out["sentiment"] = classification_report(s_gold, [p.sentiment_label for _, p in with_sent], model.cfg.task.sentiments)
         out["sentiment_score"] = score_report([e.input.sentiment for e, _ in with_sent], [p.sentiment_score for _, p in with_sent])
     return out
+
+
+def emotion_calibration(model: EGMFModel, label_set: str, gold: Sequence[str], preds: Sequence[Prediction]) -> dict:
+    """How far the emotion confidences are from the accuracy they claim (`metrics.calibration_report`, 15 bins), with
+    the model's calibration (`egmf_core.calibration`: what every user sees) and without it (its temperature undone,
+    the LLM's raw softmax): the before/after of the checkpoint's temperature scaling."""
+    labels = model.prompts.label_sets[label_set]
+    t = model.calibration.temperature(label_set)
+    probs = np.array([[p.emotion_probs[lab] for lab in labels] for p in preds], float)
+    y = [labels.index(g) for g in gold]
+    raw = np.log(np.clip(probs, 1e-300, 1.0)) * t
+    raw = np.exp(raw - raw.max(axis=1, keepdims=True))
+    raw /= raw.sum(axis=1, keepdims=True)
+    return {"temperature": t, "calibrated": calibration_report(probs, y), "uncalibrated": calibration_report(raw, y)}
 
 
 def dataset_examples(
@@ -323,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"benchmarks/results/eval_{args.dataset}_{args.split}{live}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
+    if "emotion_calibration" in result:
+        cal = result["emotion_calibration"]
+        reliability_diagram({"uncalibrated (T=1)": cal["uncalibrated"], f"calibrated (T={cal['temperature']:.2f})":
+                             cal["calibrated"]}, str(out.with_suffix(".png")),
+                            f"{args.dataset} {args.split} ({result['label_set']} labels)")
     if "sentiment_regression" in result:
         _print_regression(args.dataset, args.split, result["sentiment_regression"])
     else:
@@ -356,6 +378,9 @@ def _print_regression(dataset: str, split: str, r: dict) -> None:
 def _print_emotion(dataset: str, split: str, result: dict) -> None:
     emo = result["emotion"]
     print(f"{dataset} {split}: n={emo['n']} emotion acc {emo['accuracy']:.2f} weighted F1 {emo['weighted_f1']:.2f}")
+    cal = result["emotion_calibration"]
+    print(f"  ECE (15 bins) {cal['calibrated']['ece']:.3f} calibrated (T={cal['temperature']:.2f}), "
+          f"{cal['uncalibrated']['ece']:.3f} uncalibrated; mean confidence {cal['calibrated']['mean_confidence']:.3f}")
     if "sentiment" in result:
         print(f"  sentiment acc {result['sentiment']['accuracy']:.2f} weighted F1 {result['sentiment']['weighted_f1']:.2f}"
               f" score MAE {result['sentiment_score']['mae']:.3f} r {result['sentiment_score']['pearson']:.3f}")

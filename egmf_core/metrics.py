@@ -178,3 +178,74 @@ def word_error_rate(ref: str, hyp: str) -> float:
         for j, hw in enumerate(h, 1):
             d[j] = min(prev[j] + 1, d[j - 1] + 1, prev[j - 1] + (rw != hw))
     return float(d[len(h)]) / max(1, len(r))
+
+
+def calibration_report(probs: np.ndarray, gold: Sequence[int], bins: int = 15) -> dict:
+    """Expected calibration error over `bins` equal-width confidence bins (Guo et al., 2017), with the per-bin
+    confidence / accuracy / count a reliability diagram draws, plus NLL, Brier score and mean confidence.
+    `probs`: (N, C) rows summing to 1; `gold`: the true class index per row. ECE in [0, 1], not percent."""
+    p = np.asarray(probs, float)
+    y = np.asarray(gold, int)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    conf_sum = np.bincount(which, conf, minlength=bins)
+    acc_sum = np.bincount(which, correct, minlength=bins)
+    ece = float(np.abs(acc_sum - conf_sum).sum() / max(1, len(y)))
+    onehot = np.eye(p.shape[1])[y]
+    with np.errstate(divide="ignore"):
+        nll = float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))))
+    nonzero = count > 0
+    return {
+        "n": int(len(y)),
+        "ece": ece,
+        "nll": nll,
+        "brier": float(np.mean(((p - onehot) ** 2).sum(axis=1))),
+        "mean_confidence": float(conf.mean()),
+        "accuracy": float(correct.mean()),
+        "bins": {"edges": edges.tolist(), "count": count.tolist(),
+                 "confidence": np.where(nonzero, conf_sum / np.maximum(count, 1), np.nan).tolist(),
+                 "accuracy": np.where(nonzero, acc_sum / np.maximum(count, 1), np.nan).tolist()},
+    }
+
+
+def fit_temperature(log_probs: np.ndarray, gold: Sequence[int], weights: Sequence[float] | None = None) -> float:
+    """The temperature T minimizing the (weighted) NLL of softmax(log_probs / T): temperature scaling. `log_probs` may
+    be any logits up to a per-row constant (log-probabilities of a softmax work). Searched on log T in [0.05, 20]."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    z = np.asarray(log_probs, float)
+    y = np.asarray(gold, int)
+    w = np.ones(len(y)) if weights is None else np.asarray(weights, float)
+
+    def nll(log_t: float) -> float:
+        lp = log_softmax(z / math.exp(log_t), axis=1)[np.arange(len(y)), y]
+        return float(-(w * lp).sum() / w.sum())
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def reliability_diagram(reports: dict[str, dict], path: str, title: str) -> None:
+    """A PNG reliability diagram: accuracy vs confidence per bin for each named `calibration_report` (e.g. before and
+    after calibration), the diagonal for reference, ECE in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=110)
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
+    for (name, rep), marker in zip(reports.items(), "os^D"):
+        b = rep["bins"]
+        ok = [i for i, c in enumerate(b["count"]) if c > 0]
+        ax.plot([b["confidence"][i] for i in ok], [b["accuracy"][i] for i in ok], marker=marker,
+                label=f"{name}: ECE {rep['ece']:.3f} (n={rep['n']})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top label's probability)", ylabel="accuracy", title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

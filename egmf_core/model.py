@@ -38,6 +38,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from .backbone import LoadedBackbone, load_backbone
+from .calibration import Calibration
 from .config import EGMFConfig
 from .fusion import FusionOutput, FusionStack
 from .prompt import PromptBuilder, PromptIds, Turn
@@ -234,6 +235,8 @@ class EGMFModel(nn.Module):
         self._kv = PromptCache()  # KV caches of prompt beginnings (`PromptIds.reusable`) for inference passes
         # Answer trees of the auxiliary head's k likeliest labels that the prompt pass carries (see `score`); 0 = none.
         self.folded_answers = 3
+        # Temperatures of the emotion probabilities (`egmf_core.calibration`); `load_checkpoint` sets the file's.
+        self.calibration = Calibration()
         # Auxiliary head classes: every emotion label of every label set (MELD's 7 + RAVDESS's "calm").
         self.aux_labels = sorted({lab for labels in self.prompts.label_sets.values() for lab in labels})
         self.fusion = FusionStack(
@@ -601,7 +604,7 @@ class EGMFModel(nn.Module):
         for i, x in enumerate(batch):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
-            probs = torch.softmax(logits[i, 0, first], dim=-1).tolist()
+            probs = self.calibration.emotion_probs(logits[i, 0, first], x.label_set).tolist()
             label_probs.append(dict(zip(labels, probs)))
             options = list(self._answer_trees[x.label_set])
             tree = self._answer_trees[x.label_set][options[int(torch.argmax(logits[i, 0, options]))]]

@@ -28,7 +28,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
 from egmf_core.features.cache import ExtractorId, FeatureCache
-from egmf_core.features.loudness import normalize_loudness
+from egmf_core.features.loudness import MAX_GAIN_DB, normalize_loudness
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +272,7 @@ class WhisperFrontend:
             identity["window_s"] = self.config.window_s
         if self.config.loudness_lufs is not None:  # likewise: entries made without normalization stay valid
             identity["loudness_lufs"] = self.config.loudness_lufs
+            identity["loudness_max_gain_db"] = MAX_GAIN_DB
         return identity
 
     def _encode(self, audio: np.ndarray) -> tuple[ctranslate2.StorageView, np.ndarray]:

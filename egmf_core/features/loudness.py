@@ -21,10 +21,12 @@ import numpy as np
 
 __all__ = ["MAX_GAIN_DB", "integrated_loudness", "normalize_loudness"]
 
-#: The most an utterance is amplified: a near-silent cut (a VAD false start) is not blown up into loud noise. 40 dB
-#: still lifts RAVDESS's quietest clips (-45 LUFS) to a -23 LUFS target with margin.
-MAX_GAIN_DB = 40.0
+#: The most an utterance is amplified, so that a near-silent cut (a VAD false start) is not blown up into loud
+#: noise. 50 dB lifts speech as faint as -73 LUFS to -23 LUFS (RAVDESS's quietest clips turned down 20 dB sit near
+#: -65).
+MAX_GAIN_DB = 50.0
 _BLOCK_S = 0.4  # BS.1770 gating block: shorter audio is measured over a repeated copy of itself
+_REFERENCE_RMS = 0.1  # -20 dBFS: the level every utterance is measured at (see normalize_loudness)
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,10 +52,17 @@ def normalize_loudness(audio: np.ndarray, target_lufs: float, sample_rate: int =
                        max_gain_db: float = MAX_GAIN_DB) -> np.ndarray:
     """``audio`` (float32 mono) scaled to ``target_lufs`` integrated loudness, amplified by at most ``max_gain_db``.
 
-    Digital silence, or audio whose every block falls under the BS.1770 absolute gate (-70 LUFS), is returned
-    unchanged. Samples may exceed [-1, 1] afterwards: they feed the encoder's log-mel as floats, never a DAC."""
-    loudness = integrated_loudness(audio, sample_rate)
+    The measurement is made on a copy first scaled to a fixed RMS (-20 dBFS): BS.1770's absolute gate (-70 LUFS)
+    would otherwise drop different blocks of the same utterance at different levels, so a -20 dB copy would not come
+    out exactly like the original. With the pre-scaling the result does not depend on the input level at all (up to
+    the gain cap). Digital silence is returned unchanged. Samples may exceed [-1, 1] afterwards: they feed the encoder's log-mel as floats, never a DAC."""
+    x = np.asarray(audio, np.float32)
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    if rms == 0.0:
+        return audio
+    pre = _REFERENCE_RMS / rms
+    loudness = integrated_loudness(x * np.float32(pre), sample_rate)
     if not math.isfinite(loudness):
         return audio
-    gain_db = min(target_lufs - loudness, max_gain_db)
-    return (np.asarray(audio, np.float32) * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32, copy=False)
+    gain_db = min(20.0 * math.log10(pre) + target_lufs - loudness, max_gain_db)
+    return (x * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32, copy=False)

@@ -1,0 +1,56 @@
+"""Confidence calibration: what the emotion probabilities mean, stored in the checkpoint and applied everywhere.
+
+The LLM's softmax over the labels' first answer tokens is sharp: before calibration the shipped model said 0.9+
+about utterances it got right well under 90 % of the time, so 0.99 carried no meaning. Temperature scaling (Guo et
+al., 2017) divides those logits by one temperature per label set, fitted on dev data by `python -m
+egmf_core.fit_calibration` (held-out NLL); it never changes which label wins, only how sure the answer says it is.
+`load_checkpoint` attaches the file's calibration to the model, and `EGMFModel.score` applies it, so the CLI, the
+service, evaluation and every benchmark report the same calibrated probabilities.
+
+Sentiment is answered as a score on [-1, 1] (and a label derived from it), not as a probability: it has no
+confidence to calibrate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["METADATA_KEY", "Calibration"]
+
+#: The checkpoint metadata entry that holds the calibration (JSON); absent = uncalibrated (temperature 1).
+METADATA_KEY = "calibration"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``emotion_temperature``: label set name -> temperature (> 0) dividing its first-answer-token logits; a label
+    set without an entry is left as the LLM gives it. ``fitted_on``: what the temperatures were fitted on (report)."""
+
+    emotion_temperature: dict[str, float] = field(default_factory=dict)
+    fitted_on: str = ""
+
+    def __post_init__(self) -> None:
+        for name, t in self.emotion_temperature.items():
+            if not (isinstance(t, (int, float)) and 0.05 <= t <= 20.0):
+                raise ValueError(f"calibration.emotion_temperature.{name}: expected a number in [0.05, 20], got {t!r}")
+
+    def temperature(self, label_set: str) -> float:
+        return float(self.emotion_temperature.get(label_set, 1.0))
+
+    def emotion_probs(self, logits: torch.Tensor, label_set: str) -> torch.Tensor:
+        """Calibrated probabilities from the labels' first-answer-token logits (last dimension)."""
+        return torch.softmax(logits.float() / self.temperature(label_set), dim=-1)
+
+    def to_json(self) -> str:
+        return json.dumps({"emotion_temperature": self.emotion_temperature, "fitted_on": self.fitted_on})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Calibration":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls({str(k): float(v) for k, v in data.get("emotion_temperature", {}).items()},
+                   str(data.get("fitted_on", "")))

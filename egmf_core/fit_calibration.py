@@ -1,0 +1,134 @@
+"""`python -m egmf_core.fit_calibration --checkpoint CKPT --out CKPT_CALIBRATED`: temperature scaling on dev data.
+
+Fits one temperature per emotion label set by minimizing the NLL of the LLM's label probabilities on dev data
+(never test), and writes a copy of the checkpoint whose metadata holds it (`egmf_core.calibration`); every tensor
+and every other metadata entry is copied unchanged, so the answers stay the same and only the confidences change.
+
+- `default` (MELD's seven labels: what the CLI and the service answer): MELD dev (words and context) and RAVDESS dev
+  actors as the live pipeline cuts them (voice; calm scored as neutral), weighted half and half, so the temperature
+  fits both text-led and voice-led utterances rather than whichever has more rows.
+- `ravdess` (its eight labels, the benchmark's): RAVDESS dev live cuts.
+
+The report (`--report`, JSON + markdown) gives each dev set's ECE (15 bins), NLL and mean confidence before and
+after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .calibration import METADATA_KEY, Calibration
+from .checkpoint import load_checkpoint, resolve
+from .evaluate import dataset_examples, predict_examples
+from .examples import Example
+from .metrics import calibration_report, fit_temperature
+from .model import EGMFModel
+
+#: RAVDESS's eight labels in MELD's seven (the data README's mapping): calm is a neutral delivery.
+RAVDESS_TO_DEFAULT = {"calm": "neutral"}
+
+
+def as_default_label_set(examples: Sequence[Example]) -> list[Example]:
+    """RAVDESS examples asked in MELD's seven labels (what live users get), calm counted as neutral."""
+    return [Example(e.record, dataclasses.replace(e.input, label_set="default",
+                                                  emotion=RAVDESS_TO_DEFAULT.get(e.input.emotion, e.input.emotion)))
+            for e in examples]
+
+
+def label_log_probs(model: EGMFModel, examples: Sequence[Example], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C) log-probabilities of the label set's labels as the model gives them now, and the gold indices."""
+    labels = model.prompts.label_sets[examples[0].input.label_set]
+    preds = predict_examples(model, examples, batch_size, progress=True)
+    probs = np.array([[p.emotion_probs[lab] for lab in labels] for p in preds], float)
+    gold = np.array([labels.index(e.input.emotion) for e in examples])
+    return np.log(np.clip(probs, 1e-12, 1.0)), gold
+
+
+def write_calibrated(src: str | Path, out: str | Path, calibration: Calibration) -> Path:
+    """A copy of checkpoint `src` with `calibration` in its metadata; tensors and other metadata byte for byte."""
+    src = resolve(src)
+    with safe_open(str(src), framework="pt") as fh:
+        meta = dict(fh.metadata() or {})
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    meta[METADATA_KEY] = calibration.to_json()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return out
+
+
+def _softmax_t(log_probs: np.ndarray, t: float) -> np.ndarray:
+    z = log_probs / t
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.fit_calibration", description=__doc__.split("\n")[0])
+    ap.add_argument("--checkpoint", default="default")
+    ap.add_argument("--out", required=True, help="the calibrated checkpoint to write (may equal --checkpoint)")
+    ap.add_argument("--meld-dev", type=int, default=None, help="first N MELD dev utterances (default all 1,109)")
+    ap.add_argument("--report", default="benchmarks/results/calibration_fit", help="report path without extension")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    model = load_checkpoint(args.checkpoint)
+    model.calibration = Calibration()  # fit on the raw probabilities
+    print("scoring MELD dev ...", file=sys.stderr, flush=True)
+    meld = dataset_examples(model, "meld", "dev", args.meld_dev)
+    print("scoring RAVDESS dev live cuts ...", file=sys.stderr, flush=True)
+    ravdess = dataset_examples(model, "ravdess", "dev", audio_view="live")
+    sets = {
+        "MELD dev (default labels)": label_log_probs(model, meld),
+        "RAVDESS dev live cuts (default labels, calm = neutral)": label_log_probs(model, as_default_label_set(ravdess)),
+        "RAVDESS dev live cuts (ravdess labels)": label_log_probs(model, ravdess),
+    }
+    (m_lp, m_y), (r7_lp, r7_y), (r8_lp, r8_y) = sets.values()
+    weights = np.concatenate([np.full(len(m_y), 0.5 / len(m_y)), np.full(len(r7_y), 0.5 / len(r7_y))])
+    temps = {
+        "default": fit_temperature(np.concatenate([m_lp, r7_lp]), np.concatenate([m_y, r7_y]), weights),
+        "ravdess": fit_temperature(r8_lp, r8_y),
+    }
+    calibration = Calibration({k: round(v, 4) for k, v in temps.items()},
+                              f"MELD dev ({len(m_y)}) + RAVDESS dev actors 11-12 live cuts ({len(r8_y)}), "
+                              "temperature scaling, NLL")
+    out = write_calibrated(args.checkpoint, args.out, calibration)
+    label_set = {name: ("ravdess" if "ravdess labels" in name else "default") for name in sets}
+    report = {"checkpoint": str(args.checkpoint), "out": str(out), "temperatures": calibration.emotion_temperature,
+              "fitted_on": calibration.fitted_on, "sets": {}}
+    for name, (lp, y) in sets.items():
+        t = temps[label_set[name]]
+        before, after = calibration_report(np.exp(lp), y), calibration_report(_softmax_t(lp, t), y)
+        report["sets"][name] = {"temperature": t, "before": before, "after": after}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    path = Path(args.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    lines = ["# Calibration fit (dev data)", "", f"`python -m egmf_core.fit_calibration --checkpoint {args.checkpoint} "
+             f"--out {args.out}`; temperatures {calibration.emotion_temperature}.", "",
+             "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | accuracy |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in report["sets"].items():
+        b, a = r["before"], r["after"]
+        lines.append(f"| {name} | {b['n']} | {r['temperature']:.2f} | {b['ece']:.3f} | {a['ece']:.3f} | {b['nll']:.3f} | "
+                     f"{a['nll']:.3f} | {b['mean_confidence']:.3f} / {a['mean_confidence']:.3f} | {b['accuracy']:.3f} |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[4:]))
+    print(f"calibrated checkpoint: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
