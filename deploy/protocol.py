@@ -12,19 +12,25 @@ never declare ``"video": true`` work unchanged.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
+import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from streaming.sources import PushSource, SourceError
+from streaming.sources import AudioChunk, PushSource, Source, SourceError, SourceItem
 
 __all__ = [
     "AUDIO_TAG",
+    "AudioBudget",
+    "MeteredSource",
+    "loads_json",
     "VIDEO_HEADER_BYTES",
     "VIDEO_TAG",
     "FrameError",
@@ -60,6 +66,16 @@ class FrameError(ValueError):
         self.code = code
         self.field = field
         self.message = message
+
+
+def loads_json(text: str | bytes) -> object:
+    """``json.loads`` whose every failure is a ValueError: deeply nested input (``[[[[...``) makes the stdlib parser
+    raise RecursionError, which would otherwise escape the protocol's ``except ValueError`` and drop the connection
+    without an error event."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 # ------------------------------------------------------------------------------------------------- client side
@@ -201,6 +217,84 @@ class VideoRateLimiter:
         return n
 
 
+class AudioBudget:
+    """How many seconds of a stream's audio may wait for its analyzer (``max_buffered_audio_s``).
+
+    Memory per stream is bounded in seconds of audio, not in queued messages: a message may hold 1 sample or
+    1 MiB, so an item count bounds nothing. The producer (:class:`StreamInput`, on a worker thread) waits for room
+    before pushing; the consumer (:class:`MeteredSource`, the stream's analyzer) frees it as it reads. ``close``
+    wakes a waiting producer, so a stream whose analyzer has stopped never holds a thread for ``push_timeout_s``.
+    """
+
+    def __init__(self, max_s: float):
+        if not max_s > 0:
+            raise ValueError(f"AudioBudget.max_s must be > 0, got {max_s}")
+        self.max_s = max_s
+        self._pushed_s = 0.0
+        self._consumed_s = 0.0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    @property
+    def buffered_s(self) -> float:
+        with self._cond:
+            return self._pushed_s - self._consumed_s
+
+    def wait_room(self, seconds: float, timeout: float) -> None:
+        """Wait until ``seconds`` more fit (or nothing is buffered: a message longer than the budget still passes
+        alone). Raises :class:`FrameError` after ``timeout`` or once closed."""
+        with self._cond:
+            ok = self._cond.wait_for(lambda: self._closed or self._pushed_s - self._consumed_s <= 0
+                                     or self._pushed_s - self._consumed_s + seconds <= self.max_s, timeout)
+            if self._closed:
+                raise FrameError("stream_closed", "audio", "the stream's analysis has stopped")
+            if not ok:
+                raise FrameError("invalid_audio", "audio",
+                                 f"the analyzer is falling behind: {self._pushed_s - self._consumed_s:.1f} s of audio "
+                                 f"are waiting (max_buffered_audio_s {self.max_s:g} s) and none was taken within "
+                                 f"{timeout:g} s")
+
+    def added(self, seconds: float) -> None:
+        with self._cond:
+            self._pushed_s += seconds
+
+    def consumed(self, until_s: float) -> None:
+        with self._cond:
+            self._consumed_s = max(self._consumed_s, until_s)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class MeteredSource(Source):
+    """A :class:`PushSource` read by the analyzer, returning each audio chunk's seconds to the stream's
+    :class:`AudioBudget` as it is taken."""
+
+    def __init__(self, inner: PushSource, budget: AudioBudget):
+        self.inner = inner
+        self.budget = budget
+        self.sample_rate = inner.sample_rate
+        self.channels = inner.channels
+        self.has_video = inner.has_video
+        self.name = inner.name
+
+    def open(self) -> None:
+        self.inner.open()
+
+    def close(self) -> None:
+        self.budget.close()
+        self.inner.close()
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        for item in self.inner:
+            if isinstance(item, AudioChunk):
+                self.budget.consumed(item.end_s)
+            yield item
+
+
 @dataclass(frozen=True)
 class InputError:
     """One error event to send for a binary message (the message or frame it names was not used)."""
@@ -222,16 +316,18 @@ class InputLimits:
 class StreamInput:
     """One stream's binary messages -> its :class:`PushSource`: framing, limits, PCM and JPEG decoding.
 
-    :meth:`handle` blocks (JPEG decoding, back-pressure of a full input queue): the service calls it from a worker
-    pool, one message at a time per stream. Every refused message or frame comes back as an :class:`InputError`.
+    :meth:`handle` blocks (JPEG decoding, back-pressure of a full input queue or of the :class:`AudioBudget`): the
+    service calls it from a worker pool, one message at a time per stream. Every refused message or frame comes back
+    as an :class:`InputError`.
     """
 
-    def __init__(self, source: PushSource, sample_format: str, limits: InputLimits):
+    def __init__(self, source: PushSource, sample_format: str, limits: InputLimits, budget: AudioBudget | None = None):
         if sample_format not in _PCM_WIDTH:
             raise ValueError(f"sample_format must be one of {list(_PCM_WIDTH)}, got {sample_format!r}")
         self.source = source
         self.sample_format = sample_format
         self.limits = limits
+        self.budget = budget
         #: Seconds of audio received so far: the stream clock video timestamps are checked against.
         self.audio_s = 0.0
         self._last_t = -math.inf
@@ -271,12 +367,17 @@ class StreamInput:
         if len(pcm) > self.limits.max_message_bytes:
             raise FrameError("message_too_large", "audio",
                              f"audio of {len(pcm)} bytes exceeds the limit of {self.limits.max_message_bytes} bytes")
+        frame_bytes = _PCM_WIDTH[self.sample_format] * self.source.channels
+        seconds = len(pcm) / frame_bytes / self.source.input_rate
+        if self.budget is not None:
+            self.budget.wait_room(seconds, self.limits.push_timeout_s)
         try:
             self.source.push_audio(pcm, self.sample_format, self.limits.push_timeout_s)
         except SourceError as e:
             raise FrameError("invalid_audio", e.field or "audio", e.message) from None
-        frame_bytes = _PCM_WIDTH[self.sample_format] * self.source.channels
-        self.audio_s += len(pcm) / frame_bytes / self.source.input_rate
+        if self.budget is not None:
+            self.budget.added(seconds)
+        self.audio_s += seconds
 
     # ------------------------------------------------------------------------------------------------ video
 

@@ -86,14 +86,15 @@ def recording():
 
 
 def _session(start: dict | str | bytes, frames: list[bytes | str], end: bool = True, timeout: float = 120,
-             frame_s: float | None = None):
+             frame_s: float | None = None, url: str = WS, origin: str | None = None):
     """Send a start message and frames (one per ``frame_s`` seconds: real-time pace; default as fast as
-    possible), then {"type": "end"}; return the events and the close code."""
+    possible), then {"type": "end"}; return the events and the close code. ``url``: another app's stream endpoint;
+    ``origin``: the Origin header a browser would send."""
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
     events = []
-    with connect(WS, max_size=None, open_timeout=30) as ws:
+    with connect(url, max_size=None, open_timeout=30, origin=origin) as ws:
         ws.send(start if isinstance(start, (str, bytes)) else json.dumps(start))
         t0 = time.monotonic()
         for i, f in enumerate(frames):
