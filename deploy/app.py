@@ -238,11 +238,14 @@ def check_exposure(host: str, args: AppArgs) -> None:
                      "without authentication on purpose")
 
 
-def _serve_http_host() -> str:
-    """The host Serve's HTTP proxies bind (``http_options.host``), asked of the Serve controller."""
+def _serve_http_host() -> str | None:
+    """The host Serve's HTTP proxies bind (``http_options.host``), asked of the Serve controller; None when no Serve
+    instance runs here (``serve build`` imports the builder without one)."""
+    import ray
     from ray.serve.context import _get_global_client
 
-    return str(_get_global_client().http_config.host)
+    client = _get_global_client(raise_if_no_controller_running=False) if ray.is_initialized() else None
+    return None if client is None else str(client.http_config.host)
 
 
 def token_ok(given: object, expected: str) -> bool:
@@ -808,7 +811,9 @@ api = FastAPI(title="EGMF streaming emotion/sentiment analyzer")
 class Ingress:
     def __init__(self, asr: DeploymentHandle, model: DeploymentHandle, args: dict[str, Any] | None = None):
         self.args = AppArgs(**(args or {}))
-        check_exposure(_serve_http_host(), self.args)
+        host = _serve_http_host()
+        if host is not None:  # also checked by the builder; here for an ingress bound by other code
+            check_exposure(host, self.args)
         self.asr = asr
         self.model = model
         self.face = FaceModel(self.args.face_model_path)
@@ -1191,6 +1196,9 @@ class Ingress:
 def app(args: dict[str, Any] | None = None) -> serve.Application:
     """Application builder for ``deploy/config.yaml`` (``import_path: deploy.app:app``, ``args: {...}``)."""
     a = AppArgs(**(args or {}))
+    host = _serve_http_host()  # `serve run` starts Serve with the config's http_options before building
+    if host is not None:
+        check_exposure(host, a)  # fail before any model is loaded
     from egmf_core.checkpoint import read_metadata, resolve
 
     model_cfg, _ = read_metadata(resolve(a.checkpoint))  # the recognizer normalizes audio as the model was trained

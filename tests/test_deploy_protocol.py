@@ -281,3 +281,103 @@ def test_client_messages_parse_without_error(faces):
     video = [i.t for i in items if isinstance(i, VideoFrame)]
     assert 55 <= len(video) <= 62 and video == sorted(video)
     assert abs(s.audio_s - 6.1) < 0.1 and video[-1] < s.audio_s
+
+
+# ------------------------------------------------------------------------------------------------ hardening (issue 26)
+
+
+def test_non_loopback_host_without_token_refuses_to_start():
+    from deploy.app import check_exposure
+
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
+        check_exposure(host, AppArgs())  # loopback: only local users reach it
+    for host in ("0.0.0.0", "::", "10.1.2.3", "my-host.example"):
+        with pytest.raises(ValueError, match="refusing to start.*auth_token.*auth: none"):
+            check_exposure(host, AppArgs())
+        check_exposure(host, AppArgs(auth_token="s3cret"))
+        check_exposure(host, AppArgs(auth="none"))  # on purpose
+
+
+def test_auth_settings_are_consistent():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="auth: token needs auth_token"):
+        AppArgs(auth="token")
+    with pytest.raises(ValidationError, match="contradicts"):
+        AppArgs(auth="none", auth_token="s3cret")
+    with pytest.raises(ValidationError, match="open other files"):
+        AppArgs(upload_formats=["wav", "concat"])
+    with pytest.raises(ValidationError, match="max_stream"):
+        AppArgs(max_streamz=3)  # a misspelt limit is an error, not a silent default
+
+
+def test_token_compare_and_origins():
+    from deploy.app import origin_allowed, token_ok
+
+    assert token_ok("s3cret", "s3cret") and not token_ok("s3cre", "s3cret") and not token_ok(None, "s3cret")
+    assert not token_ok(5, "s3cret") and token_ok("pässwort", "pässwort")
+    host = "127.0.0.1:8000"
+    assert origin_allowed(None, host, [])  # not a browser
+    assert origin_allowed("http://127.0.0.1:8000", host, []) and origin_allowed("HTTP://127.0.0.1:8000/", host, [])
+    assert not origin_allowed("http://127.0.0.1:8001", host, []) and not origin_allowed("null", host, [])
+    assert not origin_allowed("http://evil.example", host, [])
+    assert origin_allowed("https://dash.example.com", host, ["https://dash.example.com/"])
+    assert origin_allowed("http://evil.example", host, ["*"])
+
+
+def test_language_and_resume_fields_of_the_start_message():
+    assert parse_start(json.dumps({"sample_rate": 16000, "language": "en"}), AppArgs(), ["en"]).language == "en"
+    with pytest.raises(StartError) as e:
+        parse_start(json.dumps({"sample_rate": 16000, "language": "de"}), AppArgs(), ["en"])
+    assert e.value.field == "language" and "cannot do 'de'" in e.value.message
+    assert parse_start(json.dumps({"sample_rate": 16000, "language": "de"}), AppArgs(), None).language == "de"
+    s = parse_start(json.dumps({"sample_rate": 16000, "stream_id": "c1", "last_utterance_id": 4}), AppArgs())
+    assert s.last_utterance_id == 4
+    assert _field({"sample_rate": 16000, "last_utterance_id": 4}) == "last_utterance_id"  # no stream_id
+    assert _field({"sample_rate": 16000, "stream_id": "c1", "last_utterance_id": -2}) == "last_utterance_id"
+    assert _field("[" * 5000 + "]" * 5000) == "start"  # RecursionError inside json: an error, not a crash
+    with pytest.raises(StartError) as e:
+        parse_start(json.dumps({"sample_rate": 16000, "token": "nope"}), AppArgs(auth_token="s3cret"))
+    assert (e.value.code, e.value.field) == ("unauthorized", "token")
+
+
+def test_buffered_audio_is_bounded_in_seconds():
+    """A stream may have at most max_buffered_audio_s of audio waiting for its analyzer, whatever the message
+    size: a producer past it waits, is refused after push_timeout_s, and goes on once the analyzer reads."""
+    import threading
+
+    from deploy.protocol import AudioBudget, MeteredSource
+
+    push = PushSource(SR, 1, max_queue=100_000)
+    budget = AudioBudget(2.0)
+    s = StreamInput(push, "int16", InputLimits(max_message_bytes=64000, push_timeout_s=0.3), budget)
+    assert all(s.handle(_pcm(0.5)) == [] for _ in range(4))  # 2 s buffered
+    [err] = s.handle(_pcm(0.5))
+    assert err.code == "invalid_audio" and "max_buffered_audio_s 2 s" in err.message
+    assert budget.buffered_s == pytest.approx(2.0)
+    items = iter(MeteredSource(push, budget))
+    next(items)  # the analyzer takes 0.5 s
+    assert s.handle(_pcm(0.5)) == [] and budget.buffered_s == pytest.approx(2.0)
+    waiting = threading.Thread(target=lambda: s.handle(_pcm(0.5)))  # waits for room ...
+    waiting.start()
+    next(items)
+    waiting.join(2)
+    assert not waiting.is_alive() and budget.buffered_s == pytest.approx(2.0)  # ... and gets it
+    budget.close()  # the analysis stopped: a waiting producer is told at once, not after push_timeout_s
+    [err] = s.handle(_pcm(0.5))
+    assert err.code == "stream_closed"
+
+
+def test_config_yaml_args_are_valid():
+    """Every arg of deploy/config.yaml is an AppArgs field (a misspelt limit would otherwise be ignored)."""
+    from pathlib import Path
+
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "config.yaml").read_text())
+    [app] = cfg["applications"]
+    args = AppArgs(**app["args"])
+    assert args.auth is None and args.auth_token is None and cfg["http_options"]["host"] == "127.0.0.1"
+    names = {d["name"] for d in app["deployments"]}
+    assert names == {"Ingress", "ASR", "EGMFModel"}
+    assert all("autoscaling_config" in d for d in app["deployments"] if d["name"] != "Ingress")
