@@ -377,6 +377,72 @@ def test_reconnect_and_resume_gets_the_missed_events_exactly_once(service, recor
     assert not [e for e in events if not isinstance(e, SpeechStartedEvent) and not isinstance(e, ErrorEvent)]
 
 
+def _fuzz_connection(rng: np.random.Generator, n_messages: int) -> tuple[list, int | None]:
+    """One connection of random protocol: a start message that is valid, mutated or garbage, then random binary
+    (raw, or tagged EGA1/EGV1 with garbage after the tag), random text and JSON, and an end, or an abrupt close."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    values = [None, True, -1, 0, 7, 16000, 48000, 1e308, "x" * 70, "", [], {}, ["a", "b"], "en", "de", "float32"]
+    start: dict | str | bytes = {"sample_rate": 16000}
+    kind = rng.integers(4)
+    if kind == 1:
+        for key in rng.choice(["type", "sample_rate", "channels", "sample_format", "language", "speakers",
+                               "stream_id", "video", "token", "last_utterance_id"], size=rng.integers(1, 4)):
+            start[str(key)] = values[rng.integers(len(values))]
+    elif kind == 2:
+        start = rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8).tobytes()
+    elif kind == 3:
+        depth = int(rng.integers(1, 3000))
+        start = "[" * depth + "]" * depth
+    events: list = []
+    with connect(WS, max_size=None, open_timeout=30) as ws:
+        try:
+            ws.send(start if isinstance(start, (str, bytes)) else json.dumps(start))
+            for _ in range(n_messages):
+                r = rng.integers(6)
+                if r == 0:
+                    ws.send(rng.integers(0, 256, int(rng.integers(0, 3201)), dtype=np.uint8).tobytes())
+                elif r == 1:
+                    tag = [b"EGA1", b"EGV1", b"EGV1\x00\x00\x00\x00\x00\x00\x00\x00\xff\xd8\xff"][rng.integers(3)]
+                    ws.send(tag + rng.integers(0, 256, int(rng.integers(0, 600)), dtype=np.uint8).tobytes())
+                elif r == 2:
+                    ws.send(json.dumps({"type": values[rng.integers(len(values))]}))
+                elif r == 3:
+                    ws.send("{" * int(rng.integers(1, 5000)))
+                elif r == 4:
+                    ws.send(np.zeros(int(rng.integers(1, 1600)), "<i2").tobytes())  # silence
+                else:
+                    ws.send(bytes(rng.integers(0, 256, int(rng.integers(0, 8)), dtype=np.uint8)).decode("latin-1"))
+            if rng.random() < 0.7:
+                ws.send(json.dumps({"type": "end"}))
+                while True:
+                    events.append(parse_event(json.loads(ws.recv(timeout=60))))
+        except ConnectionClosed:
+            pass
+    return events, ws.close_code
+
+
+def test_fuzzed_protocol_never_crashes_the_server_and_other_streams_keep_their_events(service, recording):  # noqa: F811
+    """Seeded random protocol (about 300 messages over 30 connections) beside a good stream at 4 x real time: every
+    event the fuzzed connections get is valid, each closes with a documented code (or is dropped by the client),
+    the good stream gets exactly its utterances and no error, and the service is healthy afterwards."""
+    x, refs = recording
+    good: dict = {}
+    thread = threading.Thread(target=lambda: good.update(events=_session(
+        {"sample_rate": SR, "stream_id": "fuzz-good"}, _int16_frames(x), frame_s=0.05)))
+    thread.start()
+    rng = np.random.default_rng(26)
+    codes = [_fuzz_connection(rng, 10)[1] for _ in range(30)]
+    thread.join(300)
+    assert set(codes) <= {1000, 1008, None}, codes  # None: the client closed first (abrupt close)
+    events, code = good["events"]
+    assert code == 1000 and not _errors(events), _errors(events)
+    assert [u.utterance_id for u in _utts(events)] == list(range(len(refs)))
+    with urllib.request.urlopen(f"{BASE}/health", timeout=30) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
 def test_killed_model_replica_mid_stream(service, recording):  # noqa: F811
     """``ray.kill`` of the model replica while a stream is running: every utterance is reported (an event, or an
     error event without internal detail), the stream ends normally, Serve starts a new replica and the next stream
@@ -400,6 +466,7 @@ def test_killed_model_replica_mid_stream(service, recording):  # noqa: F811
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
     t.join(300)
     events, code = results["events"]
+    print(f"\nafter ray.kill of the model replica: {[e.code for e in _errors(events)]}, {len(_utts(events))} utterances")
     assert code == 1000
     reported = _utts(events) + [e for e in _errors(events) if e.code in ("analysis_failed", "analysis_timeout")]
     assert len(reported) == 2 * len(refs), events
