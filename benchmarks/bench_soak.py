@@ -163,7 +163,7 @@ def windows(result: dict, samples: list[dict], window_s: float) -> list[dict]:
         os_ = [o for o in outcomes if lo <= o["end_s"] < hi]
         lat = np.array([o["latency_ms"] for o in os_ if o["status"] == "received"])
         mem = [s for s in samples if lo <= s["t_s"] < hi]
-        rows.append({"window": f"{lo / 60:.0f}-{hi / 60:.0f} min", "sent": len(os_),
+        rows.append({"window": f"{lo / 60:g}-{hi / 60:g} min", "sent": len(os_),
                      "received": sum(o["status"] == "received" for o in os_),
                      "failed_reported": sum(o["status"] not in ("received", "lost") for o in os_),
                      "lost": sum(o["status"] == "lost" for o in os_),

@@ -766,8 +766,10 @@ class _StreamRecord:
         """The events after the utterance ``last_utterance_id`` (-1: all), and whether some of them are no longer
         kept (they were pushed out by newer ones)."""
         if last_utterance_id >= self.next_utterance_id:
-            raise StartError("last_utterance_id", f"stream {self.stream_id!r} has sent utterances up to id "
-                             f"{self.next_utterance_id - 1}, got {last_utterance_id}")
+            sent = (f"utterances up to id {self.next_utterance_id - 1}" if self.next_utterance_id else
+                    "no utterance (a new stream, or one that ended more than resume_ttl_s ago)")
+            raise StartError("last_utterance_id", f"stream {self.stream_id!r} has sent {sent}, got "
+                             f"{last_utterance_id}")
         texts = [t for _, t in self.events]
         for i, (uid, _) in enumerate(self.events):
             if uid == last_utterance_id:
