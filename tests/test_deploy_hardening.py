@@ -92,6 +92,17 @@ def hung(service):  # noqa: F811
     serve.delete("hung")
 
 
+@pytest.fixture(scope="module")
+def misconfigured(service):  # noqa: F811
+    """An ingress whose default language the English-only recognizer cannot do: every recognizer call raises inside
+    the ASR replica (a real error with a real remote traceback), as a broken replica would."""
+    from ray import serve
+
+    base = _deploy_ingress("misconfigured", {"language": "de"})
+    yield {"base": base, "ws": base.replace("http://", "ws://") + "/v1/stream"}
+    serve.delete("misconfigured")
+
+
 def _utts(events: list) -> list[UtteranceEvent]:
     return [e for e in events if isinstance(e, UtteranceEvent)]
 
@@ -319,6 +330,24 @@ def test_a_hung_model_gives_analysis_timeout_and_the_stream_goes_on(hung, record
         assert start < hi and end > lo
         assert not any(w in e.message for w in INTERNAL_WORDS)
     assert time.monotonic() - t0 < 60
+
+
+def test_replica_errors_reach_the_client_as_a_code_without_internal_text(misconfigured, recording, tmp_path):
+    """Before: the client got ``RayTaskError(ValueError): ray::ServeReplica:egmf:ASR.handle_request() (pid=...,
+    ip=...) ... Traceback ...``. Now each utterance gets ``analysis_failed`` with its span and one plain line (the
+    exception is logged on the server), and the stream goes on to a normal close."""
+    x, refs = recording
+    events, code = _session({"sample_rate": SR}, _int16_frames(x[: int((refs[1][1] + 1.0) * SR)]),
+                            url=misconfigured["ws"])
+    errors = _errors(events)
+    assert code == 1000 and not _utts(events) and [e.code for e in errors] == ["analysis_failed"] * 2, events
+    for e in errors:
+        assert e.message.endswith("the speech recognizer failed (the details are in the server log)"), e.message
+        assert not any(w in e.message for w in (*INTERNAL_WORDS, "English-only", "ValueError"))
+    wav = write_wav(tmp_path / "one.wav", x[: int((refs[0][1] + 1.0) * SR)]).read_bytes()
+    status, body = _post(f"{misconfigured['base']}/v1/analyze", wav)
+    assert status == 200 and [e["code"] for e in body["events"] if e["type"] == "error"] == ["analysis_failed"]
+    assert "Traceback" not in json.dumps(body)
 
 
 # ------------------------------------------------------------------------------------------------ 4. health
