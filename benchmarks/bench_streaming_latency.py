@@ -410,7 +410,7 @@ def prompt_tokens(model: Any, context: tuple, speaker: str, text: str) -> tuple[
 def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker: str, reps: int) -> dict[str, Any]:
     """The model alone on one utterance's real inputs: empty context vs the context it had in the stream,
     ``reps`` interleaved calls each (model.score, what predictor.predict runs, without appending a turn)."""
-    from egmf_core.model import ModelInput
+    from egmf_core.model_io import ModelInput
 
     model = analyzer.predictor.model
     asr = analyzer.frontend.process(np.ascontiguousarray(rec["segment"].audio, np.float32))

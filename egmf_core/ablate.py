@@ -41,7 +41,7 @@ from .config import ConfigError, EGMFConfig
 from .data import DatasetError
 from .data.mmsa import MMSA_DATASETS
 from .evaluate import predict_examples, report
-from .model import Prediction
+from .model_io import Prediction
 
 
 @dataclass(frozen=True)

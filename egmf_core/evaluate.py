@@ -37,7 +37,8 @@ from .metrics import (
     score_report,
     sims_regression_report,
 )
-from .model import EGMFModel, Prediction
+from .model import EGMFModel
+from .model_io import Prediction
 
 log = logging.getLogger(__name__)
 # Datasets with emotion labels to score (`egmf_core.data` also loads unlabelled media sets).

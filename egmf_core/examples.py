@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 from .data import UtteranceRecord, group_dialogues
 from .data.iemocap import IEMOCAP_LABEL_SETS
 from .data.ravdess import RAVDESS_TO_MELD
-from .model import ModelInput
+from .model_io import ModelInput
 from .prompt import PromptBuilder
 
 log = logging.getLogger(__name__)

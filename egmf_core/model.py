@@ -4,18 +4,17 @@ Two inference paths share all preparation:
 - `generate`: plain greedy generation and parsing of the text (the paper's path);
 - `score`: one forward pass over the prompt gives a probability for every emotion label (the first answer token
   of each label, renormalized over the closed label set); a second pass reads the rest of the answer, greedy and
-  restricted to valid answers: it feeds, on the prompt's KV cache, the whole tree of valid continuations below the
-  chosen first token (with a tree attention mask, `AnswerTree`) instead of one token per decoding step, so an answer
-  costs two passes whatever its length. When greedy generation produces a valid answer the two paths agree exactly
-  (argmax over a subset that contains the global argmax).
+  restricted to valid answers, by feeding the tree of valid continuations below the chosen first token on the
+  prompt's KV cache (`egmf_core.decoding`), so an answer costs two passes whatever its length. When greedy
+  generation produces a valid answer the two paths agree exactly (argmax over a subset that contains the global
+  argmax).
 
 A sentiment-only label set (`TaskConfig.score_tasks`, e.g. MOSEI) has no labels: its answer is the score alone, its
 predictions have emotion "unknown", no label probabilities, and the score on the task's own scale.
 
-Language adapters (`lora.languages`): one LoRA adapter per utterance language, each prompted in its language's
-template. Inference runs a mixed-language batch in one pass with peft's per-row `adapter_names`; a batch whose rows
-all use the default adapter runs exactly the single-adapter code. Training passes group the rows by adapter instead
-(peft refuses `adapter_names` in training mode).
+Language adapters (`lora.languages`, `egmf_core.adapters`): one LoRA adapter per utterance language, each prompted
+in its language's template. The I/O types are in `egmf_core.model_io`, the padded batch in `egmf_core.batching`, the
+choice of kept prompt caches in `egmf_core.cached_starts` and the CPU serving rewrites in `egmf_core.serving`.
 """
 
 from __future__ import annotations
@@ -25,194 +24,37 @@ import dataclasses
 import logging
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from .adapters import (
+    DEFAULT_ADAPTER,
+    active_adapter,
+    adapter_name,
+    adapter_state,
+    add_adapter,
+    load_adapter_state,
+    lora_config,
+    per_row_adapters,
+)
 from .backbone import LoadedBackbone, load_backbone
+from .batching import IGNORE, PreparedBatch, PromptLayout, answer_labels, pad_media, pad_text
+from .cached_starts import cached_start
 from .calibration import Calibration
 from .config import EGMFConfig
+from .decoding import AnswerTree, TreeNodes, build_answer_trees, choice_logits, make_prediction, tree_attention_mask
 from .fusion import FusionOutput, FusionStack
+from .model_io import ModelInput, Prediction
 from .prompt import PromptBuilder, PromptIds, Turn
 from .prompt_cache import PromptCache
+from .serving import transpose_linear_weights
 
 log = logging.getLogger(__name__)
-IGNORE = -100
-DEFAULT_ADAPTER = "default"  # peft's name for the adapter get_peft_model creates: the default language's
-
-
-@dataclass
-class ModelInput:
-    """One utterance with its past-only context. Media features are optional (missing = masked)."""
-
-    context: Sequence[Turn]
-    current: Turn
-    audio: np.ndarray | None = None  # (T_a, audio_dim) float32, 50 Hz
-    visual: np.ndarray | None = None  # (T_v, visual_dim) float32
-    visual_valid: np.ndarray | None = None  # (T_v,) bool: False where no face was found
-    emotion: str | None = None  # training target
-    sentiment: float | None = None  # training target on the label set's score scale (None = unknown, not trained)
-    # Which emotion label set the task prompt offers (see TaskConfig.dataset_emotions), or a sentiment-only task
-    # (TaskConfig.score_tasks), whose inputs have no emotion.
-    label_set: str = "default"
-    # The utterance's language (e.g. the speech recognizer's): picks the LoRA adapter and the prompt template.
-    # None = the model's default language; a language without an adapter falls back to the default (logged once).
-    language: str | None = None
-
-
-@dataclass
-class Prediction:
-    emotion: str  # "unknown" for a sentiment-only label set (and for an unparsed generation)
-    emotion_probs: dict[str, float]  # empty for a sentiment-only label set
-    sentiment_score: float  # on the label set's score scale (the prompt's; a sentiment-only task's own, e.g. [-3, 3])
-    sentiment_label: str
-    alpha: list[float]
-    modalities: dict[str, bool]
-    raw_text: str | None = None  # generated text (generation path only)
-    expert_outputs: np.ndarray | None = field(default=None, repr=False)
-    # Wall time of the stages of the call that made this prediction (scoring path only; for a batch, the whole
-    # batch's times): "fusion" (fusion stack), "llm_prefill" (prompt assembly + the LLM pass over the prompt),
-    # "llm_answer" (the answer-tree pass on the KV cache and the greedy walk through it). Not part of any event.
-    timings_ms: dict[str, float] | None = field(default=None, repr=False)
-    # Tokens of this row per LLM pass (scoring path only): prompt ids taken from a kept KV cache ("cached", see
-    # `PromptCache`) and encoded by the prompt pass ("encoded", the pseudo tokens included); answer-tree nodes the
-    # prompt pass carried ("folded", see `EGMFModel.folded_answers`) and that a separate answer pass fed
-    # ("answer_pass": 0 when a folded tree held the answer). Not part of any event.
-    prompt_tokens: dict[str, int] | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class AnswerTree:
-    """The part of the answer trie below one first answer token that one LLM pass must feed.
-
-    A node is fed when a decision lies at or below it (it has several children, or a fed child): its logits choose
-    among its children. Chains with no decision left (the fraction digit's end-of-answer, "1" -> "." -> "0") are
-    followed without the model. For "disgust +0.4" the pass feeds "dis g ust", both signs, "+0"/"-0" and their
-    "." nodes: 9 tokens in one pass instead of 8 sequential decoding steps.
-    """
-
-    root: dict  # the trie node reached by the first token
-    tokens: list[int]  # fed nodes' token ids, parents before children (index 0 = the first token, when fed)
-    depths: list[int]  # position offset after the prompt's last token (first token = 1)
-    ancestors: torch.Tensor  # (n, n) bool: node q may attend to node k (k is q or an ancestor of q)
-    index: dict[int, int]  # id(trie node) -> its row among the fed nodes
-    choices: list[int]  # every token a fed node chooses among: the only logits `walk` reads
-
-    @classmethod
-    def plan(cls, first_token: int, root: dict) -> "AnswerTree":
-        fed: dict[int, bool] = {}
-
-        def needs(node: dict) -> bool:
-            below = [needs(c) for k, c in node.items() if k is not None]  # every child visited: no short-circuit
-            fed[id(node)] = len(below) > 1 or any(below)
-            return fed[id(node)]
-
-        needs(root)
-        tokens, depths, parents, index, choices = [], [], [], {}, set()
-        stack = [(first_token, root, 1, -1)]
-        while stack:
-            tok, node, depth, parent = stack.pop()
-            if not fed[id(node)]:
-                continue
-            index[id(node)] = len(tokens)
-            tokens.append(tok)
-            depths.append(depth)
-            parents.append(parent)
-            children = [(k, c) for k, c in node.items() if k is not None]
-            choices.update(k for k, _ in children)
-            stack += [(k, c, depth + 1, index[id(node)]) for k, c in children]
-        ancestors = torch.eye(len(tokens), dtype=torch.bool)
-        for q, p in enumerate(parents):
-            if p >= 0:
-                ancestors[q] |= ancestors[p]
-        return cls(root, tokens, depths, ancestors, index, sorted(choices))
-
-    def walk(self, logits: torch.Tensor | None) -> tuple[str, float]:
-        """Greedy path from the first token to a leaf: at each branching node the child with the highest logit."""
-        node = self.root
-        while None not in node:
-            options = [k for k in node if k is not None]
-            tok = options[0] if len(options) == 1 else options[int(torch.argmax(logits[self.index[id(node)], options]))]
-            node = node[tok]
-        return node[None]
-
-
-@dataclass(frozen=True)
-class _TreeNodes:
-    """The answer-tree nodes one LLM pass feeds, per row its trees one after another (left-aligned, padded to the
-    longest row): token ids, depths after the prompt, and which node may attend to which (its ancestors)."""
-
-    ids: torch.Tensor  # (B, N) token ids (padding: 0; a padding node sees only itself)
-    depth: torch.Tensor  # (B, N) position offset after the prompt's last token
-    mask: torch.Tensor  # (B, N, N) bool: node q may attend to node k
-    starts: list[dict[int, int]]  # per row: id(tree) -> its first node's column
-    choices: set[int]  # every token some fed node chooses among
-
-    @property
-    def n(self) -> int:
-        return self.ids.shape[1]
-
-    @classmethod
-    def of(cls, forests: Sequence[Sequence[AnswerTree]]) -> "_TreeNodes":
-        n = max((sum(len(t.tokens) for t in f) for f in forests), default=0)
-        b = len(forests)
-        ids = torch.zeros((b, n), dtype=torch.long)
-        depth = torch.zeros((b, n), dtype=torch.long)
-        mask = torch.eye(n, dtype=torch.bool).repeat(b, 1, 1)
-        starts: list[dict[int, int]] = []
-        choices: set[int] = set()
-        for i, forest in enumerate(forests):
-            at, row = 0, {}
-            for t in forest:
-                k = len(t.tokens)
-                if k:
-                    ids[i, at:at + k] = torch.tensor(t.tokens, dtype=torch.long)
-                    depth[i, at:at + k] = torch.tensor(t.depths, dtype=torch.long)
-                    mask[i, at:at + k, at:at + k] = t.ancestors
-                    choices.update(t.choices)
-                row[id(t)] = at
-                at += k
-            starts.append(row)
-        return cls(ids, depth, mask, starts, choices)
-
-    def offset(self, row: int, tree: AnswerTree) -> int | None:
-        """Column of `tree`'s first node in `row`, or None when the row does not carry it."""
-        return self.starts[row].get(id(tree))
-
-
-class TransposedLinear(nn.Module):
-    """`nn.Linear` for CPU inference with the weight stored transposed and contiguous, (in, out): MKL's sgemm is up
-    to 2x faster on the few-row inputs of the answer pass than with the transposed view `F.linear` hands it. The
-    weight is a buffer: nothing here trains."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.register_buffer("weight_t", linear.weight.detach().t().contiguous())
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.matmul(x, self.weight_t)
-        return y if self.bias is None else y + self.bias
-
-
-@dataclass
-class PreparedBatch:
-    embeds: torch.Tensor  # (B, L, d)
-    attention_mask: torch.Tensor  # (B, L)
-    position_ids: torch.Tensor  # (B, L)
-    labels: torch.Tensor | None  # (B, A) answer targets, right-aligned, IGNORE elsewhere
-    fusion: FusionOutput
-    modalities: list[dict[str, bool]]
-    fusion_ms: float = 0.0  # wall time of run_fusion
-    languages: list[str] = field(default_factory=list)  # per row: the language whose adapter and template it uses
 
 
 class EGMFModel(nn.Module):
@@ -226,7 +68,7 @@ class EGMFModel(nn.Module):
         if cfg.lora.enabled:
             with warnings.catch_warnings():  # peft 0.21 calls an attribute transformers 5 deprecates: not ours to fix
                 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-                llm = get_peft_model(llm, self._lora_config())
+                llm = get_peft_model(llm, lora_config(cfg.lora))
         self.llm = llm
         # Adapter languages, default first: one adapter (prompt.language's) unless lora.languages lists more.
         self.languages: list[str] = list(cfg.lora.languages or [cfg.prompt.language])
@@ -245,7 +87,9 @@ class EGMFModel(nn.Module):
         self.fusion.to(next(llm.parameters()).device)
         for language in self.languages[1:]:  # after the fusion stack, whose initialisation stays seed-for-seed the same
             self._inject_adapter(language)
-        self._build_answer_trie()
+        # Per label set: the answer tree below each valid first answer token, and its labels' aux-head columns with
+        # their trees in label order (`_folded_trees`).
+        self._answer_trees, self._label_trees = build_answer_trees(self.prompts, self.aux_labels)
 
     @classmethod
     def build(cls, cfg: EGMFConfig) -> "EGMFModel":
@@ -259,27 +103,12 @@ class EGMFModel(nn.Module):
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
     # -- language adapters --------------------------------------------------------------------------------------
-    def _lora_config(self) -> LoraConfig:
-        c = self.cfg.lora
-        return LoraConfig(
-            r=c.r,
-            lora_alpha=c.alpha,
-            lora_dropout=c.dropout,
-            target_modules=list(c.target_modules),
-            layers_to_transform=c.layers,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
-
     def _inject_adapter(self, language: str) -> None:
-        self.llm.add_adapter(language, self._lora_config())
-        self.llm.set_requires_grad(language, True)  # peft adds it frozen; like the default adapter, it is trained
+        add_adapter(self.llm, language, self.cfg.lora)
         self.train(self.training)  # its new dropout modules start in training mode: an eval model would sample them
 
     def _adapter_name(self, language: str) -> str:
-        if language not in self.languages:
-            raise ValueError(f"no LoRA adapter for language {language!r}; adapters: {self.languages}")
-        return DEFAULT_ADAPTER if language == self.languages[0] else language
+        return adapter_name(self.languages, language)
 
     def add_language_adapter(self, language: str, init_from: str | None = None) -> None:
         """Add a LoRA adapter for `language` (also to `cfg.lora.languages`, so a saved checkpoint holds it).
@@ -298,50 +127,11 @@ class EGMFModel(nn.Module):
 
     def lora_state(self, language: str) -> dict[str, torch.Tensor]:
         """`language`'s LoRA weights under peft's adapter-independent keys (the checkpoint layout)."""
-        return get_peft_model_state_dict(self.llm, adapter_name=self._adapter_name(language))
+        return adapter_state(self.llm, self._adapter_name(language))
 
     def load_lora_state(self, language: str, state: dict[str, torch.Tensor]) -> None:
         """Load `language`'s LoRA weights (keys as `lora_state` gives them); every weight must be there."""
-        expected = self.lora_state(language).keys()
-        missing, unexpected = sorted(expected - state.keys()), sorted(state.keys() - expected)
-        if missing or unexpected:
-            raise ValueError(
-                f"LoRA weights of language {language!r} do not match the model "
-                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-            )
-        set_peft_model_state_dict(
-            self.llm, {k: v.to(self.device) for k, v in state.items()}, adapter_name=self._adapter_name(language)
-        )
-
-    def merge_lora_for_inference(self) -> bool:
-        """Fold the LoRA update into the LLM's weights (W + BA): the same outputs without the adapters' extra
-        matmuls on every pass (about 12 % of the prompt pass on 2 CPU cores). For a model that serves and will not
-        train again; per-row language adapters need the adapters kept apart, so a model with several is left as it
-        is. Returns whether it merged."""
-        if not isinstance(self.llm, PeftModel) or len(self.languages) > 1 or self._merged:
-            return False
-        self.llm.merge_adapter()
-        self._merged = True
-        return True
-
-    def use_transposed_linear_weights(self) -> int:
-        """Serving on CPU: replace the decoder layers' linear projections by `TransposedLinear` (same outputs, within
-        float rounding; the answer pass ~25 % faster, the prompt pass ~4 %, measured on 2 cores). Only for a model
-        whose LoRA is merged (or that has none): adapters kept apart (several languages) need peft's layers, so such
-        a model is left as it is. Returns how many layers were replaced."""
-        if isinstance(self.llm, PeftModel) and not self._merged:
-            return 0
-        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        n = 0
-        for layer in base.get_decoder().layers:
-            for parent in layer.children():
-                for name, child in list(parent.named_children()):
-                    linear = getattr(child, "base_layer", child)  # a merged peft layer: its base holds W + BA
-                    if type(linear) is nn.Linear:
-                        setattr(parent, name, TransposedLinear(linear))
-                        n += 1
-        self._kv.clear()
-        return n
+        load_adapter_state(self.llm, self._adapter_name(language), state, self.device, language)
 
     def language_of(self, x: ModelInput) -> str:
         """The language whose adapter and prompt template `x` uses: see `resolve_language`."""
@@ -360,77 +150,42 @@ class EGMFModel(nn.Module):
         return self.languages[0]
 
     def _adapter_kwargs(self, prep: PreparedBatch) -> dict:
-        """peft's per-row adapters for an inference pass; none when every row uses the default adapter, so that such a
-        batch runs exactly the single-adapter code (bit-identical outputs)."""
-        names = [self._adapter_name(language) for language in prep.languages]
-        return {} if set(names) == {DEFAULT_ADAPTER} else {"adapter_names": names}
+        return per_row_adapters([self._adapter_name(language) for language in prep.languages])
 
-    @contextmanager
-    def _active_adapter(self, language: str) -> Iterator[None]:
-        """Run the enclosed passes with `language`'s adapter active (training passes: peft refuses per-row
-        `adapter_names` in training mode). peft's set_adapter also changes which adapters require gradients, which
-        is the trainer's choice (e.g. a frozen LoRA), so those flags are kept as they were."""
-        name = self._adapter_name(language)
-        if name == DEFAULT_ADAPTER:  # the default adapter is active outside this context
-            yield
-            return
-        self._set_active(name)
-        try:
-            yield
-        finally:
-            self._set_active(DEFAULT_ADAPTER)
+    # -- serving ------------------------------------------------------------------------------------------------
+    def merge_lora_for_inference(self) -> bool:
+        """Fold the LoRA update into the LLM's weights (W + BA): the same outputs without the adapters' extra
+        matmuls on every pass. For a model that serves and will not train again; per-row language adapters need the
+        adapters kept apart, so a model with several is left as it is. Returns whether it merged."""
+        if not isinstance(self.llm, PeftModel) or len(self.languages) > 1 or self._merged:
+            return False
+        self.llm.merge_adapter()
+        self._merged = True
+        return True
 
-    def _set_active(self, name: str) -> None:
-        flags = [(p, p.requires_grad) for p in self.llm.parameters()]
-        self.llm.set_adapter(name)
-        for p, flag in flags:
-            p.requires_grad_(flag)
+    def use_transposed_linear_weights(self) -> int:
+        """Serving on CPU: replace the decoder layers' linear projections by `serving.TransposedLinear` (same
+        outputs, within float rounding; faster few-row matmuls). Only for a model whose LoRA is merged (or that has
+        none): adapters kept apart (several languages) need peft's layers, so such a model is left as it is.
+        Returns how many layers were replaced."""
+        if isinstance(self.llm, PeftModel) and not self._merged:
+            return 0
+        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+        n = transpose_linear_weights(base.get_decoder())
+        self._kv.clear()
+        return n
 
     # -- input preparation --------------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(ids)
 
-    def _media(self, batch: Sequence[ModelInput]) -> tuple[torch.Tensor, ...]:
-        """Pad audio/visual features into tensors with validity masks (absent modality = all-false mask)."""
-        f = self.cfg.fusion
-        dev = self.device
-        ta = max([f.audio_stride] + [len(x.audio) - len(x.audio) % f.audio_stride for x in batch if x.audio is not None])
-        tv = max([1] + [len(x.visual) for x in batch if x.visual is not None])
-        audio = np.zeros((len(batch), ta, f.audio_dim), np.float32)
-        a_valid = np.zeros((len(batch), ta), bool)
-        visual = np.zeros((len(batch), tv, f.visual_dim), np.float32)
-        v_valid = np.zeros((len(batch), tv), bool)
-        for i, x in enumerate(batch):
-            if x.audio is not None and len(x.audio):
-                _check_features("audio", x.audio, f.audio_dim)
-                n = min(len(x.audio), ta)
-                audio[i, :n] = x.audio[:n]
-                a_valid[i, :n] = True
-            if x.visual is not None and len(x.visual):
-                _check_features("visual", x.visual, f.visual_dim)
-                n = len(x.visual)
-                visual[i, :n] = x.visual
-                vv = np.ones(n, bool) if x.visual_valid is None else np.asarray(x.visual_valid, bool)
-                if vv.shape != (n,):
-                    raise ValueError(f"visual_valid: expected shape ({n},), got {vv.shape}")
-                v_valid[i, :n] = vv
-        t = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
-        return t(audio), t(a_valid), t(visual), t(v_valid)
-
     def run_fusion(self, batch: Sequence[ModelInput]) -> tuple[FusionOutput, list[dict[str, bool]]]:
-        maxt = self.cfg.fusion.max_text_tokens
-        tt = max(1, max(len(x.current.text_ids[:maxt]) for x in batch))
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(batch), tt), pad, dtype=torch.long)
-        t_valid = torch.zeros((len(batch), tt), dtype=torch.bool)
-        for i, x in enumerate(batch):
-            tid = x.current.text_ids[:maxt]
-            ids[i, : len(tid)] = torch.tensor(tid, dtype=torch.long)
-            t_valid[i, : len(tid)] = bool(x.current.text.strip())
+        ids, t_valid = pad_text(batch, self.cfg.fusion.max_text_tokens, self.tokenizer.pad_token_id)
         ids, t_valid = ids.to(self.device), t_valid.to(self.device)
         with torch.no_grad():
             text_embeds = self._embed(ids).float()
-        audio, a_valid, visual, v_valid = self._media(batch)
+        audio, a_valid, visual, v_valid = (torch.from_numpy(a).to(self.device)
+                                           for a in pad_media(batch, self.cfg.fusion))
         out = self.fusion(text_embeds, t_valid, audio, a_valid, visual, v_valid)
         ab = self.cfg.ablation
         modalities = [
@@ -453,16 +208,14 @@ class EGMFModel(nn.Module):
         """Build left-padded input embeddings [prefix; pseudo; suffix+task (; answer)] for the batch.
 
         `prefix_cached`: how many first ids of each row's prefix (one count for all rows, or one per row) are
-        already in a KV cache whose rows are left-padded to the longest (`_stack_caches`); the embeddings start
-        after them, left-padded ([pad; cached; pad; rest of the prefix; pseudo; ...]); the attention mask covers the
-        cache + embeddings and the positions continue after each row's cached ids. `prompts`: the rows'
-        `prompt_ids`, when the caller already built them.
+        already in a KV cache whose rows are left-padded to the longest (`cached_starts.stack_caches`); the
+        embeddings start after them, left-padded ([pad; cached; pad; rest of the prefix; pseudo; ...]); the attention
+        mask covers the cache + embeddings and the positions continue after each row's cached ids. `prompts`: the
+        rows' `prompt_ids`, when the caller already built them.
         """
         t0 = time.perf_counter()
         fusion, modalities = self.run_fusion(batch)
         fusion_ms = (time.perf_counter() - t0) * 1000.0
-        k = self.cfg.fusion.pseudo_tokens
-        pad = self.tokenizer.pad_token_id
         rows, answers = [], []
         languages = [self.language_of(x) for x in batch]
         cached = [prefix_cached] * len(batch) if isinstance(prefix_cached, int) else list(prefix_cached)
@@ -473,37 +226,14 @@ class EGMFModel(nn.Module):
                 ans, n_loss = self.prompts.answer_ids(x.emotion, x.sentiment, x.label_set)
             rows.append((p.before[n_cached:], p.after + ans))
             answers.append((ans, n_loss))
-        lengths = [len(b) + k + len(a) for b, a in rows]
-        seq = max(lengths)
-        ids = torch.full((len(batch), seq), pad, dtype=torch.long)
-        is_pseudo = torch.zeros((len(batch), seq), dtype=torch.bool)
-        attn = torch.zeros((len(batch), seq), dtype=torch.long)
-        for i, ((before, after), n) in enumerate(zip(rows, lengths)):
-            start = seq - n
-            ids[i, start : start + len(before)] = torch.tensor(before)
-            is_pseudo[i, start + len(before) : start + len(before) + k] = True
-            ids[i, start + len(before) + k :] = torch.tensor(after)
-            attn[i, start:] = 1
+        layout = PromptLayout.of(rows, self.cfg.fusion.pseudo_tokens, self.tokenizer.pad_token_id, cached)
         dev = self.device
-        ids, is_pseudo, attn = ids.to(dev), is_pseudo.to(dev), attn.to(dev)
-        embeds = self._embed(ids)
+        embeds = self._embed(layout.ids.to(dev))
         pseudo = fusion.pseudo_tokens.to(embeds.dtype)
-        embeds = embeds.masked_scatter(is_pseudo[..., None], pseudo)
-        if max(cached):
-            past = torch.zeros((len(batch), max(cached)), dtype=attn.dtype)
-            for i, n_cached in enumerate(cached):
-                past[i, past.shape[1] - n_cached:] = 1
-            attn = torch.cat([past.to(dev), attn], dim=1)
-        position_ids = (attn.cumsum(-1) - 1).clamp(min=0)[:, -seq:]
-        labels = None
-        if with_answers:
-            a = max(len(ans) for ans, _ in answers)
-            labels = torch.full((len(batch), a), IGNORE, dtype=torch.long)
-            for i, (ans, n_loss) in enumerate(answers):
-                if ans:
-                    labels[i, a - len(ans) : a - len(ans) + n_loss] = torch.tensor(ans[:n_loss])
-            labels = labels.to(dev)
-        return PreparedBatch(embeds, attn, position_ids, labels, fusion, modalities, fusion_ms, languages)
+        embeds = embeds.masked_scatter(layout.is_pseudo.to(dev)[..., None], pseudo)
+        labels = answer_labels(answers).to(dev) if with_answers else None
+        return PreparedBatch(embeds, layout.attention_mask.to(dev), layout.position_ids.to(dev), labels, fusion,
+                             modalities, fusion_ms, languages)
 
     # -- training -----------------------------------------------------------------------------------------------
     def aux_loss(self, batch: Sequence[ModelInput], fusion: FusionOutput | None = None) -> torch.Tensor:
@@ -517,8 +247,9 @@ class EGMFModel(nn.Module):
         """Cross-entropy on the answer tokens only (logits are computed only where the answer is), plus optionally
         `aux_weight` x the auxiliary emotion head's cross-entropy on f_enhanced.
 
-        Each row runs through its language's adapter: the rows of one adapter go through the LLM together, and the
-        logits are put back in batch order, so the loss is the same mean over all answer tokens of the batch.
+        Each row runs through its language's adapter: the rows of one adapter go through the LLM together (peft
+        refuses per-row adapters in training mode), and the logits are put back in batch order, so the loss is the
+        same mean over all answer tokens of the batch.
         """
         if self._merged:
             raise RuntimeError("this model's LoRA is merged into the LLM for serving; load the checkpoint again to train")
@@ -528,7 +259,7 @@ class EGMFModel(nn.Module):
         for language in dict.fromkeys(prep.languages):
             rows = [i for i, lang in enumerate(prep.languages) if lang == language]
             idx = torch.tensor(rows, device=self.device)
-            with self._active_adapter(language):
+            with active_adapter(self.llm, self._adapter_name(language)):
                 out = self.llm(
                     inputs_embeds=prep.embeds[idx],
                     attention_mask=prep.attention_mask[idx],
@@ -545,24 +276,6 @@ class EGMFModel(nn.Module):
         return loss
 
     # -- inference: constrained scoring (fast path) -------------------------------------------------------------
-    def _build_answer_trie(self) -> None:
-        """One trie of valid answer token sequences per label set (leaves hold (label, score)), and for every first
-        answer token the tree of trie nodes that the answer pass must feed (see `AnswerTree`); per label set, its
-        labels' auxiliary-head columns and answer trees in label order (`_folded_trees`)."""
-        self._answer_trees: dict[str, dict[int, AnswerTree]] = {}
-        self._label_trees: dict[str, tuple[list[int], list[AnswerTree]]] = {}
-        for name in self.prompts.label_sets:
-            trie: dict = {}
-            for label, value, ids in self.prompts.answer_candidates(name):
-                node = trie
-                for t in ids:
-                    node = node.setdefault(t, {})
-                node[None] = (label, value)
-            self._answer_trees[name] = {tok: AnswerTree.plan(tok, sub) for tok, sub in trie.items()}
-            labels = self.prompts.label_sets[name]
-            self._label_trees[name] = ([self.aux_labels.index(lab) for lab in labels],
-                                       [self._answer_trees[name][self.prompts.label_ids[lab][0]] for lab in labels])
-
     @torch.no_grad()
     def score(self, batch: Sequence[ModelInput]) -> list[Prediction]:
         """Constrained greedy answers with the probability of every label, in (usually) one LLM pass.
@@ -572,11 +285,9 @@ class EGMFModel(nn.Module):
         whose first answer token (the prompt's argmax) starts one of its folded trees is answered from that pass;
         the others get a separate answer pass on the prompt's KV cache. Both give the logits that step-by-step
         greedy decoding would see, so folding changes the time, not the answers (within float rounding). The shipped
-        aux head is fitted to the LLM's own answers (`egmf_core.distill_aux`): its top 3 hold the LLM's answer for
-        94 % of MELD dev lines, 95 % of MELD dev lines spoken by espeak-ng and 100 % of RAVDESS dev live cuts
-        (`benchmarks/results/aux_distill.md`); each folded tree adds 7-9 ids to the pass (~15-25 ms on 2 cores), a
-        missed one costs an answer pass (~150-270 ms): 3 gave the lowest p50 and p95 in
-        `benchmarks/results/streaming_latency.md`.
+        aux head is fitted to the LLM's own answers (`egmf_core.distill_aux`); how often its top labels hold the
+        LLM's answer: `benchmarks/results/aux_distill.md`; what each folded tree costs and saves, and why 3:
+        `docs/results.md` (streaming latency).
         """
         t0 = time.perf_counter()
         prompts = self.prompt_ids(batch)
@@ -584,14 +295,15 @@ class EGMFModel(nn.Module):
         prep = self.prepare(batch, prefix_cached=cached, prompts=prompts)
         adapters = self._adapter_kwargs(prep)
         forests = self._folded_trees(batch, prep)
-        nodes = _TreeNodes.of(forests)
+        nodes = TreeNodes.of(forests)
         first_choices = {t for x in batch for t in self._answer_trees[x.label_set]}
         mask = None if nodes.n == 0 else self._tree_attention_mask(prep.attention_mask, nodes, prep.embeds.shape[1],
                                                                     prep.embeds.dtype)
         embeds = prep.embeds if nodes.n == 0 else torch.cat([prep.embeds, self._embed(nodes.ids.to(self.device))], 1)
         positions = prep.position_ids if nodes.n == 0 else torch.cat(
             [prep.position_ids, prep.position_ids[:, -1:] + nodes.depth.to(self.device)], 1)
-        logits, out_cache = self._logits(
+        logits, out_cache = choice_logits(
+            self.llm,
             dict(inputs_embeds=embeds, attention_mask=prep.attention_mask if mask is None else mask,
                  position_ids=positions, cache=cache, use_cache=True),
             adapters, first_choices | nodes.choices, keep=1 + nodes.n)
@@ -632,7 +344,7 @@ class EGMFModel(nn.Module):
         preds = []
         encoded = (prep.attention_mask.sum(-1).cpu() - torch.tensor(cached)).tolist()
         for i, (label, value) in enumerate(results):
-            preds.append(self._prediction(prep, i, batch[i].label_set, label, label_probs[i], value))
+            preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, label_probs[i], value))
             preds[-1].timings_ms = dict(timings)
             preds[-1].prompt_tokens = {"cached": cached[i], "encoded": int(encoded[i]),
                                        "folded": sum(len(t.tokens) for t in forests[i]),
@@ -653,42 +365,42 @@ class EGMFModel(nn.Module):
             forests.append([trees[j] for j in ranked])
         return forests
 
+    def _answer_pass(
+        self, trees: list[AnswerTree], attention_mask: torch.Tensor, last_position: torch.Tensor,
+        dtype: torch.dtype, cache, adapters: dict,
+    ) -> torch.Tensor | list[None]:
+        """One LLM pass over every row's answer tree on the prompt's KV cache (`attention_mask`: its padding;
+        `last_position`: (B, 1) the prompt's last position); returns the logits at each tree node (B, N, vocab), or
+        one None per row when no row has a decision left after its first token.
+
+        A node attends to the prompt (its padding masked as in the prompt pass) and to its own ancestors, at the
+        position its depth gives, so its logits are exactly those that step-by-step greedy decoding along that path
+        would see; sibling branches never see each other.
+        """
+        nodes = TreeNodes.of([[t] for t in trees])
+        if nodes.n == 0:
+            return [None] * len(trees)
+        mask = self._tree_attention_mask(attention_mask, nodes, 0, dtype)
+        kwargs = dict(inputs_embeds=self._embed(nodes.ids.to(self.device)), attention_mask=mask,
+                      position_ids=last_position + nodes.depth.to(self.device), cache=cache, use_cache=True)
+        return choice_logits(self.llm, kwargs, adapters, nodes.choices, keep=nodes.n)[0]
+
+    def _tree_attention_mask(self, attention_mask: torch.Tensor, nodes: TreeNodes, causal: int,
+                             dtype: torch.dtype) -> torch.Tensor:
+        additive = self.llm.config._attn_implementation == "eager"
+        return tree_attention_mask(attention_mask, nodes, causal, dtype, additive)
+
+    # -- inference: kept prompt beginnings ----------------------------------------------------------------------
     def _cached_start(
         self, batch: Sequence[ModelInput], prompts: Sequence[PromptIds]
     ) -> tuple[DynamicCache | None, list[int], list[tuple[str, list[int]]]]:
-        """A KV cache of the beginnings of the rows' reusable starts (`PromptIds.reusable`), how many ids of each row
-        it holds, and the beginnings the prompt pass should keep for later prompts: (adapter, ids) each.
-
-        One row (a live utterance): the longest kept beginning of its reusable start; the rest of it goes into the
-        prompt pass with the utterance, which then keeps its shared and its reusable start (`PromptIds.shared`: the
-        template's part, for the stream's next context; no pass of its own on the hot path). Several rows (the
-        service's batch of streams): each row's longest kept beginning, stacked into one left-padded cache, when every
-        row has one; else their common reusable start, computed by a pass of its own when it is not kept yet (once per
-        template and label set in an evaluation). No cache in training mode, where LoRA dropout makes every pass
-        different, or when the rows use different languages (adapters).
-        """
-        none: tuple[None, list[int], list] = (None, [0] * len(batch), [])
+        """The KV cache the batch's prompt pass starts from, how many ids of each row it holds, and the beginnings
+        the pass should keep (`cached_starts.cached_start`). No cache in training mode, where LoRA dropout makes every
+        pass different, or when the rows use different languages (adapters)."""
         languages = {self.language_of(x) for x in batch}
         if self.training or len(languages) != 1:
-            return none
-        adapter = self._kv_adapter(languages.pop())
-        if len(batch) == 1:
-            p = prompts[0]
-            n, cache = self._kv.longest(adapter, p.before[: p.reusable])
-            return cache, [n], [(adapter, p.before[:k]) for k in sorted({p.shared, p.reusable}) if k > n]
-        found = [self._kv.longest(adapter, p.before[: p.reusable]) for p in prompts]
-        if all(cache is not None for _, cache in found) and _stackable(found[0][1]):
-            return _stack_caches([cache for _, cache in found]), [n for n, _ in found], []
-        start = _common_prefix([p.before[: p.reusable] for p in prompts])
-        n, cache = self._kv.longest(adapter, start)
-        if n < len(start):
-            cache = self._extend(cache, start, n, adapter)
-            self._kv.put(adapter, start, cache)
-            n, cache = self._kv.longest(adapter, start)
-        if cache is None:
-            return none
-        cache.batch_repeat_interleave(len(batch))
-        return cache, [n] * len(batch), []
+            return None, [0] * len(batch), []
+        return cached_start(self._kv, self._kv_adapter(languages.pop()), prompts, self._extend)
 
     def _kv_adapter(self, language: str) -> str:
         """The adapter whose KV caches `language`'s prompts use, after dropping every kept cache if the weights changed
@@ -726,68 +438,7 @@ class EGMFModel(nn.Module):
         self._kv.put(adapter, start, self._extend(cache, start, n, adapter))
         return True
 
-    def _answer_pass(
-        self, trees: list[AnswerTree], attention_mask: torch.Tensor, last_position: torch.Tensor,
-        dtype: torch.dtype, cache, adapters: dict,
-    ) -> torch.Tensor | list[None]:
-        """One LLM pass over every row's answer tree on the prompt's KV cache (`attention_mask`: its padding;
-        `last_position`: (B, 1) the prompt's last position); returns the logits at each tree node (B, N, vocab), or
-        one None per row when no row has a decision left after its first token.
-
-        A node attends to the prompt (its padding masked as in the prompt pass) and to its own ancestors, at the
-        position its depth gives, so its logits are exactly those that step-by-step greedy decoding along that path
-        would see; sibling branches never see each other.
-        """
-        nodes = _TreeNodes.of([[t] for t in trees])
-        if nodes.n == 0:
-            return [None] * len(trees)
-        mask = self._tree_attention_mask(attention_mask, nodes, 0, dtype)
-        kwargs = dict(inputs_embeds=self._embed(nodes.ids.to(self.device)), attention_mask=mask,
-                      position_ids=last_position + nodes.depth.to(self.device), cache=cache, use_cache=True)
-        return self._logits(kwargs, adapters, nodes.choices, keep=nodes.n)[0]
-
-    def _tree_attention_mask(self, attention_mask: torch.Tensor, nodes: _TreeNodes, causal: int,
-                             dtype: torch.dtype) -> torch.Tensor:
-        """The 4D mask (B, 1, causal + N, past + N) of a pass whose inputs are `causal` prompt positions followed by
-        the answer-tree nodes: prompt positions attend causally to the unpadded cache and prompt, as a 2D mask would
-        make them (a padding position sees itself only: no all-masked row); a node sees the unpadded cache and
-        prompt and its own ancestors. transformers uses a 4D mask as given (eager attention: additive)."""
-        b, past = attention_mask.shape
-        n = nodes.n
-        keys = attention_mask.bool()
-        rows = []
-        if causal:
-            q = torch.arange(past - causal, past, device=keys.device)[:, None]  # the prompt positions' own columns
-            k = torch.arange(past, device=keys.device)[None, :]
-            prompt = (keys[:, None, :] & (k <= q)[None]) | (k == q)[None]
-            rows.append(torch.cat([prompt, torch.zeros((b, causal, n), dtype=torch.bool, device=keys.device)], -1))
-        rows.append(torch.cat([keys[:, None, :].expand(b, n, past), nodes.mask.to(keys.device)], -1))
-        mask = torch.cat(rows, 1)[:, None]
-        if self.llm.config._attn_implementation == "eager":
-            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-        return mask
-
-    def _logits(self, kwargs: dict, adapters: dict, choices: set[int], keep: int) -> tuple[torch.Tensor, DynamicCache]:
-        """Run the LLM on `kwargs`; return the logits of its last `keep` positions, (B, keep, vocab) float, and the
-        KV cache. Only `choices` (the tokens some decision chooses among) are computed, the rest -inf: the output
-        projection over 49k tokens costs about as much as 3 decoder layers at this size. Per-row adapters are
-        applied by peft's forward, which computes every logit."""
-        if adapters:
-            out = self.llm(**kwargs, **adapters, logits_to_keep=keep)
-            return out.logits.float(), out.cache
-        base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        out = base.get_decoder()(**kwargs)
-        hidden = out.last_hidden_state[:, -keep:]
-        ids = torch.tensor(sorted(choices), device=hidden.device)
-        head = base.get_output_embeddings()
-        sub = F.linear(hidden, head.weight[ids], None if head.bias is None else head.bias[ids]).float()
-        cap = getattr(base.config, "final_logit_softcapping", None)
-        if cap:
-            sub = torch.tanh(sub / cap) * cap
-        logits = torch.full((*hidden.shape[:2], head.weight.shape[0]), -torch.inf, device=hidden.device)
-        logits[..., ids] = sub
-        return logits, out.cache
-
+    # -- inference: greedy generation (the paper's path) ----------------------------------------------------------
     @torch.no_grad()
     def generate(self, batch: Sequence[ModelInput], max_new_tokens: int = 12) -> list[Prediction]:
         prep = self.prepare(batch)
@@ -805,54 +456,5 @@ class EGMFModel(nn.Module):
             text = self.tokenizer.decode(out[i], skip_special_tokens=True)
             label, value = self.prompts.parse_answer(text, batch[i].label_set)
             probs = {lab: float(lab == label) for lab in self.prompts.label_sets[batch[i].label_set]}
-            preds.append(self._prediction(prep, i, batch[i].label_set, label, probs, value, raw_text=text))
+            preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, probs, value, raw_text=text))
         return preds
-
-    def _prediction(
-        self, prep: PreparedBatch, i: int, label_set: str, label: str | None, probs: dict[str, float],
-        value: float | None, raw_text: str | None = None,
-    ) -> Prediction:
-        score = float("nan") if value is None else self.prompts.snap_score(value, label_set)
-        return Prediction(
-            emotion=label or "unknown",
-            emotion_probs=probs,
-            sentiment_score=score,
-            sentiment_label=self.prompts.sentiment_label(score, label_set) if value is not None else "unknown",
-            alpha=[float(a) for a in prep.fusion.alpha[i].tolist()],
-            modalities=prep.modalities[i],
-            raw_text=raw_text,
-            expert_outputs=prep.fusion.expert_outputs[i].detach().cpu().numpy(),
-        )
-
-
-def _check_features(name: str, arr: np.ndarray, dim: int) -> None:
-    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or arr.shape[1] != dim:
-        shape = getattr(arr, "shape", type(arr).__name__)
-        raise ValueError(f"{name} features: expected an array of shape (frames, {dim}), got {shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} features contain NaN or inf")
-
-
-def _common_prefix(rows: Sequence[Sequence[int]]) -> list[int]:
-    first = rows[0]
-    n = min(len(r) for r in rows)
-    for r in rows[1:]:
-        n = next((i for i in range(n) if r[i] != first[i]), n)
-    return list(first[:n])
-
-
-def _stackable(cache: DynamicCache) -> bool:
-    """Whether every layer is a plain (full attention) dynamic layer, whose keys and values `_stack_caches` can pad."""
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
-
-
-def _stack_caches(caches: Sequence[DynamicCache]) -> DynamicCache:
-    """One batch cache from single-row caches of different lengths, each row left-padded with zeros to the longest
-    (the attention mask hides the padding: `prepare` with per-row cached counts)."""
-    longest = max(c.get_seq_length() for c in caches)
-    out = caches[0]
-    for li, layer in enumerate(out.layers):
-        for name in ("keys", "values"):
-            rows = [getattr(c.layers[li], name) for c in caches]
-            setattr(layer, name, torch.cat([F.pad(r, (0, 0, longest - r.shape[-2], 0)) for r in rows]))
-    return out

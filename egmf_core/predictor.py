@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .checkpoint import checkpoint_version, load_checkpoint, resolve
-from .model import EGMFModel, ModelInput, Prediction
+from .model import EGMFModel
+from .model_io import ModelInput, Prediction
 from .prompt import ContextWindow, Turn
 
 log = logging.getLogger(__name__)

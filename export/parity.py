@@ -129,7 +129,7 @@ def _tile(arrays: Sequence[np.ndarray], frames: int) -> np.ndarray:
 
 def real_cases(model: Any, data: RealData) -> list[tuple[str, list[Any]]]:
     """(case name, batch of ModelInput) covering lengths, padding and missing-modality masks."""
-    from egmf_core.model import ModelInput
+    from egmf_core.model_io import ModelInput
 
     p = model.prompts
     c = data.clips
@@ -174,7 +174,7 @@ def real_cases(model: Any, data: RealData) -> list[tuple[str, list[Any]]]:
 
 def llm_prompts(model: Any, data: RealData) -> list[Any]:
     """Real prompts for the merged-LLM check: MELD turn with context, RAVDESS clip, talking head, video only."""
-    from egmf_core.model import ModelInput
+    from egmf_core.model_io import ModelInput
 
     p = model.prompts
     c = data.clips
@@ -192,7 +192,7 @@ def llm_prompts(model: Any, data: RealData) -> list[Any]:
 
 def synthetic_prompts(model: Any, seed: int = 0) -> list[Any]:
     """Prompts for the merged-LLM check when no real data is available (`--parity-inputs random`)."""
-    from egmf_core.model import ModelInput
+    from egmf_core.model_io import ModelInput
 
     rng = np.random.default_rng(seed)
     p = model.prompts

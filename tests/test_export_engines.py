@@ -29,7 +29,8 @@ from egmf_core.checkpoint import save_checkpoint
 from egmf_core.config import EGMFConfig
 from egmf_core.data import resolve_data_dir
 from egmf_core.features import FaceFeatureExtractor, FeatureCache, WhisperFrontend, WhisperFrontendConfig
-from egmf_core.model import EGMFModel, ModelInput
+from egmf_core.model import EGMFModel
+from egmf_core.model_io import ModelInput
 from export import parity as P
 from export.cli import STEPS, Progress, StepFailed, main
 from export.manifest import verify_files

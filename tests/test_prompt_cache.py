@@ -11,7 +11,8 @@ import torch
 from egmf_core.config import ConfigError, EGMFConfig
 from egmf_core.data import load_dataset
 from egmf_core.examples import build_examples
-from egmf_core.model import DEFAULT_ADAPTER, EGMFModel
+from egmf_core.adapters import DEFAULT_ADAPTER
+from egmf_core.model import EGMFModel
 from egmf_core.predictor import EGMFPredictor
 from egmf_core.prompt_cache import PromptCache
 

@@ -80,7 +80,7 @@ def test_serving_merges_lora_with_the_same_answers(predictor):
     for speed: same answers and probabilities as the checkpoint loaded for training (adapters apart), and the merged
     model refuses to train."""
     from egmf_core.checkpoint import load_checkpoint
-    from egmf_core.model import TransposedLinear
+    from egmf_core.serving import TransposedLinear
 
     merged = predictor.model
     unmerged = load_checkpoint("default", overrides={"backbone": {"device": "cpu"}}).eval()

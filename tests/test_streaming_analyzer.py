@@ -29,7 +29,7 @@ from test_streaming_support import (
 )
 
 from egmf_core.metrics import word_error_rate
-from egmf_core.model import Prediction
+from egmf_core.model_io import Prediction
 from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 from streaming.events import EMOTION_LABELS, UtteranceEvent
 from streaming.pipeline import SpeculativeAnalyzer, StreamAnalyzer, StreamConfig
