@@ -45,6 +45,8 @@ RESEARCH_MODULES = frozenset(
         "analysis",
         "distill_aux",
         "pack_audio",
+        "fit_calibration",
+        "degrade",
     )
 )
 
