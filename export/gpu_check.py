@@ -69,7 +69,7 @@ def _timeit(fn: Callable[[], Any], iters: int, warmup: int, sync: Callable[[], N
 
 
 def _pad(items: list[dict[str, np.ndarray]], fusion_cfg: Any) -> dict[str, Any]:
-    """Batch per-utterance arrays into padded tensors with masks (as EGMFModel._media / run_fusion do)."""
+    """Batch per-utterance arrays into padded tensors with masks (as egmf_core.batching.pad_media / EGMFModel.run_fusion do)."""
     import torch
 
     f = fusion_cfg
