@@ -1111,6 +1111,7 @@ class Ingress:
                     post(ev)
             except Exception:
                 log.exception("stream %s: analysis stopped", stream_id)
+                source.close()  # a message waiting for room in the buffer is refused now (stream_closed)
                 post(ErrorEvent(stream_id, "stream_failed", "the stream's analysis stopped on an internal error (the "
                                 "details are in the server log); reconnect with this stream_id to go on"))
                 loop.call_soon_threadsafe(failed.set)

@@ -97,12 +97,15 @@ def _session(start: dict | str | bytes, frames: list[bytes | str], end: bool = T
     with connect(url, max_size=None, open_timeout=30, origin=origin) as ws:
         ws.send(start if isinstance(start, (str, bytes)) else json.dumps(start))
         t0 = time.monotonic()
-        for i, f in enumerate(frames):
-            if frame_s is not None:
-                time.sleep(max(0.0, t0 + i * frame_s - time.monotonic()))
-            ws.send(f)
-        if end:
-            ws.send(json.dumps({"type": "end"}))
+        try:
+            for i, f in enumerate(frames):
+                if frame_s is not None:
+                    time.sleep(max(0.0, t0 + i * frame_s - time.monotonic()))
+                ws.send(f)
+            if end:
+                ws.send(json.dumps({"type": "end"}))
+        except ConnectionClosed:
+            pass  # the server closed first (a refusal such as busy): what it sent before is read below
         try:
             while True:
                 events.append(parse_event(json.loads(ws.recv(timeout=timeout))))
