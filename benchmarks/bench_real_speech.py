@@ -23,7 +23,6 @@ import csv
 import io
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+for p in (ROOT, ROOT / "benchmarks"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
 from egmf_core.checkpoint import checkpoint_version, load_checkpoint  # noqa: E402
 from egmf_core.degrade import CONDITIONS  # noqa: E402
@@ -42,16 +45,6 @@ from egmf_core.metrics import classification_report  # noqa: E402
 MEDIA = ROOT.parent / "shared" / "data" / "media"
 ALARM_CONFIDENCE = 0.5
 HARSH = ("anger", "disgust", "fear")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def false_alarm(label: str, confidence: float) -> bool:
