@@ -133,9 +133,22 @@ def test_analyzer_without_video_never_loads_the_face_model(frontend):
 
 
 @pytest.fixture(scope="module")
-def real_analyzer(frontend):
-    """The shipped checkpoint behind the real recognizer: nothing stood in."""
-    return EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"), frontend=frontend)
+def real_analyzer():
+    """The shipped checkpoint behind the real recognizer, both loaded by the analyzer as the CLI does: nothing stood
+    in, and the recognizer normalizes loudness as the checkpoint was trained."""
+    return EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(checkpoint="default"))
+
+
+def test_a_recognizer_that_normalizes_otherwise_is_refused(real_analyzer, frontend):
+    """The checkpoint's loudness target reaches the recognizer the analyzer builds; one built otherwise is refused
+    rather than feeding the model audio at a level it never learned."""
+    from streaming.analyzer import ModelUnavailableError
+
+    target = real_analyzer.predictor.audio_loudness_lufs
+    assert target is not None and real_analyzer.frontend.config.loudness_lufs == target
+    assert frontend.config.loudness_lufs is None
+    with pytest.raises(ModelUnavailableError, match="normalizes audio to None LUFS"):
+        EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(), predictor=real_analyzer.predictor, frontend=frontend)
 
 
 @needs_espeak
