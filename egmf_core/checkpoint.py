@@ -66,6 +66,17 @@ def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = Non
             prefix = "lora." if i == 0 else f"lora.{language}."
             tensors.update({prefix + k: v.detach().cpu().contiguous() for k, v in model.lora_state(language).items()})
         meta["lora_adapters"] = json.dumps(model.languages)
+    return write_file(tensors, meta, path)
+
+
+def read_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a checkpoint file, for tools that rewrite part of it."""
+    with safe_open(str(resolve(path)), framework="pt") as fh:
+        return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+
+
+def write_file(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: str | Path) -> Path:
+    """Write a checkpoint file atomically (a temporary file renamed into place: a reader never sees half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

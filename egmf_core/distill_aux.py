@@ -32,10 +32,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, resolve
+from .checkpoint import CheckpointError, read_file, resolve, write_file
 from .data import DatasetError
 from .evaluate import dataset_examples, live_encoder_states
 from .examples import Example, text_length
@@ -161,9 +159,7 @@ def fit(weight: torch.Tensor, bias: torch.Tensor, pools: Sequence[Pool], cfg: Di
 def write_checkpoint(source: Path, out: Path, weight: torch.Tensor, bias: torch.Tensor, note: dict) -> None:
     """`source` with the aux head replaced; every other tensor and the metadata copied as they are (the metadata's
     `extra` gains `note` under "aux_head_distilled")."""
-    with safe_open(str(source), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, meta = read_file(source)
     missing = [k for k in HEAD_KEYS if k not in tensors]
     if missing:
         raise CheckpointError(f"{source}: no auxiliary head ({', '.join(missing)}): nothing to distil")
@@ -174,10 +170,7 @@ def write_checkpoint(source: Path, out: Path, weight: torch.Tensor, bias: torch.
     extra = json.loads(meta.get("extra") or "{}")
     extra["aux_head_distilled"] = note
     meta["extra"] = json.dumps(extra)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out)
+    write_file(tensors, meta, out)
 
 
 def markdown(result: dict) -> str:

@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .calibration import METADATA_KEY, Calibration
-from .checkpoint import load_checkpoint, resolve
+from .checkpoint import load_checkpoint, read_file, write_file
 from .evaluate import dataset_examples, predict_examples
 from .examples import Example
 from .metrics import calibration_report, fit_temperature
@@ -56,17 +54,9 @@ def label_log_probs(model: EGMFModel, examples: Sequence[Example], batch_size: i
 
 def write_calibrated(src: str | Path, out: str | Path, calibration: Calibration) -> Path:
     """A copy of checkpoint `src` with `calibration` in its metadata; tensors and other metadata byte for byte."""
-    src = resolve(src)
-    with safe_open(str(src), framework="pt") as fh:
-        meta = dict(fh.metadata() or {})
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    tensors, meta = read_file(src)
     meta[METADATA_KEY] = calibration.to_json()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out)
-    return out
+    return write_file(tensors, meta, out)
 
 
 def _softmax_t(log_probs: np.ndarray, t: float) -> np.ndarray:
