@@ -21,6 +21,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .audio_prior import METADATA_KEY as AUDIO_PRIOR_KEY
+from .audio_prior import AudioPrior
 from .calibration import METADATA_KEY as CALIBRATION_KEY
 from .calibration import Calibration
 from .config import EGMFConfig
@@ -61,6 +63,8 @@ def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = Non
         "extra": json.dumps(extra or {}),
         CALIBRATION_KEY: model.calibration.to_json(),
     }
+    if model.audio_prior is not None:
+        meta[AUDIO_PRIOR_KEY] = model.audio_prior.to_json()
     if model.cfg.lora.enabled:
         for i, language in enumerate(model.languages):
             prefix = "lora." if i == 0 else f"lora.{language}."
@@ -111,6 +115,7 @@ def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFMode
     model = EGMFModel.build(cfg)
     load_weights(model, path)
     model.calibration = read_calibration(path)
+    model.audio_prior = read_audio_prior(path)
     model.eval()
     return model
 
@@ -119,6 +124,12 @@ def read_calibration(path: str | Path) -> Calibration:
     """The file's confidence calibration (`egmf_core.calibration`); uncalibrated for files without one."""
     with safe_open(str(resolve(path)), framework="pt") as fh:
         return Calibration.from_json((fh.metadata() or {}).get(CALIBRATION_KEY))
+
+
+def read_audio_prior(path: str | Path) -> AudioPrior | None:
+    """The file's voice prior (`egmf_core.audio_prior`); None for files without one (the LLM answers alone)."""
+    with safe_open(str(resolve(path)), framework="pt") as fh:
+        return AudioPrior.from_json((fh.metadata() or {}).get(AUDIO_PRIOR_KEY))
 
 
 # Blocks whose output starts at exactly zero: a staged run may add them to a checkpoint trained without them.

@@ -45,6 +45,7 @@ from .adapters import (
 from .backbone import LoadedBackbone, load_backbone
 from .batching import IGNORE, PreparedBatch, PromptLayout, answer_labels, pad_media, pad_text
 from .cached_starts import cached_start
+from .audio_prior import AudioPrior
 from .calibration import Calibration
 from .config import EGMFConfig
 from .decoding import AnswerTree, TreeNodes, build_answer_trees, choice_logits, make_prediction, tree_attention_mask
@@ -79,6 +80,8 @@ class EGMFModel(nn.Module):
         self.folded_answers = 3
         # Temperatures of the emotion probabilities (`egmf_core.calibration`); `load_checkpoint` sets the file's.
         self.calibration = Calibration()
+        # The voice prior guiding the emotion answer (`egmf_core.audio_prior`); `load_checkpoint` sets the file's.
+        self.audio_prior: AudioPrior | None = None
         # Auxiliary head classes: every emotion label of every label set (MELD's 7 + RAVDESS's "calm").
         self.aux_labels = sorted({lab for labels in self.prompts.label_sets.values() for lab in labels})
         self.fusion = FusionStack(
@@ -316,10 +319,17 @@ class EGMFModel(nn.Module):
         for i, x in enumerate(batch):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
-            probs = self.calibration.emotion_probs(logits[i, 0, first], x.label_set).tolist()
+            label_logits = logits[i, 0, first].float()
+            prior = None if self.audio_prior is None or not labels else self.audio_prior.bias_for(
+                x.label_set, x.audio, labels)
+            if prior is not None:  # the voice prior guides which label's answer tree is walked (egmf_core.audio_prior)
+                label_logits = label_logits + torch.from_numpy(prior).to(label_logits)
+            probs = self.calibration.emotion_probs(label_logits, x.label_set).tolist()
             label_probs.append(dict(zip(labels, probs)))
             options = list(self._answer_trees[x.label_set])
-            tree = self._answer_trees[x.label_set][options[int(torch.argmax(logits[i, 0, options]))]]
+            start = first[int(torch.argmax(label_logits))] if prior is not None else options[
+                int(torch.argmax(logits[i, 0, options]))]
+            tree = self._answer_trees[x.label_set][start]
             trees.append(tree)
             at = nodes.offset(i, tree)
             node_logits.append(None if at is None else logits[i, 1 + at: 1 + at + len(tree.tokens)])

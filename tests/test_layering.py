@@ -46,6 +46,7 @@ RESEARCH_MODULES = frozenset(
         "distill_aux",
         "pack_audio",
         "fit_calibration",
+        "fit_audio_prior",
         "degrade",
     )
 )

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from egmf_core.features.audio import frame_utterance
+from egmf_core.features.loudness import scaled_loudness
 from egmf_core.features.segmenter import SegmenterConfig, SpeechSegment, VADSegmenter
 
-__all__ = ["LIVE_CUT_VERSION", "LIVE_WINDOW_S", "TRAINING_FRAME_S", "LiveCut", "live_cut", "utterance_audio"]
+__all__ = ["LINE_NOISE_BELOW_DB", "LIVE_CUT_VERSION", "LIVE_WINDOW_S", "TRAINING_FRAME_S", "LiveCut", "live_cut", "utterance_audio"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,15 @@ def utterance_audio(segment: SpeechSegment, frame_s: float, window_s: float) -> 
 
 #: Bump when :func:`live_cut` or the segmenter's cut change the audio they give for the same settings: features
 #: cached for live cuts (``egmf_core.evaluate.whisper_audio_lookup(view="live")``) are keyed on it.
-LIVE_CUT_VERSION = 1
+LIVE_CUT_VERSION = 2  # 2: line noise relative to the clip's loudness (1: a fixed -70 dBFS)
+
+#: How far below the clip's integrated loudness the cut's line noise sits (dB). Relative, so that the cut of a clip
+#: turned up or down is the same cut scaled: version 1 added a fixed -70 dBFS, which after loudness normalization
+#: sat ~28 dB below quiet RAVDESS clips (neutral, sad: ~-42 LUFS) and ~52 dB below loud ones (anger: ~-18 LUFS), so
+#: the audible noise floor itself told the emotion, and a quiet caller sounded noisy.
+LINE_NOISE_BELOW_DB = 50.0
+# Line noise for a digitally silent clip (no loudness to be relative to).
+_SILENT_CLIP_NOISE_DBFS = -90.0
 
 
 @dataclass(frozen=True)
@@ -66,18 +75,22 @@ class LiveCut:
 
 
 def live_cut(audio: np.ndarray, segmenter: SegmenterConfig | None = None, frame_s: float = TRAINING_FRAME_S,
-             window_s: float = LIVE_WINDOW_S, lead_s: float = 0.5, noise_dbfs: float = -70.0) -> LiveCut:
+             window_s: float = LIVE_WINDOW_S, lead_s: float = 0.5,
+             noise_below_db: float = LINE_NOISE_BELOW_DB) -> LiveCut:
     """Cut a recorded clip (float32 mono 16 kHz) as a live line would: the clip framed by ``lead_s`` of faint noise
-    (``noise_dbfs``; a live line is never digitally silent), segmented by :class:`VADSegmenter` (``segmenter``,
-    default the live settings), and the speech framed by :func:`utterance_audio` (``frame_s`` of room tone, within
+    (white, ``noise_below_db`` under the clip's integrated loudness; a live line is never digitally silent),
+    segmented by :class:`VADSegmenter` (``segmenter``, default the live settings), and the speech framed by :func:`utterance_audio` (``frame_s`` of room tone, within
     the recognizer's ``window_s``). One implementation for the live-cut benchmark
     (``benchmarks/bench_live_segments.py``) and for training and evaluating on live cuts
     (``egmf_core.evaluate.whisper_audio_lookup(view="live")``). Deterministic: the noise has a fixed seed."""
     from egmf_core.features.segmenter import VADSegmenter
 
     cfg = segmenter or SegmenterConfig()
+    audio = np.asarray(audio, np.float32)
+    loudness = scaled_loudness(audio, cfg.sample_rate)
+    noise_dbfs = loudness - noise_below_db if np.isfinite(loudness) else _SILENT_CLIP_NOISE_DBFS
     pad = np.zeros(int(round(lead_s * cfg.sample_rate)), np.float32)
-    x = np.concatenate([pad, np.asarray(audio, np.float32), pad])
+    x = np.concatenate([pad, audio, pad])
     x += np.random.default_rng(0).normal(0, 10 ** (noise_dbfs / 20), len(x)).astype(np.float32)
     seg = VADSegmenter(cfg)
     segs = seg.feed(x) + seg.flush()

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-__all__ = ["MAX_GAIN_DB", "integrated_loudness", "normalize_loudness"]
+__all__ = ["MAX_GAIN_DB", "integrated_loudness", "normalize_loudness", "scaled_loudness"]
 
 #: The most an utterance is amplified, so that a near-silent cut (a VAD false start) is not blown up into loud
 #: noise. 50 dB lifts speech as faint as -73 LUFS to -23 LUFS (RAVDESS's quietest clips turned down 20 dB sit near
@@ -57,12 +57,20 @@ def normalize_loudness(audio: np.ndarray, target_lufs: float, sample_rate: int =
     out exactly like the original. With the pre-scaling the result does not depend on the input level at all (up to
     the gain cap). Digital silence is returned unchanged. Samples may exceed [-1, 1] afterwards: they feed the encoder's log-mel as floats, never a DAC."""
     x = np.asarray(audio, np.float32)
-    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-    if rms == 0.0:
-        return audio
-    pre = _REFERENCE_RMS / rms
-    loudness = integrated_loudness(x * np.float32(pre), sample_rate)
+    loudness = scaled_loudness(x, sample_rate)
     if not math.isfinite(loudness):
         return audio
-    gain_db = min(20.0 * math.log10(pre) + target_lufs - loudness, max_gain_db)
+    gain_db = min(target_lufs - loudness, max_gain_db)
     return (x * np.float32(10.0 ** (gain_db / 20.0))).astype(np.float32, copy=False)
+
+
+def scaled_loudness(audio: np.ndarray, sample_rate: int = 16_000) -> float:
+    """Integrated loudness (LUFS) measured on a copy scaled to a fixed RMS (-20 dBFS), then shifted back: exactly
+    ``20 log10(g)`` higher for ``g * audio``, which BS.1770's absolute gate (-70 LUFS) does not give for quiet audio.
+    -inf for digital silence."""
+    x = np.asarray(audio, np.float32)
+    rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+    if rms == 0.0:
+        return float("-inf")
+    pre = _REFERENCE_RMS / rms
+    return integrated_loudness(x * np.float32(pre), sample_rate) - 20.0 * math.log10(pre)

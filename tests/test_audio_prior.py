@@ -1,0 +1,82 @@
+"""The voice prior (egmf_core.audio_prior): stored in the checkpoint exactly, loaded with it, and applied by
+EGMFModel.score to the label choice and the probabilities alike, only where there is audio."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from egmf_core.audio_prior import METADATA_KEY, AudioPrior, voice_statistics
+from egmf_core.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_audio_prior, read_file, write_file
+from egmf_core.model_io import ModelInput
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LABELS = ("anger", "calm", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+
+def _prior(dim: int, favour: str, strength: float) -> AudioPrior:
+    """A prior that puts (almost) all its mass on `favour` whatever the voice."""
+    bias = np.where(np.array(LABELS) == favour, 20.0, 0.0).astype(np.float32)
+    return AudioPrior(LABELS, np.zeros(2 * dim, np.float32), np.ones(2 * dim, np.float32),
+                      np.zeros((len(LABELS), 2 * dim), np.float32), bias,
+                      {"default": strength, "ravdess": strength}, {"calm": "neutral"}, "test")
+
+
+def test_prior_round_trips_exactly_and_merges_classes() -> None:
+    rng = np.random.default_rng(0)
+    p = AudioPrior(LABELS, rng.normal(size=8).astype(np.float32), rng.uniform(0.5, 2, 8).astype(np.float32),
+                   rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32),
+                   {"default": 1.25}, {"calm": "neutral"}, "unit")
+    q = AudioPrior.from_json(p.to_json())
+    for name in ("mean", "scale", "weight", "bias"):
+        np.testing.assert_array_equal(getattr(p, name), getattr(q, name))
+    assert (q.labels, q.strength, q.merge) == (p.labels, p.strength, p.merge)
+    frames = rng.normal(size=(50, 4)).astype(np.float32)
+    full = np.exp(p.log_probs(frames))
+    seven = [lab for lab in LABELS if lab != "calm"]
+    merged = np.exp(p.label_log_probs(frames, seven))
+    assert merged.sum() == pytest.approx(1.0, abs=1e-6)
+    assert merged[seven.index("neutral")] == pytest.approx(full[1] + full[5], rel=1e-6)
+    assert p.bias_for("default", None, seven) is None  # no audio: the LLM alone
+    assert p.bias_for("ravdess", frames, LABELS) is None  # no strength for the set
+    assert p.bias_for("default", frames[:, :3], seven) is None  # encoder states of another width
+    with pytest.raises(ValueError, match="audio_prior: inconsistent shapes"):
+        AudioPrior(LABELS, p.mean, p.scale, p.weight[:3], p.bias)
+    with pytest.raises(ValueError, match="voice statistics"):
+        voice_statistics(np.zeros((0, 4)))
+
+
+@pytest.mark.slow
+def test_score_applies_the_prior_to_label_and_probabilities(tmp_path) -> None:
+    """On a real RAVDESS clip's encoder states, a prior sure of "sadness" with a large strength makes the answer
+    sadness and its probability the largest; the same utterance without audio is answered as without a prior; the
+    prior written into a copy of the shipped file is read back by load_checkpoint."""
+    from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
+    from egmf_core.features.live_cut import LIVE_WINDOW_S, live_cut
+
+    with open(DATA / "ravdess" / "labels.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["actor"] == "13" and r["emotion"] == "angry")
+    model = load_checkpoint(DEFAULT_CHECKPOINT)
+    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=LIVE_WINDOW_S,
+                                                     loudness_lufs=model.cfg.fusion.audio_loudness_lufs))
+    states = frontend.encoder_states(live_cut(load_audio(DATA / "ravdess" / row["file"])).audio)
+    turn = model.prompts.make_turn("Speaker", row["statement"] + ".")
+    with_audio = ModelInput(context=[], current=turn, audio=states)
+    text_only = ModelInput(context=[], current=turn)
+
+    model.audio_prior = None
+    base_audio, base_text = model.score([with_audio, text_only])
+    prior = _prior(states.shape[1], "sadness", 8.0)
+    tensors, meta = read_file(DEFAULT_CHECKPOINT)
+    meta[METADATA_KEY] = prior.to_json()
+    path = write_file(tensors, meta, tmp_path / "prior.safetensors")
+    assert read_audio_prior(path).to_json() == prior.to_json()
+    model = load_checkpoint(path)
+    guided, text = model.score([with_audio, text_only])
+    assert guided.emotion == "sadness" and max(guided.emotion_probs, key=guided.emotion_probs.get) == "sadness"
+    assert base_audio.emotion != "sadness" or base_audio.emotion_probs["sadness"] < guided.emotion_probs["sadness"]
+    assert text.emotion == base_text.emotion
+    assert text.emotion_probs == pytest.approx(base_text.emotion_probs, abs=1e-5)
