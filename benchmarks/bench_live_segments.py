@@ -155,7 +155,7 @@ def markdown(result: dict) -> str:
         "",
         f"{result['date']}; {result['machine']}. Model `{result['model_version']}`; faster-whisper tiny.en, "
         f"{result['asr_window_s']:g} s window; the recognizer's transcript as the text. Data: {result['data']}, each "
-        "clip framed by 0.5 s of -70 dBFS noise and cut by the live VAD segmenter (`clip` = the whole clip, uncut, through "
+        "clip framed by 0.5 s of line noise (50 dB under the clip's loudness: live cut v2) and cut by the live VAD segmenter (`clip` = the whole clip, uncut, through "
         "the same path).",
         "",
         f"| cut | audio after end of speech p50 (ms, before framing) | WER % | accuracy8 % | agreement with {first} % | "

@@ -16,8 +16,8 @@ from egmf_core.degrade import CONDITIONS, gain, random_chain, telephone
 from egmf_core.features import audio as audio_module
 from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
 from egmf_core.features.cache import CACHE_DIR_ENV
-from egmf_core.features.live_cut import LIVE_WINDOW_S, live_cut
-from egmf_core.features.loudness import MAX_GAIN_DB, integrated_loudness, normalize_loudness
+from egmf_core.features.live_cut import LINE_NOISE_BELOW_DB, LIVE_WINDOW_S, live_cut
+from egmf_core.features.loudness import MAX_GAIN_DB, integrated_loudness, normalize_loudness, scaled_loudness
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -41,6 +41,23 @@ def test_loudness_normalization_reaches_the_target_whatever_the_level(clip) -> N
     faint = gain(clip, -60.0)
     amplified = np.abs(normalize_loudness(faint, -23.0)).max() / np.abs(faint).max()
     assert amplified == pytest.approx(10 ** (MAX_GAIN_DB / 20), rel=1e-3)
+
+
+def test_live_cut_line_noise_follows_the_clip_level(tmp_path) -> None:
+    """The live cut's line noise sits LINE_NOISE_BELOW_DB under the clip's own loudness at any level (version 1's
+    fixed -70 dBFS floor was audible under quiet clips only, so it told the emotion). Real speech (espeak-ng, digital
+    silence around it), so the cut's first 0.3 s is the added noise alone."""
+    from media_clips import speak
+
+    speech = load_audio(speak("I would like to talk about my order, please.", tmp_path / "s.wav"))
+    assert scaled_loudness(gain(speech, -20.0)) == pytest.approx(scaled_loudness(speech) - 20.0, abs=1e-6)
+    for db in (0.0, -20.0):
+        x = gain(speech, db)
+        cut = live_cut(x)
+        assert cut.segments >= 1
+        noise = cut.audio[: int(0.3 * 16000)]
+        noise_db = 10 * np.log10(np.mean(np.square(noise, dtype=np.float64)))
+        assert noise_db == pytest.approx(scaled_loudness(x) - LINE_NOISE_BELOW_DB, abs=1.0), db
 
 
 def test_frontend_normalizes_before_the_encoder(clip, monkeypatch) -> None:
@@ -106,7 +123,7 @@ def test_shipped_labels_hold_when_the_level_changes() -> None:
     interview), as the recognizer gets them (the live cut, framed), get the same label as the original from the shipped
     recognizer and predictor: the level of a line carries no label. The unnormalized stage 5 failed this (e.g. the
     talking head: anger as recorded, neutral 20 dB down). Recordings turned down before the live cut are another
-    matter: the cut's fixed -70 dBFS line-noise floor then lowers their SNR (docs/results.md, real speech)."""
+    matter: the VAD's decisions depend on the level (webrtcvad), so their cuts differ (docs/results.md, real speech)."""
     from egmf_core.predictor import EGMFPredictor
 
     predictor = EGMFPredictor.load("default")
