@@ -5,14 +5,14 @@ the middle; nothing may be lost silently and memory must stay flat.
     python benchmarks/bench_soak.py --streams 8 --minutes 30 --window-min 5 --out benchmarks/results/soak_8x30
 
 Starts ``serve run deploy/config.yaml`` itself (the service's real models), joins its Ray cluster to kill the
-``EGMFModel`` replica (``ray.kill``) at half time, and writes ``<out>.json`` and ``<out>.md`` (default
+``ModelServer`` replica (``ray.kill``) at half time, and writes ``<out>.json`` and ``<out>.md`` (default
 ``benchmarks/results/soak``). Each stream is one long call: real RAVDESS speech (clips of different actors joined
 with 0.8 s pauses, int16 16 kHz, 100 ms frames) looped at real-time pace, the streams started 1.3 s apart.
 
 Per reference utterance sent (its clip fully sent before the end): received (an utterance event overlapping it),
 failed (an ``analysis_*`` error event naming a span that overlaps it: reported, not lost) or lost (neither). Per
 window of stream time: utterances, latency p50/p95 (client side: event arrival minus the send time of the frame
-holding the end of speech), and the largest PSS of the ingress, ASR and EGMFModel replica processes (sampled every
+holding the end of speech), and the largest PSS of the ingress, ASR and ModelServer replica processes (sampled every
 10 s). Memory is flat when each process's last window is within 5 % of its first window after warm-up (the second
 window; the killed model replica is compared from its replacement's first full window on).
 """
@@ -42,7 +42,7 @@ from bench_streaming_latency import cpu_model  # noqa: E402
 
 SR = 16000
 FRAME = 1600
-DEPLOYMENTS = ("Ingress", "ASR", "EGMFModel")
+DEPLOYMENTS = ("Ingress", "ASR", "ModelServer")
 _SPAN = re.compile(r"^utterance (-?[0-9.]+)-(-?[0-9.]+) s")
 FLAT_TOLERANCE = 0.05
 
@@ -64,13 +64,13 @@ def replica_pss_mib() -> dict[str, float]:
 
 
 def kill_model_replica() -> list[str]:
-    """``ray.kill`` the EGMFModel replica actors of the running service; their names."""
+    """``ray.kill`` the ModelServer replica actors of the running service; their names."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="auto", log_to_driver=False)
     names = [a for a in ray.util.list_named_actors(all_namespaces=True)
-             if a["name"].startswith("SERVE_REPLICA::egmf#EGMFModel#")]
+             if a["name"].startswith("SERVE_REPLICA::egmf#ModelServer#")]
     for a in names:
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
     return [a["name"] for a in names]
@@ -178,7 +178,7 @@ def flatness(rows: list[dict], killed_window: int | None) -> dict:
     out = {}
     for d in DEPLOYMENTS:
         first = 1 if len(rows) > 2 else 0
-        if d == "EGMFModel" and killed_window is not None:
+        if d == "ModelServer" and killed_window is not None:
             first = max(first, killed_window + 1)  # the replacement replica, from its first full window
         vals = [r[f"{d}_mib"] for r in rows[first:] if r[f"{d}_mib"]]
         if len(vals) >= 2:
@@ -193,14 +193,14 @@ def write_md(path: Path, r: dict) -> None:
              "", f"`{r['command']}` on {r['machine']} (load average before: {r['loadavg_before']:.2f}); "
              f"model {r.get('model_version')}; {r['date']}.", "",
              f"Sent {r['totals']['sent']} utterances: received {r['totals']['received']}, failed and reported "
-             f"{r['totals']['failed_reported']}, **lost {r['totals']['lost']}**. EGMFModel replica killed at "
+             f"{r['totals']['failed_reported']}, **lost {r['totals']['lost']}**. ModelServer replica killed at "
              f"{r['killed'].get('at_s')} s. Close codes: {r['close_codes']}; other error events: "
              f"{r['other_errors']}.", "",
              "| window | sent | received | failed (reported) | lost | p50 ms | p95 ms | Ingress MiB | ASR MiB | "
-             "EGMFModel MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ModelServer MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for w in r["windows"]:
         lines.append(f"| {w['window']} | {w['sent']} | {w['received']} | {w['failed_reported']} | {w['lost']} | "
-                     f"{w['p50_ms']} | {w['p95_ms']} | {w['Ingress_mib']} | {w['ASR_mib']} | {w['EGMFModel_mib']} |")
+                     f"{w['p50_ms']} | {w['p95_ms']} | {w['Ingress_mib']} | {w['ASR_mib']} | {w['ModelServer_mib']} |")
     lines += ["", "Memory growth after warm-up (PSS, largest sample per window; flat = at most +5 %): "
               + ", ".join(f"{d} {v['from_mib']} -> {v['to_mib']} MiB ({v['growth']:+.1%}, "
                           f"{'flat' if v['flat'] else 'NOT flat'})" for d, v in r["flatness"].items()) + ".", ""]

@@ -138,10 +138,16 @@ class EGMFPredictor:
             context = conversation.window.snapshot()
         x = ModelInput(context=context, current=turn, audio=audio_features, visual=visual_features,
                        visual_valid=visual_valid, language=language)
-        with self._lock:
-            pred = self.model.score([x])[0]
+        pred = self.score([x])[0]
         pred.expert_outputs = None
         return pred, pending
+
+    def score(self, inputs: Sequence[ModelInput]) -> list[Prediction]:
+        """Score prepared inputs in one model pass (`EGMFModel.score`), serialized with this predictor's other
+        passes; no conversation changes. For a caller that keeps the context itself: the service's model deployment
+        batches the utterances of all its streams into one call."""
+        with self._lock:
+            return self.model.score(inputs)
 
     def commit(self, conversation: Conversation, pending: PendingTurn) -> bool:
         """Append the predicted turn (an empty transcript adds nothing) if the context is still the one the

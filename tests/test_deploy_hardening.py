@@ -44,14 +44,14 @@ INTERNAL_WORDS = ("Traceback", "RayActorError", "ActorDied", "RuntimeError", "Ex
 
 
 def _deploy_ingress(name: str, args: dict, ready_path: str = "/health") -> str:
-    """Deploy an ingress app ``name`` (route ``/name``) on the ``egmf`` app's ASR and EGMFModel replicas; returns
+    """Deploy an ingress app ``name`` (route ``/name``) on the ``egmf`` app's ASR and ModelServer replicas; returns
     its base URL once ``ready_path`` answers 200."""
     from ray import serve
 
     from deploy.app import Ingress
 
     asr = serve.get_deployment_handle("ASR", app_name="egmf")
-    model = serve.get_deployment_handle("EGMFModel", app_name="egmf")
+    model = serve.get_deployment_handle("ModelServer", app_name="egmf")
     ingress = Ingress.options(ray_actor_options={"num_cpus": 0})
     serve.run(ingress.bind(asr, model, {"language": "en", **args}), name=name, route_prefix=f"/{name}",
               blocking=False)
@@ -356,7 +356,7 @@ def test_replica_errors_reach_the_client_as_a_code_without_internal_text(misconf
 def test_health_reports_each_deployment(service):  # noqa: F811
     with urllib.request.urlopen(f"{BASE}/health", timeout=30) as r:
         body = json.loads(r.read())
-    assert body["status"] == "ok" and set(body["deployments"]) == {"ASR", "EGMFModel"}
+    assert body["status"] == "ok" and set(body["deployments"]) == {"ASR", "ModelServer"}
     for d in body["deployments"].values():
         assert d["healthy"] and d["last_success_s"] >= 0 and d["ms"] > 0
 
@@ -488,8 +488,8 @@ def test_killed_model_replica_mid_stream(service, recording):  # noqa: F811
     t = threading.Thread(target=stream)
     t.start()
     time.sleep(3.0)
-    actors = [a for a in ray.util.list_named_actors(all_namespaces=True)  # SERVE_REPLICA::egmf#EGMFModel#<id>
-              if a["name"].startswith("SERVE_REPLICA::egmf#EGMFModel#")]
+    actors = [a for a in ray.util.list_named_actors(all_namespaces=True)  # SERVE_REPLICA::egmf#ModelServer#<id>
+              if a["name"].startswith("SERVE_REPLICA::egmf#ModelServer#")]
     assert actors, ray.util.list_named_actors(all_namespaces=True)
     for a in actors:
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)

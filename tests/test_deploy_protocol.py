@@ -1,4 +1,4 @@
-"""The WebSocket protocol of the service without starting Ray: the start message (``deploy.app.parse_start``) and
+"""The WebSocket protocol of the service without starting Ray: the start message (``deploy.start.parse_start``) and
 the binary framing of audio and JPEG video frames with every bad input (``deploy.protocol``), fed into a real
 ``PushSource`` with real JPEGs of a talking-head video."""
 
@@ -14,7 +14,6 @@ from test_streaming_support import SR, TALKING_HEADS
 
 pytest.importorskip("ray.serve")
 
-from deploy.app import AppArgs, StartError, parse_start
 from deploy.protocol import (
     VIDEO_HEADER_BYTES,
     FrameError,
@@ -29,6 +28,8 @@ from deploy.protocol import (
     jpeg_size,
     video_message,
 )
+from deploy.settings import AppArgs
+from deploy.start import StartError, parse_start
 from streaming.sources import (
     AudioChunk,
     AVFileSource,
@@ -287,7 +288,7 @@ def test_client_messages_parse_without_error(faces):
 
 
 def test_non_loopback_host_without_token_refuses_to_start():
-    from deploy.app import check_exposure
+    from deploy.settings import check_exposure
 
     for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1", "[::1]"):
         check_exposure(host, AppArgs())  # loopback: only local users reach it
@@ -312,7 +313,7 @@ def test_auth_settings_are_consistent():
 
 
 def test_token_compare_and_origins():
-    from deploy.app import origin_allowed, token_ok
+    from deploy.settings import origin_allowed, token_ok
 
     assert token_ok("s3cret", "s3cret") and not token_ok("s3cre", "s3cret") and not token_ok(None, "s3cret")
     assert not token_ok(5, "s3cret") and token_ok("pässwort", "pässwort")
@@ -379,5 +380,5 @@ def test_config_yaml_args_are_valid():
     args = AppArgs(**app["args"])
     assert args.auth is None and args.auth_token is None and cfg["http_options"]["host"] == "127.0.0.1"
     names = {d["name"] for d in app["deployments"]}
-    assert names == {"Ingress", "ASR", "EGMFModel"}
+    assert names == {"Ingress", "ASR", "ModelServer"}
     assert all("autoscaling_config" in d for d in app["deployments"] if d["name"] != "Ingress")

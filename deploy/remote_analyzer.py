@@ -1,0 +1,224 @@
+"""The ingress's per-utterance step: :class:`RemoteAnalyzer` asks the ``ASR`` and ``ModelServer`` deployments.
+
+It is the :class:`streaming.pipeline.UtteranceAnalyzer` of every stream and upload of the ingress: it cuts the
+utterance's audio as the model was trained (``utterance_audio``), computes the face features of the utterance's
+video frames here (:class:`FaceModel`, shared by the replica's streams), calls the two deployments with a timeout
+each, and keeps the stream's conversation (:class:`History`: the tokenized turns the model deployment returns, sent
+back with each request). A failure reaches the client as a :class:`ServiceFailure` (a stable code, no internal
+detail); the detail is logged with the stream and the utterance.
+"""
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
+
+from deploy.settings import Timeouts
+from egmf_core.features.live_cut import utterance_audio
+from egmf_core.features.segmenter import SpeechSegment
+from streaming.events import ErrorEvent
+from streaming.pipeline import AnalysisResult, analyze_and_commit, check_cancelled
+
+log = logging.getLogger("deploy")
+
+#: Turns kept per stream in the ingress; the model's ContextWindow keeps the last max_context_turns of them.
+MAX_HISTORY_TURNS = 32
+
+
+@dataclass
+class History:
+    """One stream's conversation: its tokenized turns (made by the model deployment), newest last; ``version``
+    counts appends, so a speculative result can tell whether its context is still current."""
+
+    turns: deque
+    version: int = 0
+
+
+def new_history() -> History:
+    """An empty conversation that keeps the last ``MAX_HISTORY_TURNS`` turns."""
+    return History(deque(maxlen=MAX_HISTORY_TURNS))
+
+
+class FaceModel:
+    """The face feature extractor of one ingress replica, shared by its streams.
+
+    Loaded on first use (the first stream or upload with video): streams without video never import mediapipe.
+    A load failure is remembered, reported once per stream with video, and the analysis goes on with audio and
+    text. The extractor holds no stream state (each ``extract`` call opens its own landmarker), so streams share it
+    from their worker threads."""
+
+    def __init__(self, model_path: str | None):
+        self.model_path = model_path
+        self.error: str | None = None
+        self._extractor: Any = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        """The :class:`egmf_core.features.visual.FaceFeatureExtractor`, or None (``error`` says why)."""
+        with self._lock:
+            if self._extractor is None and self.error is None:
+                try:
+                    from egmf_core.features.visual import (
+                        FaceFeatureConfig,
+                        FaceFeatureExtractor,
+                    )
+
+                    self._extractor = FaceFeatureExtractor(FaceFeatureConfig(model_path=self.model_path))
+                except (ImportError, OSError, RuntimeError, ValueError) as e:
+                    self.error = f"face model unavailable ({type(e).__name__}: {e}); analyzing audio and text only"
+                    log.warning("%s", self.error)
+        return self._extractor
+
+
+class ServiceFailure(Exception):
+    """A failure to tell a client: ``code`` is a stable error code, ``message`` says what happened without any
+    internal detail (the exception behind it is logged on the server with the stream and the utterance)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _segment_key(seg: SpeechSegment) -> tuple[int, float, float]:
+    return seg.channel, seg.start_s, seg.end_s
+
+
+@dataclass
+class _Failure:
+    segment: SpeechSegment
+    failure: ServiceFailure
+
+
+class RemoteAnalyzer:
+    """:class:`streaming.pipeline.UtteranceAnalyzer` over the ASR and ModelServer deployments, with the face
+    features of the utterance's video frames computed in the ingress (the frames are already here; shipping decoded
+    frames to another process would cost more than the landmarker). ``analyze`` blocks (it is called from a stream's
+    worker thread, never from the event loop).
+
+    Every replica call has a timeout: a hung or dead replica costs an utterance an error event, never the stream.
+    Failures reach the client through :meth:`public_error` as a stable code and a message without internal detail;
+    the detail is logged here with the stream id and the utterance."""
+
+    def __init__(self, asr: DeploymentHandle, model: DeploymentHandle, version: str, language: str | None,
+                 face: FaceModel, frame_s: float, window_s: float, timeouts: Timeouts, stream_id: str = "",
+                 next_utterance_id: Callable[[], int] = lambda: 0):
+        self.asr = asr
+        self.model = model
+        self._version = version
+        self.language = language
+        self.face = face
+        self.frame_s = frame_s
+        self.window_s = window_s
+        self.timeouts = timeouts
+        self.stream_id = stream_id
+        #: The id the next successful utterance will get (for the server log of a failed one).
+        self.next_utterance_id = next_utterance_id
+        #: Failures of ``analyze`` not yet turned into error events (the pipeline reports them in order).
+        self.failures: deque[_Failure] = deque()
+        # A speculative analysis that timed out: the pipeline analyzes the same segment again, which would wait the
+        # whole timeout a second time.
+        self._speculation_timeout: tuple[tuple[int, float, float], ServiceFailure] | None = None
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def new_conversation(self) -> History:
+        return new_history()
+
+    def _face_features(self, video: list[tuple[float, np.ndarray]] | None) -> tuple[Any, Any]:
+        """(features (T, 58), valid (T,)) of the frames, or (None, None) when no frame showed a face: a missing
+        face is a missing modality, never zeros."""
+        extractor = self.face.get() if video else None
+        if extractor is None:
+            return None, None
+        vf = extractor.extract(video)
+        if not len(vf) or not bool(np.any(vf.valid)):
+            return None, None
+        return vf.features, vf.valid
+
+    def _result(self, response: DeploymentResponse, timeout_s: float, what: str, seg: SpeechSegment) -> Any:
+        try:
+            return response.result(timeout_s=timeout_s)
+        except TimeoutError:
+            response.cancel()
+            log.warning("stream %s utterance %d (%.2f-%.2f s): the %s did not answer within %g s", self.stream_id,
+                        self.next_utterance_id(), seg.start_s, seg.end_s, what, timeout_s)
+            raise ServiceFailure("analysis_timeout", f"the {what} did not answer within {timeout_s:g} s") from None
+        except Exception as e:  # a dead replica (RayActorError), an error raised in it (with its traceback)
+            log.error("stream %s utterance %d (%.2f-%.2f s): the %s failed: %s: %s", self.stream_id,
+                      self.next_utterance_id(), seg.start_s, seg.end_s, what, type(e).__name__, e)
+            raise ServiceFailure("analysis_failed", f"the {what} failed (the details are in the server log)") from e
+
+    def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                conversation: History) -> AnalysisResult:
+        try:
+            spec, self._speculation_timeout = self._speculation_timeout, None
+            if spec is not None and spec[0] == _segment_key(segment):
+                raise spec[1]
+            return analyze_and_commit(self, segment, video, conversation)
+        except ServiceFailure as f:
+            failure = f
+        except Exception as e:
+            log.exception("stream %s utterance %d (%.2f-%.2f s): analysis failed", self.stream_id,
+                          self.next_utterance_id(), segment.start_s, segment.end_s)
+            failure = ServiceFailure("analysis_failed", "internal error (the details are in the server log)")
+            failure.__cause__ = e
+        self.failures.append(_Failure(segment, failure))
+        raise failure
+
+    def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                            conversation: History, cancel: threading.Event | None = None) -> AnalysisResult:
+        """``analyze`` without adding the turn to the stream's history (the pipeline's speculative end of
+        utterance); ``cancel`` is checked before the recognizer is asked and before the model is."""
+        try:
+            return self._analyze_uncommitted(segment, video, conversation, cancel)
+        except ServiceFailure as f:
+            if cancel is not None and f.code == "analysis_timeout":
+                self._speculation_timeout = (_segment_key(segment), f)
+            raise
+
+    def _analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
+                             conversation: History, cancel: threading.Event | None) -> AnalysisResult:
+        check_cancelled(cancel)
+        audio = utterance_audio(segment, self.frame_s, self.window_s)
+        asr_ref = self.asr.transcribe.remote(audio, self.language)
+        visual, visual_valid = self._face_features(video)  # while the recognizer runs
+        asr = self._result(asr_ref, self.timeouts.asr_s, "speech recognizer", segment)
+        check_cancelled(cancel)
+        version = conversation.version
+        p = self._result(self.model.predict.remote({
+            "text": asr["text"], "speaker": segment.speaker, "audio_features": asr["encoder_states"],
+            "visual_features": visual, "visual_valid": visual_valid,
+            "language": asr["language"], "context": list(conversation.turns),
+        }), self.timeouts.model_s, "emotion model", segment)
+        return AnalysisResult(text=asr["text"], language=asr["language"], emotion=p["emotion"],
+                              emotion_probs=p["emotion_probs"], sentiment_score=p["sentiment_score"],
+                              sentiment_label=p["sentiment_label"], alpha=p["alpha"], modalities=p["modalities"],
+                              pending=(p["turn"], version))
+
+    def commit(self, conversation: History, result: AnalysisResult) -> bool:
+        turn, version = result.pending
+        if conversation.version != version:
+            return False
+        if turn is not None:
+            conversation.turns.append(turn)
+            conversation.version += 1
+        return True
+
+    def public_error(self, event: ErrorEvent, t_base: float = 0.0) -> ErrorEvent:
+        """The pipeline's ``analysis_failed`` event (whose message carries the exception's text) as the client sees
+        it: the failure's stable code (``analysis_timeout``, ``analysis_failed``) and the utterance's span."""
+        if not self.failures:  # not raised by analyze (cannot happen with the pipeline as it is): say nothing more
+            return ErrorEvent(event.stream_id, event.code, "an utterance could not be analyzed (the details are in "
+                              "the server log)")
+        f = self.failures.popleft()
+        seg = f.segment
+        return ErrorEvent(event.stream_id, f.failure.code, f"utterance {seg.start_s + t_base:.2f}-"
+                          f"{seg.end_s + t_base:.2f} s ({seg.speaker}): {f.failure.message}")
