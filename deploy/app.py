@@ -41,12 +41,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deploy.protocol import AudioBudget, InputError, MeteredSource, StreamInput, loads_json
-from deploy.remote_analyzer import FaceModel, RemoteAnalyzer, ServiceFailure, new_history
+from deploy.remote_analyzer import RemoteAnalyzer, ServiceFailure, new_history
 from deploy.replicas import ASR, ModelServer
 from deploy.resume import StreamRecord, rebase
 from deploy.settings import AppArgs, Timeouts, check_exposure, check_language, origin_allowed, serve_http_host, token_ok
 from deploy.start import MAX_TEXT_CHARS, StartError, StartMessage, parse_start
 from streaming.events import ErrorEvent, Event, UtteranceEvent
+from streaming.face import FaceModel
 from streaming.pipeline import StreamAnalyzer, StreamConfig
 from streaming.sources import AVFileSource, AVSourceConfig, PushSource, SourceError
 
@@ -461,6 +462,8 @@ class Ingress:
                 await report(inbound.finish())
                 await self._blocking(push.end)
             await worker_done  # bounded: the buffered audio and the replica timeouts bound the analysis left
+            if failed.is_set():  # also when it stopped after the client's end: 1011, not 1000
+                close_code = CLOSE_INTERNAL
             await out.put(None)
             await send_task
             record.audio_s = t_base + inbound.audio_s

@@ -2,8 +2,8 @@
 
 It is the :class:`streaming.pipeline.UtteranceAnalyzer` of every stream and upload of the ingress: it cuts the
 utterance's audio as the model was trained (``utterance_audio``), computes the face features of the utterance's
-video frames here (:class:`FaceModel`, shared by the replica's streams), calls the two deployments with a timeout
-each, and keeps the stream's conversation (:class:`History`: the tokenized turns the model deployment returns, sent
+video frames here (:class:`streaming.face.FaceModel`, shared by the replica's streams), calls the two deployments
+with a timeout each, and keeps the stream's conversation (:class:`History`: the tokenized turns the model deployment returns, sent
 back with each request). A failure reaches the client as a :class:`ServiceFailure` (a stable code, no internal
 detail); the detail is logged with the stream and the utterance.
 """
@@ -22,6 +22,7 @@ from deploy.settings import Timeouts
 from egmf_core.features.live_cut import utterance_audio
 from egmf_core.features.segmenter import SpeechSegment
 from streaming.events import ErrorEvent
+from streaming.face import FaceModel
 from streaming.pipeline import AnalysisResult, analyze_and_commit, check_cancelled
 
 log = logging.getLogger("deploy")
@@ -42,37 +43,6 @@ class History:
 def new_history() -> History:
     """An empty conversation that keeps the last ``MAX_HISTORY_TURNS`` turns."""
     return History(deque(maxlen=MAX_HISTORY_TURNS))
-
-
-class FaceModel:
-    """The face feature extractor of one ingress replica, shared by its streams.
-
-    Loaded on first use (the first stream or upload with video): streams without video never import mediapipe.
-    A load failure is remembered, reported once per stream with video, and the analysis goes on with audio and
-    text. The extractor holds no stream state (each ``extract`` call opens its own landmarker), so streams share it
-    from their worker threads."""
-
-    def __init__(self, model_path: str | None):
-        self.model_path = model_path
-        self.error: str | None = None
-        self._extractor: Any = None
-        self._lock = threading.Lock()
-
-    def get(self) -> Any:
-        """The :class:`egmf_core.features.visual.FaceFeatureExtractor`, or None (``error`` says why)."""
-        with self._lock:
-            if self._extractor is None and self.error is None:
-                try:
-                    from egmf_core.features.visual import (
-                        FaceFeatureConfig,
-                        FaceFeatureExtractor,
-                    )
-
-                    self._extractor = FaceFeatureExtractor(FaceFeatureConfig(model_path=self.model_path))
-                except (ImportError, OSError, RuntimeError, ValueError) as e:
-                    self.error = f"face model unavailable ({type(e).__name__}: {e}); analyzing audio and text only"
-                    log.warning("%s", self.error)
-        return self._extractor
 
 
 class ServiceFailure(Exception):
@@ -132,17 +102,6 @@ class RemoteAnalyzer:
     def new_conversation(self) -> History:
         return new_history()
 
-    def _face_features(self, video: list[tuple[float, np.ndarray]] | None) -> tuple[Any, Any]:
-        """(features (T, 58), valid (T,)) of the frames, or (None, None) when no frame showed a face: a missing
-        face is a missing modality, never zeros."""
-        extractor = self.face.get() if video else None
-        if extractor is None:
-            return None, None
-        vf = extractor.extract(video)
-        if not len(vf) or not bool(np.any(vf.valid)):
-            return None, None
-        return vf.features, vf.valid
-
     def _result(self, response: DeploymentResponse, timeout_s: float, what: str, seg: SpeechSegment) -> Any:
         try:
             return response.result(timeout_s=timeout_s)
@@ -189,7 +148,7 @@ class RemoteAnalyzer:
         check_cancelled(cancel)
         audio = utterance_audio(segment, self.frame_s, self.window_s)
         asr_ref = self.asr.transcribe.remote(audio, self.language)
-        visual, visual_valid = self._face_features(video)  # while the recognizer runs
+        visual, visual_valid = self.face.features(video)  # while the recognizer runs
         asr = self._result(asr_ref, self.timeouts.asr_s, "speech recognizer", segment)
         check_cancelled(cancel)
         version = conversation.version

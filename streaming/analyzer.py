@@ -2,8 +2,8 @@
 
 Per utterance: ONE Whisper encoder pass gives both the transcript and the (T, 384) audio features
 (``egmf_core.features.audio.WhisperFrontend.process``); the frames inside the utterance span give (T, 58) face
-features with a validity mask (``egmf_core.features.visual.FaceFeatureExtractor.extract``); then the predictor
-fuses them with the conversation context (``egmf_core.predictor.EGMFPredictor.predict``, which appends the turn to
+features with a validity mask (:class:`streaming.face.FaceModel`, loaded on first use); then the predictor fuses
+them with the conversation context (``egmf_core.predictor.EGMFPredictor.predict``, which appends the turn to
 the conversation, so context is incremental and bounded by the predictor).
 
 The model packages are imported inside the constructor: the rest of :mod:`streaming` (sources, segmentation, event
@@ -12,7 +12,6 @@ schema, CLI argument handling) must work, and report clear errors, without loadi
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -23,11 +22,11 @@ import numpy as np
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S, utterance_audio
 from egmf_core.features.segmenter import SpeechSegment
 
+from .face import FaceModel
 from .pipeline import AnalysisResult, analyze_and_commit, check_cancelled
 
 __all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError"]
 
-log = logging.getLogger(__name__)
 
 class ModelUnavailableError(RuntimeError):
     """The model (or one of its parts) cannot be loaded; the message is one line for the CLI."""
@@ -66,12 +65,12 @@ class EGMFAnalyzerConfig:
 class EGMFUtteranceAnalyzer:
     """Whisper frontend + face features + EGMF predictor. Load once, share across streams (one conversation each).
 
-    ``predictor``/``frontend``/``face`` may be passed in (already loaded, e.g. by the service that shares them
-    between workers); otherwise they are loaded from ``config``.
+    ``predictor``/``frontend`` may be passed in (already loaded, e.g. shared between analyzers), and ``face`` (a
+    :class:`streaming.face.FaceModel`); otherwise they are made from ``config``.
     """
 
     def __init__(self, config: EGMFAnalyzerConfig | None = None, *, predictor: Any = None, frontend: Any = None,
-                 face: Any = None):
+                 face: FaceModel | None = None):
         self.config = config or EGMFAnalyzerConfig()
         cfg = self.config
         warm = [frontend is None, predictor is None]  # what this analyzer loads itself, it warms up
@@ -112,9 +111,7 @@ class EGMFUtteranceAnalyzer:
                 model.warm_up()
         self.frontend = frontend
         self.predictor = predictor
-        self._face = face
-        self._face_failed = face is None and not cfg.use_video
-        self._face_lock = threading.Lock()
+        self.face = face if face is not None else FaceModel(cfg.face_model_path, enabled=cfg.use_video)
 
     @property
     def version(self) -> str:
@@ -122,24 +119,6 @@ class EGMFUtteranceAnalyzer:
 
     def new_conversation(self) -> Any:
         return self.predictor.new_conversation()
-
-    def _face_extractor(self) -> Any:
-        """Load the face model on first use: streams without video never pay for importing mediapipe."""
-        if self._face is not None or self._face_failed:
-            return self._face
-        with self._face_lock:
-            if self._face is None and not self._face_failed:
-                try:
-                    from egmf_core.features.visual import (
-                        FaceFeatureConfig,
-                        FaceFeatureExtractor,
-                    )
-
-                    self._face = FaceFeatureExtractor(FaceFeatureConfig(model_path=self.config.face_model_path))
-                except (ImportError, OSError, RuntimeError, ValueError) as e:
-                    self._face_failed = True
-                    log.warning("face features disabled, analyzing audio and text only: %s", e)
-        return self._face
 
     def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                 conversation: Any) -> AnalysisResult:
@@ -157,15 +136,7 @@ class EGMFUtteranceAnalyzer:
         timings = {"asr_encoder": float(asr.encoder_ms), "asr_decode": float(asr.asr_ms - asr.encoder_ms)}
         check_cancelled(cancel)
 
-        visual_features = visual_valid = None
-        if video:
-            face = self._face_extractor()
-            if face is not None:
-                t0 = time.perf_counter()
-                vf = face.extract(video)
-                timings["face"] = (time.perf_counter() - t0) * 1000.0
-                if len(vf) and bool(np.any(vf.valid)):  # no face at all = no visual modality, not zeros
-                    visual_features, visual_valid = vf.features, vf.valid
+        visual_features, visual_valid = self.face.features(video, timings)
         check_cancelled(cancel)
 
         t0 = time.perf_counter()

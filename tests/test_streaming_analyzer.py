@@ -115,7 +115,7 @@ def test_face_features_reach_the_predictor(frontend):
     pytest.importorskip("mediapipe")
     pred = RecordingPredictor()
     an = EGMFUtteranceAnalyzer(predictor=pred, frontend=frontend)
-    if an._face_extractor() is None:
+    if an.face.get() is None:
         pytest.skip("face model unavailable")
     events = list(StreamAnalyzer(an, StreamConfig(emit_speech_started=False))
                   .run(AVFileSource(TALKING_HEADS / "1.mp4")))
@@ -129,7 +129,7 @@ def test_face_features_reach_the_predictor(frontend):
 
 def test_analyzer_without_video_never_loads_the_face_model(frontend):
     an = EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(use_video=False), predictor=RecordingPredictor(), frontend=frontend)
-    assert an._face_extractor() is None
+    assert an.face.get() is None
 
 
 @pytest.fixture(scope="module")
