@@ -43,15 +43,15 @@ ALLOWED = "https://dash.example.com"
 INTERNAL_WORDS = ("Traceback", "RayActorError", "ActorDied", "RuntimeError", "Exception", "pid=", "ip=")
 
 
-def _deploy_ingress(name: str, args: dict, ready_path: str = "/health") -> str:
-    """Deploy an ingress app ``name`` (route ``/name``) on the ``egmf`` app's ASR and ModelServer replicas; returns
-    its base URL once ``ready_path`` answers 200."""
+def _deploy_ingress(name: str, args: dict, ready_path: str = "/health", model=None) -> str:
+    """Deploy an ingress app ``name`` (route ``/name``) on the ``egmf`` app's ASR and ModelServer replicas (``model``:
+    another model deployment, bound into the app); returns its base URL once ``ready_path`` answers 200."""
     from ray import serve
 
     from deploy.app import Ingress
 
     asr = serve.get_deployment_handle("ASR", app_name="egmf")
-    model = serve.get_deployment_handle("ModelServer", app_name="egmf")
+    model = model or serve.get_deployment_handle("ModelServer", app_name="egmf")
     ingress = Ingress.options(ray_actor_options={"num_cpus": 0})
     serve.run(ingress.bind(asr, model, {"language": "en", **args}), name=name, route_prefix=f"/{name}",
               blocking=False)
