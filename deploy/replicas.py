@@ -123,7 +123,6 @@ class ModelServer:
         prepare = engines_preparer(engines) if engines else None  # the exported engines, where the config names them
         self.predictor = EGMFPredictor.load(checkpoint, device=device, prepare=prepare)
         self.predictor.warm_up()
-        self.prompts = self.predictor.model.prompts  # tokenizes the turns and builds the context windows
         self._batch.set_max_batch_size(max_batch_size)
         self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self.batch_sizes: deque[int] = deque(maxlen=1000)
@@ -153,19 +152,10 @@ class ModelServer:
         return await asyncio.to_thread(self._score_all, requests)
 
     def _input(self, req: dict[str, Any]) -> tuple[Any, Any]:
-        from egmf_core.model_io import ModelInput
-
-        text = req["text"]
-        if not isinstance(text, str):
-            raise ValueError(f"text: expected a string, got {type(text).__name__}")
-        window = self.prompts.new_context()
-        for turn in req.get("context") or ():
-            window.append(turn)
-        turn = self.prompts.make_turn(req.get("speaker") or "Speaker", text)
-        x = ModelInput(context=window.snapshot(), current=turn, audio=req.get("audio_features"),
-                       visual=req.get("visual_features"), visual_valid=req.get("visual_valid"),
-                       language=req.get("language"))
-        return x, turn
+        """The request's model input and tokenized turn (``EGMFPredictor.prepare_input``)."""
+        return self.predictor.prepare_input(req.get("context") or (), req["text"], req.get("speaker"),
+                                            req.get("audio_features"), req.get("visual_features"),
+                                            req.get("visual_valid"), req.get("language"))
 
     def _score_all(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any] | None] = [None] * len(requests)

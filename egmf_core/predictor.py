@@ -130,17 +130,34 @@ class EGMFPredictor:
         language: str | None = None,
     ) -> tuple[Prediction, PendingTurn]:
         """`predict` without the append: the prediction and what `commit` needs to add the turn later."""
+        with conversation.lock:
+            version = conversation.window.version
+            context = conversation.window.snapshot()
+        x, turn = self.prepare_input(context, text, speaker, audio_features, visual_features, visual_valid, language)
+        pred = self.score([x])[0]
+        pred.expert_outputs = None
+        return pred, PendingTurn(turn, version, language)
+
+    def prepare_input(
+        self,
+        context: Sequence[Turn],
+        text: str,
+        speaker: str | None,
+        audio_features: np.ndarray | None = None,
+        visual_features: np.ndarray | None = None,
+        visual_valid: np.ndarray | None = None,
+        language: str | None = None,
+    ) -> tuple[ModelInput, Turn]:
+        """The model input of one utterance said after `context` (the conversation's turns, oldest first; the last
+        `max_context_turns` are used) and the utterance's tokenized turn, which a conversation appends once it is
+        committed. For `score`: `predict_uncommitted` and a caller that keeps the context itself (the service's
+        stateless model deployment) build their inputs here."""
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
         turn = self.model.prompts.make_turn(speaker, text)
-        with conversation.lock:
-            pending = PendingTurn(turn, conversation.window.version, language)
-            context = conversation.window.snapshot()
-        x = ModelInput(context=context, current=turn, audio=audio_features, visual=visual_features,
+        x = ModelInput(context=self._window(context), current=turn, audio=audio_features, visual=visual_features,
                        visual_valid=visual_valid, language=language)
-        pred = self.score([x])[0]
-        pred.expert_outputs = None
-        return pred, pending
+        return x, turn
 
     def score(self, inputs: Sequence[ModelInput]) -> list[Prediction]:
         """Score prepared inputs in one model pass (`EGMFModel.score`), serialized with this predictor's other
@@ -176,11 +193,15 @@ class EGMFPredictor:
         travel with each request): the last `max_context_turns` of `context`."""
         if self._primer is None:
             return None
+        snapshot = self._window(context)
+        return self._submit_prime(lambda: snapshot, language)
+
+    def _window(self, context: Sequence[Turn]) -> tuple[Turn, ...]:
+        """The last `max_context_turns` turns of `context`: the context window a prompt sees."""
         window = self.model.prompts.new_context()
         for turn in context:
             window.append(turn)
-        snapshot = window.snapshot()
-        return self._submit_prime(lambda: snapshot, language)
+        return window.snapshot()
 
     def _submit_prime(self, context: Callable[[], tuple[Turn, ...] | None], language: str | None) -> Future | None:
         return None if self._primer is None else self._primer.submit(self._prime, context, language)
