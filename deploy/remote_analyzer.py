@@ -10,6 +10,7 @@ detail); the detail is logged with the stream and the utterance.
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from deploy.settings import Timeouts
 from egmf_core.features.live_cut import utterance_audio
 from egmf_core.features.segmenter import SpeechSegment
+from streaming.analysis import analysis_result
 from streaming.events import ErrorEvent
 from streaming.face import FaceModel
 from streaming.pipeline import AnalysisResult, analyze_and_commit, check_cancelled
@@ -148,19 +150,22 @@ class RemoteAnalyzer:
         check_cancelled(cancel)
         audio = utterance_audio(segment, self.frame_s, self.window_s)
         asr_ref = self.asr.transcribe.remote(audio, self.language)
-        visual, visual_valid = self.face.features(video)  # while the recognizer runs
+        face_timings: dict[str, float] = {}
+        visual, visual_valid = self.face.features(video, face_timings)  # while the recognizer runs
         asr = self._result(asr_ref, self.timeouts.asr_s, "speech recognizer", segment)
+        # the stages in the CLI's order; predict = the model deployment's answer as the ingress waits for it
+        timings = {"asr_encoder": float(asr["encoder_ms"]), "asr_decode": float(asr["asr_ms"] - asr["encoder_ms"]),
+                   **face_timings}
         check_cancelled(cancel)
         version = conversation.version
+        t0 = time.perf_counter()
         p = self._result(self.model.predict.remote({
             "text": asr["text"], "speaker": segment.speaker, "audio_features": asr["encoder_states"],
             "visual_features": visual, "visual_valid": visual_valid,
             "language": asr["language"], "context": list(conversation.turns),
         }), self.timeouts.model_s, "emotion model", segment)
-        return AnalysisResult(text=asr["text"], language=asr["language"], emotion=p["emotion"],
-                              emotion_probs=p["emotion_probs"], sentiment_score=p["sentiment_score"],
-                              sentiment_label=p["sentiment_label"], alpha=p["alpha"], modalities=p["modalities"],
-                              pending=(p["turn"], version))
+        timings["predict"] = (time.perf_counter() - t0) * 1000.0
+        return analysis_result(asr["text"], asr["language"], p, timings, (p["turn"], version))
 
     def commit(self, conversation: History, result: AnalysisResult) -> bool:
         turn, version = result.pending

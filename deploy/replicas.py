@@ -27,6 +27,7 @@ import numpy as np
 from ray import serve
 
 from egmf_core.features.live_cut import LIVE_WINDOW_S
+from streaming.analysis import prediction_fields
 from streaming.sources import SAMPLE_RATE
 
 log = logging.getLogger("deploy")
@@ -88,7 +89,7 @@ class ASR:
             a = self.frontend.process(np.ascontiguousarray(audio, dtype=np.float32), language=language or self.language)
         self._health.succeeded()
         return {"text": a.text.strip(), "language": a.language, "encoder_states": a.encoder_states,
-                "asr_ms": a.asr_ms}
+                "asr_ms": a.asr_ms, "encoder_ms": a.encoder_ms}
 
     def languages(self) -> list[str] | None:
         """The language codes this recognizer can do; None = any (a multilingual model)."""
@@ -138,8 +139,10 @@ class ModelServer:
 
     async def predict(self, request: dict[str, Any]) -> dict[str, Any]:
         """``request``: text, speaker, audio_features (T, 384) or None, visual_features (T, 58) + visual_valid (T,)
-        or None, language, context (a list of the stream's previous turns as returned here). Returns the prediction
-        fields and ``turn`` (this utterance, tokenized, for the stream's context)."""
+        or None, language, context (a list of the stream's previous turns as returned here). Returns the prediction's
+        fields (``streaming.analysis.prediction_fields``: the labels, probabilities, gate weights and modalities, the
+        model's stage timings and prompt token counts) and ``turn`` (this utterance, tokenized, for the stream's
+        context)."""
         result = await self._batch(request)
         if "error" in result:
             raise RuntimeError(result["error"])
@@ -186,10 +189,7 @@ class ModelServer:
                     continue
                 if turn.text.strip():  # the stream's likely next context: its KV cache, ready before it is needed
                     self.predictor.prime_context_later((*x.context, turn), x.language)
-                out[i] = {"emotion": p.emotion, "emotion_probs": dict(p.emotion_probs),
-                          "sentiment_score": float(p.sentiment_score), "sentiment_label": p.sentiment_label,
-                          "alpha": [float(a) for a in p.alpha], "modalities": dict(p.modalities),
-                          "turn": turn if turn.text.strip() else None}
+                out[i] = {**prediction_fields(p), "turn": turn if turn.text.strip() else None}
         return out  # type: ignore[return-value]
 
     def _probe(self) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S, utterance_audio
 from egmf_core.features.segmenter import SpeechSegment
 
+from .analysis import analysis_result, prediction_fields
 from .face import FaceModel
 from .pipeline import AnalysisResult, analyze_and_commit, check_cancelled
 
@@ -151,20 +152,7 @@ class EGMFUtteranceAnalyzer:
         )
         # predict = the whole predictor call; fusion/llm_* its parts where the model reports them
         timings["predict"] = (time.perf_counter() - t0) * 1000.0
-        timings.update(getattr(p, "timings_ms", None) or {})
-        return AnalysisResult(
-            text=text,
-            language=asr.language,
-            emotion=p.emotion,
-            emotion_probs=dict(p.emotion_probs),
-            sentiment_score=float(p.sentiment_score),
-            sentiment_label=p.sentiment_label,
-            alpha=[float(a) for a in p.alpha],
-            modalities=dict(p.modalities),
-            timings_ms={k: round(float(v), 2) for k, v in timings.items()},
-            prompt_tokens=dict(p.prompt_tokens or {}),
-            pending=pending,
-        )
+        return analysis_result(text, asr.language, prediction_fields(p), timings, pending)
 
     def commit(self, conversation: Any, result: AnalysisResult) -> bool:
         """Add an uncommitted result's turn to ``conversation``; False if the context changed since."""
