@@ -1,16 +1,16 @@
 """The ingress's per-utterance step: :class:`RemoteAnalyzer` asks the ``ASR`` and ``ModelServer`` deployments.
 
-It is the :class:`streaming.pipeline.UtteranceAnalyzer` of every stream and upload of the ingress: it cuts the
-utterance's audio as the model was trained (``utterance_audio``), computes the face features of the utterance's
-video frames here (:class:`streaming.face.FaceModel`, shared by the replica's streams), calls the two deployments
-with a timeout each, and keeps the stream's conversation (:class:`History`: the tokenized turns the model deployment returns, sent
-back with each request). A failure reaches the client as a :class:`ServiceFailure` (a stable code, no internal
-detail); the detail is logged with the stream and the utterance.
+It is the :class:`streaming.pipeline.UtteranceAnalyzer` of every stream and upload of the ingress. The step itself is
+the CLI's, :func:`streaming.analysis.analyze_utterance` (the audio cut as the model was trained, recognition, the face
+features of the utterance's video frames computed here by :class:`streaming.face.FaceModel`, shared by the replica's
+streams, while the recognizer works, then the model); here its recognizer and scorer are the two deployments, each
+answer waited for with a timeout. The ingress keeps the stream's conversation (:class:`History`: the tokenized turns
+the model deployment returns, sent back with each request). A failure reaches the client as a
+:class:`ServiceFailure` (a stable code, no internal detail); the detail is logged with the stream and the utterance.
 """
 
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +20,11 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deploy.settings import Timeouts
-from egmf_core.features.live_cut import utterance_audio
 from egmf_core.features.segmenter import SpeechSegment
-from streaming.analysis import analysis_result
+from streaming.analysis import Recognition, analyze_utterance
 from streaming.events import ErrorEvent
 from streaming.face import FaceModel
-from streaming.pipeline import AnalysisResult, analyze_and_commit, check_cancelled
+from streaming.pipeline import AnalysisResult, analyze_and_commit
 
 log = logging.getLogger("deploy")
 
@@ -65,6 +64,42 @@ def _segment_key(seg: SpeechSegment) -> tuple[int, float, float]:
 class _Failure:
     segment: SpeechSegment
     failure: ServiceFailure
+
+
+class _DeploymentCalls:
+    """The :class:`streaming.analysis.Recognizer` and :class:`streaming.analysis.Scorer` of one utterance over the
+    ASR and ModelServer deployments. ``wait(response, timeout_s, what)`` waits for an answer with its timeout and
+    turns a failure into a :class:`ServiceFailure` (logged with the stream and the utterance)."""
+
+    def __init__(self, asr: DeploymentHandle, model: DeploymentHandle, timeouts: Timeouts,
+                 wait: Callable[[DeploymentResponse, float, str], Any]):
+        self.asr = asr
+        self.model = model
+        self.timeouts = timeouts
+        self.wait = wait
+
+    def transcribe(self, audio: np.ndarray, language: str | None) -> Callable[[], Recognition]:
+        response = self.asr.transcribe.remote(audio, language)
+
+        def recognition() -> Recognition:
+            asr = self.wait(response, self.timeouts.asr_s, "speech recognizer")
+            return Recognition(asr["text"], asr["language"], asr["encoder_states"],
+                               {"asr_encoder": float(asr["encoder_ms"]),
+                                "asr_decode": float(asr["asr_ms"] - asr["encoder_ms"])})
+
+        return recognition
+
+    def score(self, conversation: History, text: str, speaker: str, audio: np.ndarray | None,
+              visual: np.ndarray | None, visual_valid: np.ndarray | None,
+              language: str | None) -> tuple[dict[str, Any], tuple[Any, int]]:
+        """The model deployment's answer (it is stateless: the stream's turns travel with the request) and the
+        pending turn (None for an empty transcript) with the history's version."""
+        version = conversation.version
+        p = self.wait(self.model.predict.remote({
+            "text": text, "speaker": speaker, "audio_features": audio, "visual_features": visual,
+            "visual_valid": visual_valid, "language": language, "context": list(conversation.turns),
+        }), self.timeouts.model_s, "emotion model")
+        return p, (p["turn"], version)
 
 
 class RemoteAnalyzer:
@@ -138,34 +173,16 @@ class RemoteAnalyzer:
                             conversation: History, cancel: threading.Event | None = None) -> AnalysisResult:
         """``analyze`` without adding the turn to the stream's history (the pipeline's speculative end of
         utterance); ``cancel`` is checked before the recognizer is asked and before the model is."""
+        calls = _DeploymentCalls(self.asr, self.model, self.timeouts,
+                                 lambda response, timeout_s, what: self._result(response, timeout_s, what, segment))
         try:
-            return self._analyze_uncommitted(segment, video, conversation, cancel)
+            return analyze_utterance(segment, video, conversation, recognizer=calls, scorer=calls, face=self.face,
+                                     frame_s=self.frame_s, window_s=self.window_s, language=self.language,
+                                     cancel=cancel)
         except ServiceFailure as f:
             if cancel is not None and f.code == "analysis_timeout":
                 self._speculation_timeout = (_segment_key(segment), f)
             raise
-
-    def _analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
-                             conversation: History, cancel: threading.Event | None) -> AnalysisResult:
-        check_cancelled(cancel)
-        audio = utterance_audio(segment, self.frame_s, self.window_s)
-        asr_ref = self.asr.transcribe.remote(audio, self.language)
-        face_timings: dict[str, float] = {}
-        visual, visual_valid = self.face.features(video, face_timings)  # while the recognizer runs
-        asr = self._result(asr_ref, self.timeouts.asr_s, "speech recognizer", segment)
-        # the stages in the CLI's order; predict = the model deployment's answer as the ingress waits for it
-        timings = {"asr_encoder": float(asr["encoder_ms"]), "asr_decode": float(asr["asr_ms"] - asr["encoder_ms"]),
-                   **face_timings}
-        check_cancelled(cancel)
-        version = conversation.version
-        t0 = time.perf_counter()
-        p = self._result(self.model.predict.remote({
-            "text": asr["text"], "speaker": segment.speaker, "audio_features": asr["encoder_states"],
-            "visual_features": visual, "visual_valid": visual_valid,
-            "language": asr["language"], "context": list(conversation.turns),
-        }), self.timeouts.model_s, "emotion model", segment)
-        timings["predict"] = (time.perf_counter() - t0) * 1000.0
-        return analysis_result(asr["text"], asr["language"], p, timings, (p["turn"], version))
 
     def commit(self, conversation: History, result: AnalysisResult) -> bool:
         turn, version = result.pending

@@ -3,8 +3,10 @@
 Per utterance: ONE Whisper encoder pass gives both the transcript and the (T, 384) audio features
 (``egmf_core.features.audio.WhisperFrontend.process``); the frames inside the utterance span give (T, 58) face
 features with a validity mask (:class:`streaming.face.FaceModel`, loaded on first use); then the predictor fuses
-them with the conversation context (``egmf_core.predictor.EGMFPredictor.predict``, which appends the turn to
-the conversation, so context is incremental and bounded by the predictor).
+them with the conversation context (``egmf_core.predictor.EGMFPredictor.predict_uncommitted``, then ``commit``
+appends the turn to the conversation, so context is incremental and bounded by the predictor). The step itself is
+:func:`streaming.analysis.analyze_utterance`, shared with the service; here it runs over the local models
+(:class:`WhisperRecognizer`, :class:`PredictorScorer`).
 
 The model packages are imported inside the constructor: the rest of :mod:`streaming` (sources, segmentation, event
 schema, CLI argument handling) must work, and report clear errors, without loading torch or an LLM.
@@ -13,20 +15,21 @@ schema, CLI argument handling) must work, and report clear errors, without loadi
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S, utterance_audio
+from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
 from egmf_core.features.segmenter import SpeechSegment
 
-from .analysis import analysis_result, prediction_fields
+from .analysis import Recognition, analyze_utterance, prediction_fields
 from .face import FaceModel
-from .pipeline import AnalysisResult, analyze_and_commit, check_cancelled
+from .pipeline import AnalysisResult, analyze_and_commit
 
-__all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError"]
+__all__ = ["EGMFAnalyzerConfig", "EGMFUtteranceAnalyzer", "ModelUnavailableError", "PredictorScorer",
+           "WhisperRecognizer"]
 
 
 class ModelUnavailableError(RuntimeError):
@@ -45,9 +48,9 @@ class EGMFAnalyzerConfig:
     utterances are at most ``max_utterance_s`` (8 s) long, and the encoder's cost follows the window, not the speech:
     10 s costs a fifth of Whisper's native 30 s, with the same word error rate (benchmarks/results/whisper_window.md);
     the shipped checkpoint's last training stage learned from live cuts in the 10 s window (its earlier stages from
-    whole clips in 30 s). ``frame_s``: room tone the recognizer
-    and the audio branch get on each side of the speech (:func:`utterance_audio`); the default is the training
-    clips' framing, 0 gives them the segmenter's cut alone."""
+    whole clips in 30 s). ``frame_s``: room tone the recognizer and the audio branch get on each side of the speech
+    (``egmf_core.features.live_cut.utterance_audio``); the default is the training clips' framing, 0 gives them the
+    segmenter's cut alone."""
 
     checkpoint: str = "default"
     whisper_model_path: str | None = None
@@ -128,32 +131,45 @@ class EGMFUtteranceAnalyzer:
 
     def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
                             conversation: Any, cancel: threading.Event | None = None) -> AnalysisResult:
-        """``analyze`` without adding the turn to ``conversation`` (the pipeline's speculative end of utterance);
-        ``cancel`` is checked before each stage: speech recognition, face features, the model."""
-        check_cancelled(cancel)
-        audio = utterance_audio(segment, self.config.frame_s, self.config.asr_window_s)
-        asr = self.frontend.process(audio, language=self.config.language)
-        text = asr.text.strip()
-        timings = {"asr_encoder": float(asr.encoder_ms), "asr_decode": float(asr.asr_ms - asr.encoder_ms)}
-        check_cancelled(cancel)
-
-        visual_features, visual_valid = self.face.features(video, timings)
-        check_cancelled(cancel)
-
-        t0 = time.perf_counter()
-        p, pending = self.predictor.predict_uncommitted(
-            conversation,
-            text=text,
-            speaker=segment.speaker,
-            audio_features=asr.encoder_states,
-            visual_features=visual_features,
-            visual_valid=visual_valid,
-            language=asr.language,
-        )
-        # predict = the whole predictor call; fusion/llm_* its parts where the model reports them
-        timings["predict"] = (time.perf_counter() - t0) * 1000.0
-        return analysis_result(text, asr.language, prediction_fields(p), timings, pending)
+        """``analyze`` without adding the turn to ``conversation`` (the pipeline's speculative end of utterance):
+        :func:`streaming.analysis.analyze_utterance` over this analyzer's recognizer, face model and predictor;
+        ``cancel`` is checked before speech recognition and before the model."""
+        cfg = self.config
+        return analyze_utterance(segment, video, conversation, recognizer=WhisperRecognizer(self.frontend),
+                                 scorer=PredictorScorer(self.predictor), face=self.face, frame_s=cfg.frame_s,
+                                 window_s=cfg.asr_window_s, language=cfg.language, cancel=cancel)
 
     def commit(self, conversation: Any, result: AnalysisResult) -> bool:
         """Add an uncommitted result's turn to ``conversation``; False if the context changed since."""
         return bool(self.predictor.commit(conversation, result.pending))
+
+
+class WhisperRecognizer:
+    """:class:`streaming.analysis.Recognizer` over a local ``WhisperFrontend``: one encoder pass gives the transcript
+    and the audio features; it recognizes when asked, so the call it returns answers at once."""
+
+    def __init__(self, frontend: Any):
+        self.frontend = frontend
+
+    def transcribe(self, audio: np.ndarray, language: str | None) -> Callable[[], Recognition]:
+        asr = self.frontend.process(audio, language=language)
+        recognition = Recognition(asr.text.strip(), asr.language, asr.encoder_states,
+                                  {"asr_encoder": float(asr.encoder_ms),
+                                   "asr_decode": float(asr.asr_ms - asr.encoder_ms)})
+        return lambda: recognition
+
+
+class PredictorScorer:
+    """:class:`streaming.analysis.Scorer` over a local ``EGMFPredictor`` and its conversations
+    (``predict_uncommitted``; the analyzer's ``commit`` adds the turn)."""
+
+    def __init__(self, predictor: Any):
+        self.predictor = predictor
+
+    def score(self, conversation: Any, text: str, speaker: str, audio: np.ndarray | None,
+              visual: np.ndarray | None, visual_valid: np.ndarray | None,
+              language: str | None) -> tuple[dict[str, Any], Any]:
+        p, pending = self.predictor.predict_uncommitted(conversation, text=text, speaker=speaker, audio_features=audio,
+                                                        visual_features=visual, visual_valid=visual_valid,
+                                                        language=language)
+        return prediction_fields(p), pending

@@ -1,14 +1,21 @@
-"""streaming.analysis: one prediction -> result conversion for the CLI and the service (no model loaded)."""
+"""streaming.analysis: the per-utterance step and the prediction -> result conversion shared by the CLI and the
+service, over stand-ins (no model loaded)."""
 
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
+import pytest
 
+from egmf_core.features.live_cut import utterance_audio
+from egmf_core.features.segmenter import SpeechSegment
 from egmf_core.model_io import Prediction
-from streaming.analysis import analysis_result, prediction_fields
+from streaming.analysis import Recognition, analysis_result, analyze_utterance, prediction_fields
 from streaming.events import EMOTION_LABELS
+from streaming.face import FaceModel
+from streaming.pipeline import AnalysisCancelled
 
 
 def _prediction() -> Prediction:
@@ -39,3 +46,47 @@ def test_an_answer_without_timings_or_token_counts_still_makes_a_result():
     res = analysis_result("hi", "en", old, {"asr_encoder": 5.0}, None)
     assert res.timings_ms == {"asr_encoder": 5.0} and res.prompt_tokens == {}
     assert res.emotion == "neutral" and res.sentiment_label == "positive"
+
+
+class StandIns:
+    """NOT a model: a recognizer and a scorer that record the order of the step's calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def transcribe(self, audio, language):
+        self.calls.append(f"transcribe {len(audio)} {language}")
+
+        def recognition():
+            self.calls.append("recognition")
+            return Recognition("hello", "en", np.zeros((50, 384), np.float32),
+                               {"asr_encoder": 10.0, "asr_decode": 5.0})
+
+        return recognition
+
+    def score(self, conversation, text, speaker, audio, visual, visual_valid, language):
+        self.calls.append(f"score {text} {speaker} {audio.shape} {visual} {language}")
+        return prediction_fields(_prediction()), (text, len(conversation))
+
+
+def _segment() -> SpeechSegment:
+    return SpeechSegment(1.0, 2.0, np.full(32000, 0.01, np.float32), speaker="A", audio_start_s=0.5)
+
+
+def test_the_step_recognizes_then_scores_with_the_conversation():
+    calls = StandIns()
+    res = analyze_utterance(_segment(), None, ["earlier turn"], recognizer=calls, scorer=calls,
+                            face=FaceModel(enabled=False), frame_s=0.0, window_s=10.0, language="en")
+    cut = utterance_audio(_segment(), 0.0, 10.0)  # the recognizer hears the utterance cut as the model was trained
+    assert calls.calls == [f"transcribe {len(cut)} en", "recognition", "score hello A (50, 384) None en"]
+    assert (res.text, res.language, res.pending) == ("hello", "en", ("hello", 1))
+    assert list(res.timings_ms) == ["asr_encoder", "asr_decode", "predict", "fusion", "llm_prefill"]
+
+
+def test_a_cancelled_step_never_asks_the_recognizer():
+    calls, cancel = StandIns(), threading.Event()
+    cancel.set()
+    with pytest.raises(AnalysisCancelled):
+        analyze_utterance(_segment(), None, [], recognizer=calls, scorer=calls, face=FaceModel(enabled=False),
+                          frame_s=0.0, window_s=10.0, language=None, cancel=cancel)
+    assert calls.calls == []
