@@ -4,9 +4,10 @@ It is the :class:`streaming.pipeline.UtteranceAnalyzer` of every stream and uplo
 the CLI's, :func:`streaming.analysis.analyze_utterance` (the audio cut as the model was trained, recognition, the face
 features of the utterance's video frames computed here by :class:`streaming.face.FaceModel`, shared by the replica's
 streams, while the recognizer works, then the model); here its recognizer and scorer are the two deployments, each
-answer waited for with a timeout. The ingress keeps the stream's conversation (:class:`History`: the tokenized turns
-the model deployment returns, sent back with each request). A failure reaches the client as a
-:class:`ServiceFailure` (a stable code, no internal detail); the detail is logged with the stream and the utterance.
+answer waited for with a timeout. The ingress keeps the stream's conversation (``egmf_core.conversation.Conversation``,
+the CLI's type: the tokenized turns the model deployment returns, sent back with each request). A failure reaches the
+client as a :class:`ServiceFailure` (a stable code, no internal detail); the detail is logged with the stream and the
+utterance.
 """
 
 import logging
@@ -20,6 +21,7 @@ import numpy as np
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deploy.settings import Timeouts
+from egmf_core.conversation import ContextWindow, Conversation
 from egmf_core.features.segmenter import SpeechSegment
 from streaming.analysis import Recognition, analyze_utterance
 from streaming.events import ErrorEvent
@@ -32,18 +34,9 @@ log = logging.getLogger("deploy")
 MAX_HISTORY_TURNS = 32
 
 
-@dataclass
-class History:
-    """One stream's conversation: its tokenized turns (made by the model deployment), newest last; ``version``
-    counts appends, so a speculative result can tell whether its context is still current."""
-
-    turns: deque
-    version: int = 0
-
-
-def new_history() -> History:
+def new_history() -> Conversation:
     """An empty conversation that keeps the last ``MAX_HISTORY_TURNS`` turns."""
-    return History(deque(maxlen=MAX_HISTORY_TURNS))
+    return Conversation(ContextWindow(MAX_HISTORY_TURNS))
 
 
 class ServiceFailure(Exception):
@@ -89,15 +82,15 @@ class _DeploymentCalls:
 
         return recognition
 
-    def score(self, conversation: History, text: str, speaker: str, audio: np.ndarray | None,
+    def score(self, conversation: Conversation, text: str, speaker: str, audio: np.ndarray | None,
               visual: np.ndarray | None, visual_valid: np.ndarray | None,
               language: str | None) -> tuple[dict[str, Any], tuple[Any, int]]:
         """The model deployment's answer (it is stateless: the stream's turns travel with the request) and the
-        pending turn (None for an empty transcript) with the history's version."""
-        version = conversation.version
+        pending turn (None for an empty transcript) with the conversation's version."""
+        context, version = conversation.context()
         p = self.wait(self.model.predict.remote({
             "text": text, "speaker": speaker, "audio_features": audio, "visual_features": visual,
-            "visual_valid": visual_valid, "language": language, "context": list(conversation.turns),
+            "visual_valid": visual_valid, "language": language, "context": list(context),
         }), self.timeouts.model_s, "emotion model")
         return p, (p["turn"], version)
 
@@ -136,7 +129,7 @@ class RemoteAnalyzer:
     def version(self) -> str:
         return self._version
 
-    def new_conversation(self) -> History:
+    def new_conversation(self) -> Conversation:
         return new_history()
 
     def _result(self, response: DeploymentResponse, timeout_s: float, what: str, seg: SpeechSegment) -> Any:
@@ -153,7 +146,7 @@ class RemoteAnalyzer:
             raise ServiceFailure("analysis_failed", f"the {what} failed (the details are in the server log)") from e
 
     def analyze(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
-                conversation: History) -> AnalysisResult:
+                conversation: Conversation) -> AnalysisResult:
         try:
             spec, self._speculation_timeout = self._speculation_timeout, None
             if spec is not None and spec[0] == _segment_key(segment):
@@ -170,7 +163,7 @@ class RemoteAnalyzer:
         raise failure
 
     def analyze_uncommitted(self, segment: SpeechSegment, video: list[tuple[float, np.ndarray]] | None,
-                            conversation: History, cancel: threading.Event | None = None) -> AnalysisResult:
+                            conversation: Conversation, cancel: threading.Event | None = None) -> AnalysisResult:
         """``analyze`` without adding the turn to the stream's history (the pipeline's speculative end of
         utterance); ``cancel`` is checked before the recognizer is asked and before the model is."""
         calls = _DeploymentCalls(self.asr, self.model, self.timeouts,
@@ -184,14 +177,8 @@ class RemoteAnalyzer:
                 self._speculation_timeout = (_segment_key(segment), f)
             raise
 
-    def commit(self, conversation: History, result: AnalysisResult) -> bool:
-        turn, version = result.pending
-        if conversation.version != version:
-            return False
-        if turn is not None:
-            conversation.turns.append(turn)
-            conversation.version += 1
-        return True
+    def commit(self, conversation: Conversation, result: AnalysisResult) -> bool:
+        return conversation.add(*result.pending)
 
     def public_error(self, event: ErrorEvent, t_base: float = 0.0) -> ErrorEvent:
         """The pipeline's ``analysis_failed`` event (whose message carries the exception's text) as the client sees

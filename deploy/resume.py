@@ -10,8 +10,8 @@ clock and utterance count.
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from deploy.remote_analyzer import History
 from deploy.start import StartError
+from egmf_core.conversation import Conversation
 from streaming.events import Event, SpeechStartedEvent, UtteranceEvent
 
 
@@ -23,7 +23,7 @@ class StreamRecord:
     a client that reconnects after losing its connection."""
 
     stream_id: str
-    conversation: History
+    conversation: Conversation
     events: deque = field(default_factory=deque)  # (utterance id or None, the event's JSON), oldest first
     lost: int = 0  # events pushed out of ``events`` by newer ones
     next_utterance_id: int = 0

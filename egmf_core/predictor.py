@@ -6,7 +6,8 @@ conversation is re-tokenized or re-encoded from scratch, and the cost does not g
 
 `predict_uncommitted` + `commit` split a prediction from adding its turn to the context, for the live pipeline's
 speculative end of utterance: an utterance analyzed during the VAD's hangover joins the context only if it really
-ended there, and only if the context is still the one it was predicted with.
+ended there, and only if the context is still the one it was predicted with. The conversation
+(`egmf_core.conversation.Conversation`) is the type the service's ingress keeps its streams' context in as well.
 
 With a "context_first" checkpoint (`PromptConfig.layout`), `commit` also starts, in a background thread, the KV
 cache of the stream's new context (`EGMFModel.prime`): it is computed while the next utterance is still being
@@ -18,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,23 +28,16 @@ import numpy as np
 from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel
 from .model_io import ModelInput, Prediction
-from .prompt import ContextWindow, Turn
+from .conversation import Conversation
+from .prompt import Turn
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Conversation:
-    """One stream's context: the last few turns, tokenized once each."""
-
-    window: ContextWindow
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
 
 @dataclass(frozen=True)
 class PendingTurn:
     """An utterance predicted but not yet in its conversation: its tokenized turn and the context version
-    (`ContextWindow.version`) its prediction saw."""
+    (`egmf_core.conversation.ContextWindow.version`) its prediction saw."""
 
     turn: Turn
     context_version: int
@@ -130,9 +124,7 @@ class EGMFPredictor:
         language: str | None = None,
     ) -> tuple[Prediction, PendingTurn]:
         """`predict` without the append: the prediction and what `commit` needs to add the turn later."""
-        with conversation.lock:
-            version = conversation.window.version
-            context = conversation.window.snapshot()
+        context, version = conversation.context()
         x, turn = self.prepare_input(context, text, speaker, audio_features, visual_features, visual_valid, language)
         pred = self.score([x])[0]
         pred.expert_outputs = None
@@ -170,10 +162,9 @@ class EGMFPredictor:
         """Append the predicted turn (an empty transcript adds nothing) if the context is still the one the
         prediction saw; False (nothing changed) if another turn was added since."""
         with conversation.lock:
-            if conversation.window.version != pending.context_version:
+            if not conversation.add(pending.turn, pending.context_version):
                 return False
-            if pending.turn.text.strip():
-                conversation.window.append(pending.turn)
+            if conversation.window.version != pending.context_version:  # the turn was appended
                 self.prime_later(conversation, pending.language)
             return True
 

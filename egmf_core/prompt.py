@@ -21,13 +21,13 @@ score only and the answer is "<score>" (e.g. "+1.4") on the task's own grid, fol
 from __future__ import annotations
 
 import re
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from .config import ConfigError, PromptConfig, ScoreScale, TaskConfig
+from .conversation import ContextWindow
 
 _TEMPLATES = {
     "en": {
@@ -72,24 +72,6 @@ class Turn:
     text: str
     speaker_ids: tuple[int, ...]  # "Speaker:" piece
     text_ids: tuple[int, ...]  # " text\n" piece, truncated to max_turn_tokens (also the fusion text input)
-
-
-@dataclass
-class ContextWindow:
-    """Bounded past-only conversation context (the last `max_turns` turns, already tokenized)."""
-
-    max_turns: int
-    turns: deque[Turn] = field(default_factory=deque)
-    version: int = 0  # turns appended so far: tells a prediction whether its context is still current
-
-    def append(self, turn: Turn) -> None:
-        self.version += 1
-        self.turns.append(turn)
-        while len(self.turns) > self.max_turns:
-            self.turns.popleft()
-
-    def snapshot(self) -> tuple[Turn, ...]:
-        return tuple(self.turns)
 
 
 @dataclass(frozen=True)

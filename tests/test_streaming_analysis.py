@@ -90,3 +90,19 @@ def test_a_cancelled_step_never_asks_the_recognizer():
         analyze_utterance(_segment(), None, [], recognizer=calls, scorer=calls, face=FaceModel(enabled=False),
                           frame_s=0.0, window_s=10.0, language=None, cancel=cancel)
     assert calls.calls == []
+
+
+def test_one_conversation_rule_for_the_cli_and_the_service():
+    """egmf_core.conversation.Conversation (the CLI's predictor and the ingress keep the same type): a turn joins
+    only if the context is still at the version it was predicted with; an empty transcript (or the model
+    deployment's None for one) adds nothing but still counts as committed."""
+    from egmf_core.conversation import ContextWindow, Conversation
+    from egmf_core.prompt import Turn
+
+    conv = Conversation(ContextWindow(2))
+    turn = Turn("A", "hello", (1,), (2,))
+    assert conv.context() == ((), 0)
+    assert conv.add(Turn("A", "  ", (1,), ()), 0) and conv.add(None, 0) and conv.context() == ((), 0)
+    assert conv.add(turn, 0) and conv.context() == ((turn,), 1)
+    assert not conv.add(turn, 0) and conv.context() == ((turn,), 1)  # predicted before the first turn joined
+    assert conv.add(turn, 1) and conv.add(turn, 2) and conv.context() == ((turn, turn), 3)  # the last 2 kept
