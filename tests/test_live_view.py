@@ -16,7 +16,8 @@ from egmf_core.examples import AudioFeaturePack, feature_key
 from egmf_core.features import WhisperFrontend, WhisperFrontendConfig, load_audio
 from egmf_core.features.cache import CACHE_DIR_ENV
 from streaming.analyzer import EGMFAnalyzerConfig
-from egmf_core.features.live_cut import live_cut, utterance_audio
+from egmf_core.features.live_cut import LINE_NOISE_BELOW_DB, live_cut, utterance_audio
+from egmf_core.features.loudness import scaled_loudness
 from egmf_core.features.segmenter import SegmenterConfig, VADSegmenter
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,8 @@ def test_live_cut_is_what_the_live_pipeline_analyzes(records) -> None:
     assert cut.segments == 1 and cut.tail_ms == pytest.approx(60.0)
     pad = np.zeros(8000, np.float32)
     x = np.concatenate([pad, clip, pad])
-    x += np.random.default_rng(0).normal(0, 10 ** (-70 / 20), len(x)).astype(np.float32)
+    noise_dbfs = scaled_loudness(clip) - LINE_NOISE_BELOW_DB  # the line noise sits under the clip's own loudness
+    x += np.random.default_rng(0).normal(0, 10 ** (noise_dbfs / 20), len(x)).astype(np.float32)
     seg = VADSegmenter(SegmenterConfig())
     (s,) = seg.feed(x) + seg.flush()
     assert np.array_equal(cut.audio, utterance_audio(s, EGMFAnalyzerConfig().frame_s, 10.0))
