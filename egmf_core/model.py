@@ -449,9 +449,26 @@ class EGMFModel(nn.Module):
         return True
 
     # -- inference: greedy generation (the paper's path) ----------------------------------------------------------
+    def _prior_first_token_biases(self, batch: Sequence[ModelInput]) -> dict[int, dict[int, float]]:
+        """Per row with audio: the voice prior's bias on each label's first answer token (`egmf_core.audio_prior`)."""
+        out: dict[int, dict[int, float]] = {}
+        for i, x in enumerate(batch):
+            labels = self.prompts.label_sets[x.label_set]
+            bias = None if self.audio_prior is None or not labels else self.audio_prior.bias_for(x.label_set, x.audio,
+                                                                                                 labels)
+            if bias is not None:  # shifted to >= 0: labels only ever rise against other tokens; same order among them
+                out[i] = {self.prompts.label_ids[lab][0]: float(b - bias.min()) for lab, b in zip(labels, bias)}
+        return out
+
     @torch.no_grad()
     def generate(self, batch: Sequence[ModelInput], max_new_tokens: int = 12) -> list[Prediction]:
         prep = self.prepare(batch)
+        extra = {}
+        biases = self._prior_first_token_biases(batch)
+        if biases:  # the voice prior guides the first answer token here too, so both paths give the same answer
+            from transformers import LogitsProcessorList
+
+            extra["logits_processor"] = LogitsProcessorList([FirstTokenBias(biases)])
         out = self.llm.generate(
             inputs_embeds=prep.embeds,
             attention_mask=prep.attention_mask,
@@ -459,6 +476,7 @@ class EGMFModel(nn.Module):
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.prompts.eos_id,
+            **extra,
             **self._adapter_kwargs(prep),
         )
         preds = []
@@ -468,3 +486,23 @@ class EGMFModel(nn.Module):
             probs = {lab: float(lab == label) for lab in self.prompts.label_sets[batch[i].label_set]}
             preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, probs, value, raw_text=text))
         return preds
+
+
+class FirstTokenBias:
+    """A `transformers` logits processor adding fixed per-row biases to chosen tokens at the first generated step only
+    (the voice prior on the labels' first answer tokens, as `EGMFModel.score` adds it)."""
+
+    def __init__(self, biases: dict[int, dict[int, float]]):
+        self.biases = biases
+        self.start: int | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        if input_ids.shape[1] != self.start:
+            return scores
+        scores = scores.clone()
+        for row, bias in self.biases.items():
+            ids = torch.tensor(list(bias), device=scores.device)
+            scores[row, ids] += torch.tensor(list(bias.values()), device=scores.device, dtype=scores.dtype)
+        return scores

@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Reproduce the shipped default checkpoint in one command: the six training stages as docs/training.md's table ran them (same
+# Reproduce the shipped default checkpoint in one command: the seven training stages as docs/training.md's table ran them (same
 # configs, same time budgets), then its test evaluations. Stages 1-3 are sized for a GPU (13 min on an H100; on a
 # 2-core CPU a joint step takes ~30 s, so their time budgets would stop each after a few dozen steps); stages 4 and 5
 # ran on a 2-core CPU (45 min budgets: 261 and 300 of their 300 steps), on a GPU each runs in a few minutes. Pass a larger
 # --time-budget-minutes only if you mean it (it applies to every stage).
 #
-#   bash scripts/train_default.sh --device cuda   # arguments go to every training stage (stage 6 reads the clips
-#   themselves for its degraded copies, so it refuses --audio-pack)
+#   bash scripts/train_default.sh --device cuda   # arguments go to every training stage (stages 6 and 7 read the
+#   clips themselves for their degraded copies, so they refuse --audio-pack)
 #
 # Writes runs/default (stage 1), runs/stage2 ... runs/stage5 (its aux head then distilled toward the LLM's answers by
-# egmf_core.distill_aux, ~15 min on a 2-core CPU), runs/stage6 (the result: runs/stage6/best.safetensors, loudness-
-# normalized and channel-augmented audio, distilled the same way, then its confidences calibrated on dev data by
-# egmf_core.fit_calibration) and the test reports runs/stage6/eval_{meld,ravdess}_test.json and
-# runs/stage6/eval_ravdess_test_live.json (RAVDESS as the live pipeline cuts it). It never overwrites the shipped file;
-# to ship the result:
-#   cp runs/stage6/best.safetensors egmf_core/checkpoints/default.safetensors
+# egmf_core.distill_aux, ~15 min on a 2-core CPU), runs/stage6 (loudness-normalized and channel-augmented audio,
+# distilled and calibrated the same way), runs/stage7 (the result: runs/stage7/best.safetensors, stage 6 on live cut
+# v2 with the voice prior of egmf_core.fit_audio_prior, calibrated by egmf_core.fit_calibration, then distilled) and
+# the test reports runs/stage7/eval_{meld,ravdess}_test.json and runs/stage7/eval_ravdess_test_live.json (RAVDESS as
+# the live pipeline cuts it). It never overwrites the shipped file; to ship the result:
+#   cp runs/stage7/best.safetensors egmf_core/checkpoints/default.safetensors
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,9 +39,19 @@ python -m egmf_core.distill_aux --checkpoint runs/stage6/best.safetensors --out 
 # Temperature scaling of the emotion confidences on dev data (MELD dev, RAVDESS 11-12 live cuts), stored in the file.
 python -m egmf_core.fit_calibration --checkpoint runs/stage6/best.safetensors --out runs/stage6/best.safetensors \
     --report runs/stage6/calibration_fit
+stage configs/stage7_relative_line_noise.yaml 30 "$@"
+# The voice prior (C by leave-two-actors-out CV over RAVDESS 01-12, strengths on 11-12), then the temperatures
+# refitted with it in place.
+python -m egmf_core.fit_audio_prior --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+    --report runs/stage7/audio_prior_fit
+python -m egmf_core.fit_calibration --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+    --report runs/stage7/calibration_fit
+# The aux head toward the answers as they now come out (prior included); answers and probabilities unchanged.
+python -m egmf_core.distill_aux --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+    --report runs/stage7/aux_distill.md
 for dataset in meld ravdess; do
-    python -m egmf_core.evaluate --checkpoint runs/stage6/best.safetensors --dataset "$dataset" --split test \
-        --out "runs/stage6/eval_${dataset}_test.json"
+    python -m egmf_core.evaluate --checkpoint runs/stage7/best.safetensors --dataset "$dataset" --split test \
+        --out "runs/stage7/eval_${dataset}_test.json"
 done
-python -m egmf_core.evaluate --checkpoint runs/stage6/best.safetensors --dataset ravdess --split test --audio live \
-    --out runs/stage6/eval_ravdess_test_live.json
+python -m egmf_core.evaluate --checkpoint runs/stage7/best.safetensors --dataset ravdess --split test --audio live \
+    --out runs/stage7/eval_ravdess_test_live.json

@@ -80,3 +80,12 @@ def test_score_applies_the_prior_to_label_and_probabilities(tmp_path) -> None:
     assert base_audio.emotion != "sadness" or base_audio.emotion_probs["sadness"] < guided.emotion_probs["sadness"]
     assert text.emotion == base_text.emotion
     assert text.emotion_probs == pytest.approx(base_text.emotion_probs, abs=1e-5)
+
+
+def test_shipped_checkpoint_carries_its_voice_prior() -> None:
+    """The shipped file guides both label sets with a prior over RAVDESS's eight classes on tiny.en's 384-wide states,
+    calm counted as neutral for MELD's seven."""
+    prior = read_audio_prior(DEFAULT_CHECKPOINT)
+    assert prior is not None and set(prior.labels) == set(LABELS) and prior.dim == 384
+    assert prior.strength.get("default", 0) > 0 and prior.strength.get("ravdess", 0) > 0
+    assert prior.merge == {"calm": "neutral"}
