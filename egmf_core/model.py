@@ -26,6 +26,7 @@ import time
 import warnings
 from typing import Sequence
 
+import numpy as np
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
@@ -320,8 +321,7 @@ class EGMFModel(nn.Module):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
             label_logits = logits[i, 0, first].float()
-            prior = None if self.audio_prior is None or not labels else self.audio_prior.bias_for(
-                x.label_set, x.audio, labels)
+            prior = self._voice_prior(x, labels)
             if prior is not None:  # the voice prior guides which label's answer tree is walked (egmf_core.audio_prior)
                 label_logits = label_logits + torch.from_numpy(prior).to(label_logits)
             probs = self.calibration.emotion_probs(label_logits, x.label_set).tolist()
@@ -449,13 +449,18 @@ class EGMFModel(nn.Module):
         return True
 
     # -- inference: greedy generation (the paper's path) ----------------------------------------------------------
+    def _voice_prior(self, x: ModelInput, labels: Sequence[str]) -> np.ndarray | None:
+        """The voice prior's bias on `labels`' first-answer-token logits for `x` (`egmf_core.audio_prior`); None
+        without a prior, without labels (a sentiment-only set) or without audio."""
+        return None if self.audio_prior is None or not labels else self.audio_prior.bias_for(x.label_set, x.audio,
+                                                                                             labels)
+
     def _prior_first_token_biases(self, batch: Sequence[ModelInput]) -> dict[int, dict[int, float]]:
-        """Per row with audio: the voice prior's bias on each label's first answer token (`egmf_core.audio_prior`)."""
+        """Per row with audio: the voice prior's bias on each label's first answer token, token id -> bias."""
         out: dict[int, dict[int, float]] = {}
         for i, x in enumerate(batch):
             labels = self.prompts.label_sets[x.label_set]
-            bias = None if self.audio_prior is None or not labels else self.audio_prior.bias_for(x.label_set, x.audio,
-                                                                                                 labels)
+            bias = self._voice_prior(x, labels)
             if bias is not None:  # shifted to >= 0: labels only ever rise against other tokens; same order among them
                 out[i] = {self.prompts.label_ids[lab][0]: float(b - bias.min()) for lab, b in zip(labels, bias)}
         return out

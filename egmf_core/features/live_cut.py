@@ -83,7 +83,6 @@ def live_cut(audio: np.ndarray, segmenter: SegmenterConfig | None = None, frame_
     the recognizer's ``window_s``). One implementation for the live-cut benchmark
     (``benchmarks/bench_live_segments.py``) and for training and evaluating on live cuts
     (``egmf_core.evaluate.whisper_audio_lookup(view="live")``). Deterministic: the noise has a fixed seed."""
-    from egmf_core.features.segmenter import VADSegmenter
 
     cfg = segmenter or SegmenterConfig()
     audio = np.asarray(audio, np.float32)
