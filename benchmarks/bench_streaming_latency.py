@@ -64,7 +64,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -312,6 +312,17 @@ class RecordingAnalyzer:
         return ok
 
 
+def push_blocks(x: np.ndarray, paced: bool, push: Callable[[np.ndarray], object], pushed: np.ndarray) -> None:
+    """Push `x` in BLOCK-sample blocks, at real-time pace when `paced`, recording each block's wall time in `pushed`
+    (read by the measuring thread as it goes, so the caller owns the array)."""
+    t0 = time.monotonic()
+    for k, i in enumerate(range(0, len(x), BLOCK)):
+        if paced:
+            time.sleep(max(0.0, t0 + (i + BLOCK) / SR - time.monotonic()))
+        push(x[i:i + BLOCK])
+        pushed[k] = time.monotonic()
+
+
 def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True,
                speculative: bool = True) -> dict[str, Any]:
     """Push ``x`` in 30 ms blocks (at real-time pace when ``paced``) from a feeder thread; iterate the stream in this
@@ -325,12 +336,7 @@ def run_stream(analyzer: Any, x: np.ndarray, stream_id: str, paced: bool = True,
 
     def feed() -> None:
         try:
-            t0 = time.monotonic()
-            for k, i in enumerate(range(0, len(x), BLOCK)):
-                if paced:
-                    time.sleep(max(0.0, t0 + (i + BLOCK) / SR - time.monotonic()))
-                src.push_audio(x[i:i + BLOCK])
-                pushed[k] = time.monotonic()
+            push_blocks(x, paced, src.push_audio, pushed)
             src.end()
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
@@ -374,7 +380,7 @@ def _other_cores(a: tuple, b: tuple) -> float | None:
     return round(max(0.0, (b[1] - a[1]) - (b[2] - a[2])) / (b[0] - a[0]), 2)
 
 
-def _block_wall(pushed: np.ndarray, t: float) -> float:
+def block_wall(pushed: np.ndarray, t: float) -> float:
     """Wall time the block holding stream time ``t`` was pushed."""
     k = min(len(pushed) - 1, max(0, int(np.ceil(t * SR / BLOCK)) - 1))
     return float(pushed[k])
@@ -385,7 +391,7 @@ def _pct(a: list[float] | np.ndarray, q: float) -> float | None:
     return round(float(np.percentile(a, q)), 1) if len(a) else None
 
 
-def _dist(a: list[float] | np.ndarray, nd: int = 1) -> dict[str, Any]:
+def latency_stats(a: list[float] | np.ndarray, nd: int = 1) -> dict[str, Any]:
     a = np.asarray(a, float)
     if not len(a):
         return {"n": 0}
@@ -435,7 +441,7 @@ def offline_context_check(analyzer: Any, rec: dict[str, Any], text: str, speaker
     for name, n_tok in (("empty", n_empty), ("stream", n_full)):
         encoded = [p["encoded"] for p in parts[name] if p.get("encoded") is not None]
         n_pass = int(np.median(encoded)) if encoded else n_tok  # the rest came from the model's KV cache
-        out[name] = {"prompt_tokens": n_tok, "prompt_pass_tokens": n_pass, "score_ms": _dist(times[name]),
+        out[name] = {"prompt_tokens": n_tok, "prompt_pass_tokens": n_pass, "score_ms": latency_stats(times[name]),
                      **{f"{k}_ms_p50": round(float(np.median([p.get(k, np.nan) for p in parts[name]])), 1)
                         for k in ("fusion", "llm_prefill", "llm_answer")},
                      "answer": f"{answers[name][0]} {answers[name][1]:+.1f}",
@@ -540,9 +546,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
             "ref_start_s": round(lo, 3), "ref_end_s": round(hi, 3), "ref_speech_s": round(hi - lo, 3),
             "vad_start_s": ev.start, "vad_end_s": ev.end, "vad_speech_s": round(dur, 3),
             "text": ev.text, "emotion": ev.emotion.label, "sentiment": ev.sentiment.score,
-            "latency_ms": round((t_ev - _block_wall(r["pushed"], hi)) * 1000.0, 1),
+            "latency_ms": round((t_ev - block_wall(r["pushed"], hi)) * 1000.0, 1),
             "event_latency_ms": ev.latency_ms,
-            "speech_started_latency_ms": round((ss[0] - _block_wall(r["pushed"], lo)) * 1000.0, 1) if ss else None,
+            "speech_started_latency_ms": round((ss[0] - block_wall(r["pushed"], lo)) * 1000.0, 1) if ss else None,
             "analyze_ms": round(rec.get("analyze_ms", float("nan")), 1),
             "speculative": bool(rec.get("speculative", False)),  # the event used the speculative analysis
             "rtf": round(rec.get("analyze_ms", float("nan")) / 1000.0 / dur, 3) if dur > 0 else None,
@@ -579,9 +585,9 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
                           "rtf_p50": round(float(np.median(rtf_sub)), 3) if rtf_sub else None})
 
     stage_names = ["asr_encoder", "asr_decode", "predict", "fusion", "llm_prefill", "llm_answer", "face"]
-    stages = {s: _dist(stage(s)) for s in stage_names if stage(s)}
-    stages["analyze"] = _dist(col("analyze_ms"))
-    stages["wait_before_analysis"] = _dist([row["latency_ms"] - row["analyze_ms"] for row in rows])
+    stages = {s: latency_stats(stage(s)) for s in stage_names if stage(s)}
+    stages["analyze"] = latency_stats(col("analyze_ms"))
+    stages["wait_before_analysis"] = latency_stats([row["latency_ms"] - row["analyze_ms"] for row in rows])
     shares = {s: round(sum(stage(s)) / analyze_total, 3) for s in ("asr_encoder", "asr_decode", "fusion",
                                                                   "llm_prefill", "llm_answer") if stage(s)}
 
@@ -650,7 +656,7 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
                         "llm_prefill_ms_per_token_relative_slope": rel_slope("llm_prefill_ms_per_token"),
                         "llm_answer_ms_per_token_relative_slope": rel_slope("llm_answer_ms_per_token"),
                         "asr_encoder_ms_relative_slope": rel_slope("asr_encoder"),
-                        "prompt_tokens_full_window": _dist(tok, 0)})
+                        "prompt_tokens_full_window": latency_stats(tok, 0)})
     if last is not None:
         say(f"offline check: the model on utterance {n}'s inputs, empty vs its stream context ...")
         rec_last = recs.get((round(last["vad_start_s"], 6), round(last["vad_end_s"], 6)))
@@ -674,11 +680,11 @@ def run_benchmark(n_utterances: int = 50, *, n_ravdess: int = 12, n_espeak: int 
                   "stream_s": round(r["stream_s"], 1), "wall_s": round(r["wall_s"], 1)},
         "counts": {"utterance_events": len(utts), "references": len(refs), "unmatched_references": unmatched_refs,
                    "extra_events": extra_events, "errors": errors},
-        "lengths_s": {**_dist(durs, 2), "histogram_bins_s": list(LENGTH_BINS), "histogram": hist},
-        "latency_ms": {**_dist(lat), "utterances_up_to_8s": len(within)},
-        "event_latency_ms": _dist(col("event_latency_ms")),
-        "speech_started_latency_ms": _dist(col("speech_started_latency_ms")),
-        "rtf": {**_dist(col("rtf"), 3), "overall": round(overall_rtf, 3) if overall_rtf is not None else None,
+        "lengths_s": {**latency_stats(durs, 2), "histogram_bins_s": list(LENGTH_BINS), "histogram": hist},
+        "latency_ms": {**latency_stats(lat), "utterances_up_to_8s": len(within)},
+        "event_latency_ms": latency_stats(col("event_latency_ms")),
+        "speech_started_latency_ms": latency_stats(col("speech_started_latency_ms")),
+        "rtf": {**latency_stats(col("rtf"), 3), "overall": round(overall_rtf, 3) if overall_rtf is not None else None,
                 "whole_stream_incl_vad": round((analyze_total + r["segmenter_ms"]) / 1000.0 / r["stream_s"], 3)},
         "vad": {"segmenter_ms_total": round(r["segmenter_ms"], 1),
                 "rtf": round(r["segmenter_ms"] / 1000.0 / r["stream_s"], 4),
@@ -718,15 +724,15 @@ def side_by_side(runs: list[dict[str, Any]], label=speculation_label) -> dict[st
         mine = [r for r in runs if label(r) == lab]
         rows = [row for r in mine for row in r["utterances"] if row["vad_speech_s"] <= MAX_UTTERANCE_S + 1e-6]
         out[lab] = {
-            "latency_ms": _dist([row["latency_ms"] for row in rows]),
-            "analyze_ms": _dist([row["analyze_ms"] for row in rows]),
-            "wait_ms": _dist([row["latency_ms"] - row["analyze_ms"] for row in rows]),
-            "asr_ms": _dist([row["stages_ms"]["asr_encoder"] + row["stages_ms"]["asr_decode"] for row in rows
+            "latency_ms": latency_stats([row["latency_ms"] for row in rows]),
+            "analyze_ms": latency_stats([row["analyze_ms"] for row in rows]),
+            "wait_ms": latency_stats([row["latency_ms"] - row["analyze_ms"] for row in rows]),
+            "asr_ms": latency_stats([row["stages_ms"]["asr_encoder"] + row["stages_ms"]["asr_decode"] for row in rows
                              if "asr_decode" in row["stages_ms"]]),
-            "llm_prefill_ms": _dist([row["stages_ms"]["llm_prefill"] for row in rows if "llm_prefill" in row["stages_ms"]]),
-            "prompt_pass_tokens": _dist([row["prompt_pass_tokens"] for row in rows
+            "llm_prefill_ms": latency_stats([row["stages_ms"]["llm_prefill"] for row in rows if "llm_prefill" in row["stages_ms"]]),
+            "prompt_pass_tokens": latency_stats([row["prompt_pass_tokens"] for row in rows
                                          if row.get("prompt_pass_tokens") is not None], 0),
-            "llm_answer_ms": _dist([row["stages_ms"]["llm_answer"] for row in rows if "llm_answer" in row["stages_ms"]]),
+            "llm_answer_ms": latency_stats([row["stages_ms"]["llm_answer"] for row in rows if "llm_answer" in row["stages_ms"]]),
             "answer_passes": sum(1 for row in rows if row.get("answer_tokens")),
             "rtf_overall": _mean_or_none([r["rtf"]["overall"] for r in mine])}
     if len(labels) == 2:

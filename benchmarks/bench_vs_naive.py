@@ -70,14 +70,15 @@ from bench_streaming_latency import (  # noqa: E402  (benchmarks/ is on the path
     GAP_S,
     SR,
     MachineLoad,
-    _block_wall,
-    _dist,
+    block_wall,
+    latency_stats,
     build_stream,
     conversation_order,
     cpu_model,
     load_analyzer,
     make_pool,
     prompt_tokens,
+    push_blocks,
     run_benchmark,
     write_table_report,
 )
@@ -150,12 +151,7 @@ def run_naive_stream(naive: NaivePipeline, x: np.ndarray, paced: bool = True) ->
     pushed = np.zeros((len(x) + BLOCK - 1) // BLOCK)
 
     def feed() -> None:
-        t0 = time.monotonic()
-        for k, i in enumerate(range(0, len(x), BLOCK)):
-            if paced:
-                time.sleep(max(0.0, t0 + (i + BLOCK) / SR - time.monotonic()))
-            blocks.put(x[i:i + BLOCK])
-            pushed[k] = time.monotonic()
+        push_blocks(x, paced, blocks.put, pushed)
         blocks.put(None)
 
     vad = VADSegmenter(SegmenterConfig())
@@ -200,7 +196,7 @@ def naive_rows(r: dict[str, Any], refs: list[tuple[float, float]], seq: list[Any
                      "vad_speech_s": round(dur, 3), "text": res["text"], "emotion": res["emotion"],
                      "sentiment": res["sentiment"], "sentiment_label": res["sentiment_label"],
                      "raw_answer": res["raw_answer"],
-                     "latency_ms": round((t - _block_wall(r["pushed"], hi)) * 1000.0, 1),
+                     "latency_ms": round((t - block_wall(r["pushed"], hi)) * 1000.0, 1),
                      "analyze_ms": round(res["analyze_ms"], 1),
                      "rtf": round(res["analyze_ms"] / 1000.0 / dur, 3) if dur > 0 else None,
                      "stages_ms": {k: round(v, 1) for k, v in res["stages_ms"].items()},
@@ -248,9 +244,9 @@ def cpu_flags() -> dict[str, bool]:
 def _pooled(rows: list[dict]) -> dict[str, Any]:
     durs = [r["vad_speech_s"] for r in rows]
     ana = [r["analyze_ms"] for r in rows]
-    return {"latency_ms": _dist([r["latency_ms"] for r in rows]), "analyze_ms": _dist(ana),
-            "wait_ms": _dist([r["latency_ms"] - r["analyze_ms"] for r in rows]),
-            "rtf": {**_dist([r["rtf"] for r in rows if r.get("rtf") is not None], 3),
+    return {"latency_ms": latency_stats([r["latency_ms"] for r in rows]), "analyze_ms": latency_stats(ana),
+            "wait_ms": latency_stats([r["latency_ms"] - r["analyze_ms"] for r in rows]),
+            "rtf": {**latency_stats([r["rtf"] for r in rows if r.get("rtf") is not None], 3),
                     "overall": round(sum(ana) / 1000.0 / sum(durs), 3) if durs else None}}
 
 
@@ -315,9 +311,9 @@ def summarize(runs: list[dict[str, Any]], sentiment_label: Any) -> dict[str, Any
             "generate_ms_first": round(float(np.mean([r["stages_ms"]["generate"] for r in first])), 1),
             "generate_ms_last": round(float(np.mean([r["stages_ms"]["generate"] for r in last])), 1)}
     out["stages_ms"] = {
-        "live": {s: _dist([row["stages_ms"][s] for r in live for row in r["utterances"] if s in row["stages_ms"]])
+        "live": {s: latency_stats([row["stages_ms"][s] for r in live for row in r["utterances"] if s in row["stages_ms"]])
                  for s in ("asr_encoder", "asr_decode", "predict")},
-        "naive": {s: _dist([row["stages_ms"][s] for row in nrows])
+        "naive": {s: latency_stats([row["stages_ms"][s] for row in nrows])
                   for s in ("transcribe", "audio_encoder", "generate")}}
     return out
 
@@ -389,7 +385,7 @@ def markdown(res: dict[str, Any]) -> str:
                      f"generate {nc['generate_ms_first']:.0f} vs {nc['generate_ms_last']:.0f} ms (mean).")
     lines += ["", "Per run (latency p50 / p95 ms, other processes' cores during the run):", ""]
     for r in res["runs"]:
-        lat = _dist([row["latency_ms"] for row in r["utterances"]])
+        lat = latency_stats([row["latency_ms"] for row in r["utterances"]])
         lines.append(f"- {r['pipeline']}: {f(lat.get('p50'))} / {f(lat.get('p95'))}, "
                      f"{f(r['machine'].get('other_processes_cores'), 2)}; {r['counts']}")
     lines += ["", f"Command: `{res['command']}` ({res['total_wall_s']:.0f} s); every utterance's row in the JSON.", ""]
@@ -444,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             r = run_naive(naive, n)
         r["pipeline"] = name
         runs.append(r)
-        lat = _dist([row["latency_ms"] for row in r["utterances"]])
+        lat = latency_stats([row["latency_ms"] for row in r["utterances"]])
         say(f"  {name}: latency p50 {lat.get('p50')} ms, p95 {lat.get('p95')} ms over {lat.get('n', 0)} utterances "
             f"(stream {r['stream_s']} s, wall {r['wall_s']} s; other processes "
             f"{r['machine'].get('other_processes_cores')} cores)")
