@@ -22,6 +22,7 @@ from egmf_core.features.segmenter import (
     SpeechSegment,
     VADSegmenter,
 )
+from egmf_core.features.vad_gain import VADGain, VADGainConfig
 
 TOL_S = 0.150
 
@@ -214,7 +215,7 @@ def test_max_length_split_at_quiet_point(clips):
         p += rng.normal(0, 10 ** (-60 / 20), len(p)).astype(np.float32)  # clip pauses never reach digital silence
         pieces.append(p)
     pause = np.zeros(int(0.18 * SR), np.float32)  # < hangover: the VAD alone would not end the turn here
-    lead = np.zeros(SR, np.float32)
+    lead = rng.normal(0, 10 ** (-60 / 20), SR).astype(np.float32)  # a line, not digital silence, before the turn
     x = np.concatenate([lead] + [q for p in pieces for q in (p, pause)][:-1] + [np.zeros(SR, np.float32)])
     # where the pauses are, in stream seconds
     pauses, t = [], 1.0
@@ -307,6 +308,54 @@ def test_gap_in_timestamps_is_filled_with_silence():
     del tone, out
 
 
+@needs_ravdess
+@pytest.mark.parametrize("db", [-20.0, -30.0])
+def test_a_quiet_line_is_heard_through_the_vad_gain(joined, db):
+    """The RAVDESS conversation turned down 20 / 30 dB (its line noise with it, to -90 / -100 dBFS): with the VAD
+    gain every utterance is cut within 150 ms of its reference span, and the segments carry the stream's own
+    samples (the gain is for the VAD's ears only). Without it webrtcvad's energy gate misses utterances at -30 dB
+    (the reason for the gain)."""
+    x, refs = joined
+    quiet = (x * np.float32(10 ** (db / 20))).astype(np.float32)
+    segs = run_segmenter(quiet)
+    assert len(segs) == len(refs), [(s.start_s, s.end_s) for s in segs]
+    for (b, e), m in zip(refs, match(segs, refs)):
+        assert len(m) == 1 and abs(m[0].start_s - b) <= TOL_S and abs(m[0].end_s - e) <= TOL_S, (b, e, m)
+        a = int(round(m[0].audio_start_s * SR))
+        np.testing.assert_array_equal(m[0].audio, quiet[a:a + len(m[0].audio)])
+    if db == -30.0:
+        assert len(run_segmenter(quiet, config=SegmenterConfig(vad_gain=None))) < len(refs)
+
+
+@needs_ravdess
+def test_the_vad_gain_is_silent_at_ordinary_levels(joined):
+    """At its recorded level, over a -70 dBFS line, the conversation is cut exactly as without the gain: the line's
+    noise floor sits at the ceiling, so the VAD's input is lifted by a fraction of a dB at most."""
+    x, _ = joined
+    a = run_segmenter(x)
+    b = run_segmenter(x, config=SegmenterConfig(vad_gain=None))
+    assert [(s.start_s, s.end_s, s.audio_start_s) for s in a] == [(s.start_s, s.end_s, s.audio_start_s) for s in b]
+
+
+def test_vad_gain_lifts_quiet_speech_but_never_noise_above_the_ceiling():
+    cfg = VADGainConfig()
+    frame_s = 0.03
+    # a line at -100 dBFS: the floor allows 30 dB (capped), so the noise reaches -70 at most
+    g = VADGain(cfg, frame_s).gains_db(np.full(50, -100.0))
+    assert np.allclose(g, cfg.max_gain_db)
+    # speech peaking at -55 dBFS over it: lifted to the -40 target once the peak is seen
+    g = VADGain(cfg, frame_s).gains_db(np.r_[np.full(20, -100.0), np.full(30, -55.0)])
+    assert g[-1] == pytest.approx(cfg.target_peak_dbfs + 55.0)
+    # ordinary speech (peak -25) over a -75 dBFS line: nothing at any frame after the first speech frame
+    g = VADGain(cfg, frame_s).gains_db(np.r_[np.full(20, -75.0), np.full(30, -25.0), np.full(30, -75.0)])
+    assert np.all(g[:20] <= 5.0 + 1e-9) and np.all(g[20:] == 0.0)
+    # a noisy quiet line (noise at -65): never amplified
+    assert not VADGain(cfg, frame_s).gains_db(np.r_[np.full(20, -65.0), np.full(30, -55.0)]).any()
+    # faint noise lifted to the ceiling is not taken for speech
+    noise = np.random.default_rng(0).normal(0, 10 ** (-100 / 20), 5 * SR).astype(np.float32)
+    assert run_segmenter(noise) == []
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="frame_ms"):
         VADSegmenter(SegmenterConfig(frame_ms=25))
@@ -318,6 +367,8 @@ def test_config_validation():
         SegmenterConfig(post_roll_ms=500).validate()
     with pytest.raises(ValueError, match="mono"):
         VADSegmenter().feed(np.zeros((100, 2), np.float32))
+    with pytest.raises(ValueError, match="noise_ceiling_dbfs"):
+        SegmenterConfig(vad_gain=VADGainConfig(noise_ceiling_dbfs=-30.0)).validate()
 
 
 # ------------------------------------------------------------------------------------------------ stereo calls

@@ -41,9 +41,11 @@ import heapq
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from egmf_core.features.vad_gain import VADGain, VADGainConfig
 
 __all__ = ["SegmenterConfig", "SpeechSegment", "SpeechStart", "VADSegmenter", "ChannelSegmenter"]
 
@@ -74,6 +76,9 @@ class SegmenterConfig:
     #: webrtcvad keeps calling the reverberant decay after the last word "speech" for 100-150 ms, which would make
     #: ``end_s`` (and the end-of-speech -> event latency measured from it) late. None disables the refinement.
     end_trim_db: float | None = 35.0
+    #: Gain in front of the VAD for quiet lines (``egmf_core.features.vad_gain``; the VAD's input only, inactive at
+    #: ordinary levels); None: the VAD hears the audio as it is.
+    vad_gain: VADGainConfig | None = field(default_factory=VADGainConfig)
     #: A gap in chunk timestamps up to this long is filled with silence; a longer one ends the utterance in progress
     #: and re-anchors the clock (a dropped network stream that came back).
     max_gap_fill_s: float = 2.0
@@ -103,6 +108,8 @@ class SegmenterConfig:
             raise bad("split_search_s", "must be > 0 and < max_utterance_s")
         if self.max_gap_fill_s < 0:
             raise bad("max_gap_fill_s", "must be >= 0")
+        if self.vad_gain is not None:
+            self.vad_gain.validate()
 
 
 @dataclass(frozen=True)
@@ -163,6 +170,7 @@ class VADSegmenter:
         self.on_speech_start = on_speech_start
         c = self.config
         self._vad = webrtcvad.Vad(c.aggressiveness)
+        self._gain = VADGain(c.vad_gain, c.frame_ms / 1000) if c.vad_gain is not None else None
         self._sr = c.sample_rate
         self._fl = c.sample_rate * c.frame_ms // 1000
         self._frame_s = self._fl / self._sr
@@ -317,7 +325,12 @@ class VADSegmenter:
             return []
         frames = x.reshape(n, self._fl)
         energy = 10.0 * np.log10(np.mean(np.square(frames, dtype=np.float64), axis=1) + 1e-10)
-        pcm = (np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        heard = frames
+        if self._gain is not None:
+            gains = self._gain.gains_db(energy)
+            if gains.any():
+                heard = frames * (10.0 ** (gains / 20.0)).astype(np.float32)[:, None]
+        pcm = (np.clip(heard, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         nb = 2 * self._fl
         is_speech = self._vad.is_speech
         voiced = np.fromiter((is_speech(pcm[i * nb:(i + 1) * nb], self._sr) for i in range(n)), bool, count=n)
