@@ -287,7 +287,7 @@ def test_model_node_killed_mid_stream(recording):  # noqa: F811
             assert len(got) == len(sent), (sid, sent, got)  # every utterance sent is reported once...
             for (lo, hi), (a, b) in zip(sent, got):  # ...as itself: nothing lost, nothing reported twice
                 assert a < hi and b > lo, (sid, sent, got)
-            post = [(tt, e) for tt, e in c.errors(after=t["kill"])]
+            post = c.errors(after=t["kill"])
             assert post, (sid, "no error event after the kill")
             assert not c.errors(after=t["replica_healthy"] + MODEL_TIMEOUT_S), (sid, c.errors(t["replica_healthy"]))
             rows.append({"stream": sid, "sent": len(sent), "events": len(c.utts()),
@@ -323,12 +323,13 @@ def _report(t: dict[str, float], rows: list[dict]) -> str:
     lines = [
         "# Two Ray nodes: the model node killed mid-stream",
         "",
-        f"`pytest -m slow tests/test_deploy_two_node.py -s` with `TWO_NODE_RESULTS` set; {time.strftime('%Y-%m-%d')}, "
+        "`TWO_NODE_RESULTS=benchmarks/results/two_node_failover.md pytest -m slow tests/test_deploy_two_node.py`; "
+        f"{time.strftime('%Y-%m-%d')}, "
         f"{_cpu_model()}, {os.cpu_count()} cores (both nodes on this machine), Python {sys.version.split()[0]}, "
         f"Ray {__import__('ray').__version__}.",
         "",
-        "Head: `ray start --head --num-cpus 2 --resources '{\"head_node\": 1}'` (Serve controller, proxy, Ingress, ASR), "
-        f"GCS node health checks {_FAST_NODE_DEATH['RAY_health_check_period_ms']} ms x "
+        "Head: `ray start --head --num-cpus 2 --resources '{\"head_node\": 1}'` (Serve controller, proxy, Ingress, "
+        f"ASR), GCS node health checks {_FAST_NODE_DEATH['RAY_health_check_period_ms']} ms x "
         f"{_FAST_NODE_DEATH['RAY_health_check_failure_threshold']}. Model node: `ray start --address ... --num-cpus 1 "
         "--resources '{\"model_node\": 1}'` (ModelServer, `ray_actor_options.resources: {model_node: 1}`), killed "
         f"with SIGKILL to its process group; a new one started {OUTAGE_S:g} s later. `model_timeout_s: "
