@@ -12,7 +12,7 @@ repeat, no ``stream_failed``, and normal events again once a new node is up and 
 there; a new stream afterwards is analyzed.
 
 The head's GCS declares a node dead after ``RAY_health_check_period_ms`` x ``RAY_health_check_failure_threshold``
-(Ray defaults 3000 ms x 5); the test sets 1000 ms x 3. Takes about 3-4 minutes on 2 cores. The timeline is printed,
+(Ray defaults 3000 ms x 5); the test sets 1000 ms x 3. Takes 1.5-2.5 min on 2 shared cores. The timeline is printed,
 and written as Markdown to the file named by ``TWO_NODE_RESULTS`` when set (``benchmarks/results/two_node_failover.md``
 was written that way)."""
 
