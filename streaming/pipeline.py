@@ -418,9 +418,12 @@ class StreamAnalyzer:
         latency_ms = max(0.0, (time.monotonic() - arrived) * 1000.0) if arrived is not None else 0.0
         try:
             event = self._make_event(seg, res, latency_ms)
-        except EventValidationError as e:
-            log.error("stream %s: analyzer returned an invalid result: %s", self.stream_id, e)
-            self._out.append(ErrorEvent(self.stream_id, "invalid_analysis", f"analyzer result: {e}", e.field))
+        except (TypeError, ValueError) as e:  # EventValidationError, or a malformed value: fails its utterance alone
+            log.error("stream %s: analyzer returned an invalid result for %.2f-%.2f s: %s", self.stream_id,
+                      seg.start_s, seg.end_s, e)
+            self._out.append(ErrorEvent(self.stream_id, "invalid_analysis",
+                                        f"utterance {seg.start_s:.2f}-{seg.end_s:.2f} s ({seg.speaker}): "
+                                        f"analyzer result: {e}", getattr(e, "field", None)))
             return
         self._next_utterance_id += 1
         self.latencies_ms.append(latency_ms)
@@ -446,8 +449,8 @@ class StreamAnalyzer:
             end=_r(seg.end_s),
             text=str(res.text),
             language=str(res.language),
-            emotion=EmotionResult(label=res.emotion, confidence=float(probs.get(res.emotion, 0.0)),
-                                  probs={k: float(v) for k, v in probs.items()}),
+            # the schema checks the values (numbers in [0, 1]) and makes them floats
+            emotion=EmotionResult(label=res.emotion, confidence=probs.get(res.emotion, 0.0), probs=dict(probs)),
             # Clip tiny float excursions (tanh in float32 can give 1.0000001).
             sentiment=SentimentResult(score=float(np.clip(res.sentiment_score, -1.0, 1.0)),
                                       label=res.sentiment_label),

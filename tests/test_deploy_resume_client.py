@@ -1,18 +1,19 @@
-"""Issue 26, the rest: the client resumes a dropped stream by itself, ``stream_failed`` reaches the client after the
-events before it, and a client that does not read never holds up the ingress. Against the real served app (Serve
-started by ``test_deploy_service``'s fixture with the real models, real RAVDESS speech); extra ingress apps are
-deployed beside it on the same replicas with ``test_deploy_hardening._deploy_ingress``.
+"""Issue 26, the rest: the client resumes a dropped stream by itself, a malformed model answer costs its utterance
+only (``invalid_analysis`` with its span; it used to stop the stream with ``stream_failed``), and a client that does
+not read never holds up the ingress. Against the real served app (Serve started by ``test_deploy_service``'s fixture
+with the real models, real RAVDESS speech); extra ingress apps are deployed beside it on the same replicas with
+``test_deploy_hardening._deploy_ingress``.
 
 Before: ``python -m deploy.client`` exited with "connection closed" on a dropped connection and lost every event
-after it (resume existed only in the protocol); a stream whose analysis stopped after the client's ``end`` was
-closed with 1000, not the documented 1011 (``deploy/app.py``); nothing tested that ``stream_failed`` is delivered
-after the events queued before it rather than a silent close, nor that a non-reading client leaves ``/health`` and
-the other streams answering."""
+after it (resume existed only in the protocol); model probabilities that were not numbers ended the stream
+(``streaming/pipeline.py`` turned only schema errors into ``invalid_analysis``); nothing tested that a non-reading
+client leaves ``/health`` and the other streams answering."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import sys
 import threading
@@ -178,13 +179,12 @@ def test_library_api_resumes_after_drops_while_sending_and_at_the_end(service, r
                                                         _utts(_kept_events("client-resume-2"))]
 
 
-# ------------------------------------------------------------------------------------------------ stream_failed
+# --------------------------------------------------------------------------------------- a malformed answer
 
 
 def _faulty_model_deployment():
     """A model deployment in front of the real ``ModelServer`` whose ``arm(n)``-th next answer carries probabilities
-    that are not numbers: the pipeline turns them into an event outside its per-utterance error handling, so the
-    stream's analysis stops (a bug path: ``stream_failed``)."""
+    that are not numbers (before, such an answer stopped the stream's analysis: ``stream_failed``)."""
     from ray import cloudpickle, serve
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the replica cannot import this test module
@@ -226,40 +226,37 @@ def faulty(service):  # noqa: F811
     serve.delete("faulty")
 
 
-def test_stream_failed_is_delivered_after_the_events_before_it(faulty, recording):
-    """The second utterance's answer breaks the analysis: the client gets the first utterance and the events before
-    the failure, then the ``stream_failed`` event, then close 1011; nothing after it. A resume gets the kept events
-    (``stream_failed`` included) and the stream goes on."""
+def test_a_malformed_model_answer_costs_its_utterance_only(faulty, recording):
+    """The second utterance's answer is malformed: the client gets the first utterance, an ``invalid_analysis`` error
+    naming the second one's span, then the third utterance with the next id, and close 1000; a resume gets the
+    same kept events."""
     x, refs = recording
     faulty["arm"](2)
-    events, code = _session({"sample_rate": SR, "stream_id": "failing-1"}, _int16_frames(x), url=faulty["ws"])
-    assert code == 1011, events
-    assert [u.utterance_id for u in _utts(events)] == [0]
-    assert [e.code for e in _errors(events)] == ["stream_failed"] and events[-1].code == "stream_failed"
-    assert "internal error" in events[-1].message and "Traceback" not in events[-1].message
-    kept = _kept_events("failing-1", faulty["ws"])
-    assert [e.code for e in _errors(kept)] == ["stream_failed"] and [u.utterance_id for u in _utts(kept)] == [0]
-    events, code = _session({"sample_rate": SR, "stream_id": "failing-1", "last_utterance_id": 0},
-                            _int16_frames(x[: int((refs[0][1] + 1.0) * SR)]), url=faulty["ws"])
-    assert code == 1000 and [u.utterance_id for u in _utts(events)] == [1]
+    events, code = _session({"sample_rate": SR, "stream_id": "malformed-1"}, _int16_frames(x), url=faulty["ws"])
+    assert code == 1000, events
+    assert [u.utterance_id for u in _utts(events)] == [0, 1]
+    (err,) = _errors(events)
+    assert err.code == "invalid_analysis" and err.field == "emotion.confidence", err
+    start, end = (float(v) for v in re.search(r"utterance (\d+\.\d+)-(\d+\.\d+) s", err.message).groups())
+    assert start < refs[1][1] and end > refs[1][0] and "Traceback" not in err.message, (err.message, refs)
+    kept = _kept_events("malformed-1", faulty["ws"])
+    assert [e.code for e in _errors(kept)] == ["invalid_analysis"] and [u.utterance_id for u in _utts(kept)] == [0, 1]
 
 
-def test_client_prints_stream_failed_once_and_resumes(faulty, recording, tmp_path):
-    """The CLI prints the ``stream_failed`` event (not a silent close or only "connection closed"), reconnects
-    (close 1011: the server says to), and the resume's copy of that event is not printed again."""
+def test_client_prints_a_malformed_answer_once_and_goes_on(faulty, recording, tmp_path):
+    """The CLI prints the ``invalid_analysis`` error once between the utterances around it, on one connection."""
     from deploy.client import main
 
     x, refs = recording
     wav = write_wav(tmp_path / "call.wav", x)
     faulty["arm"](2)
     out, err = io.StringIO(), io.StringIO()
-    rc = main(["--url", faulty["ws"], "--file", str(wav), "--json", "--stream-id", "failing-2", "--backoff", "0.2"],
-              out=out, err=err)
+    rc = main(["--url", faulty["ws"], "--file", str(wav), "--json", "--stream-id", "malformed-2"], out=out, err=err)
     assert rc == 0, err.getvalue()
     events = _lines(out)
-    assert [e.code for e in _errors(events)] == ["stream_failed"], err.getvalue()
-    assert [u.utterance_id for u in _utts(events)] == [0]
-    assert "code 1011" in err.getvalue() and "reconnecting" in err.getvalue()
+    assert [e.code for e in _errors(events)] == ["invalid_analysis"], err.getvalue()
+    assert [u.utterance_id for u in _utts(events)] == [0, 1]
+    assert "reconnecting" not in err.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------ event loop

@@ -4,6 +4,7 @@ model itself is not exercised here (test_streaming_analyzer does that)."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -141,21 +142,45 @@ def test_analysis_failure_becomes_an_error_event_and_ids_stay_consecutive():
     assert [e.utterance_id for e in utterances(events)] == [0, 1]
 
 
-class BrokenAnalyzer(SegmentationOnlyAnalyzer):
+class MalformedAnalyzer(SegmentationOnlyAnalyzer):
+    """Its second result is malformed: ``change`` replaces some of its fields."""
+
+    def __init__(self, change: dict):
+        super().__init__()
+        self.change = change
+
     def analyze(self, segment, video, conversation):
         r = super().analyze(segment, video, conversation)
-        return AnalysisResult(**{**r.__dict__, "emotion_probs": {"neutral": 1.0}})
+        return AnalysisResult(**{**r.__dict__, **self.change}) if len(self.calls) == 2 else r
+
+
+_ONE_HOT = {lab: float(lab == "neutral") for lab in EMOTION_LABELS}
 
 
 @needs_ravdess
-def test_invalid_analyzer_output_is_reported_with_the_field():
-    from streaming.sources import AudioChunk
-
-    sa = StreamAnalyzer(BrokenAnalyzer(), StreamConfig(emit_speech_started=False))
-    x, _ = join_with_silence(ravdess_clips(1))
-    events = sa.process(AudioChunk(0.0, x)) + sa.finish()
-    (err,) = events
-    assert isinstance(err, ErrorEvent) and err.code == "invalid_analysis" and err.field == "emotion.probs.anger"
+@pytest.mark.parametrize("change, field", [
+    ({"emotion_probs": {"neutral": 1.0}}, "emotion.probs.anger"),  # labels missing
+    ({"emotion_probs": {**_ONE_HOT, "anger": float("nan")}}, "emotion.probs.anger"),
+    ({"emotion_probs": {lab: "not a number" for lab in EMOTION_LABELS}}, "emotion.confidence"),
+    ({"emotion": "bored"}, "emotion.label"),
+    ({"sentiment_score": None}, None),
+])
+def test_a_malformed_result_is_reported_with_its_span_and_the_stream_goes_on(change, field):
+    """One malformed analysis result (a model answer gone wrong) costs its utterance an ``invalid_analysis`` error
+    naming the utterance's span and the field at fault; it takes no utterance id and the later utterances are
+    delivered (before: a value that was not a number ended the whole stream)."""
+    x, refs = join_with_silence(ravdess_clips(3))
+    src = PushSource()
+    for i in range(0, len(x), 4000):
+        src.push_audio(x[i:i + 4000])
+    src.end()
+    events = list(StreamAnalyzer(MalformedAnalyzer(change), StreamConfig(emit_speech_started=False)).run(src))
+    assert [type(e).__name__ for e in events] == ["UtteranceEvent", "ErrorEvent", "UtteranceEvent"], events
+    err = events[1]
+    assert err.code == "invalid_analysis" and err.field == field, err
+    start, end = (float(v) for v in re.search(r"utterance (\d+\.\d+)-(\d+\.\d+) s", err.message).groups())
+    assert start < refs[1][1] and end > refs[1][0], (err.message, refs)
+    assert [e.utterance_id for e in utterances(events)] == [0, 1]
 
 
 def test_stereo_speakers_needs_two_channels():
