@@ -17,6 +17,15 @@ them, ``EGMFModel.score`` applies them, so the CLI, the service, evaluation and 
 
 The input is exactly what ``egmf_core.fusion.AudioStatistics`` summarizes: the per-dimension mean and standard
 deviation over the utterance's encoder frames (``ModelInput.audio``).
+
+Familiar voices: the voice was learned from a few acted speakers in one studio, and it does not transfer: talking-head
+interviews and the MEAD clips came out "anger 0.70-0.89" from their voice alone, and a probe trained on RAVDESS scored
+below chance on another acted corpus (issue 25). So the prior also knows what the voices it was fitted on look like:
+the principal subspace of their standardized statistics. An utterance whose statistics lie further outside that
+subspace (mean squared residual) than any held-out speaker's under the channel conditions a user has (the
+threshold, fitted on development actors never trained on) is an unfamiliar voice, and ``EGMFModel`` answers it
+without its audio (words, face and conversation), which the model knows from MELD, rather than from a voice it
+cannot read. ``Prediction.modalities["audio"]`` then says the audio was not used.
 """
 
 from __future__ import annotations
@@ -64,7 +73,10 @@ class AudioPrior:
     """``labels``: the classifier's classes; ``mean``/``scale``: input standardization (2*dim,); ``weight`` (C, 2*dim)
     and ``bias`` (C,): the linear classifier; ``merge``: a class counted as another label for label sets that lack
     it (RAVDESS's calm is MELD's neutral); ``strength``: label set -> weight of the prior's log-probabilities (a set
-    without an entry, or 0, is answered by the LLM alone); ``fitted_on``: what it was fitted on (report)."""
+    without an entry, or 0, is answered by the LLM alone); ``fitted_on``: what it was fitted on (report).
+    ``domain_center`` (2*dim,) and ``domain_basis`` (k, 2*dim, orthonormal rows): the training voices' principal
+    subspace in standardized coordinates; ``domain_threshold``: the largest familiar residual (None: every voice is
+    familiar, as for a file fitted before the check existed)."""
 
     labels: tuple[str, ...]
     mean: np.ndarray
@@ -74,6 +86,9 @@ class AudioPrior:
     strength: dict[str, float] = field(default_factory=dict)
     merge: dict[str, str] = field(default_factory=dict)
     fitted_on: str = ""
+    domain_center: np.ndarray | None = None
+    domain_basis: np.ndarray | None = None
+    domain_threshold: float | None = None
 
     def __post_init__(self) -> None:
         c, d = self.weight.shape if self.weight.ndim == 2 else (None, None)
@@ -85,15 +100,41 @@ class AudioPrior:
         for name, s in self.strength.items():
             if not (isinstance(s, (int, float)) and 0.0 <= s <= 10.0):
                 raise ValueError(f"audio_prior.strength.{name}: expected a number in [0, 10], got {s!r}")
+        if self.domain_threshold is not None:
+            basis, center = self.domain_basis, self.domain_center
+            if (center is None or basis is None or center.shape != (d,) or basis.ndim != 2 or basis.shape[1] != d
+                    or not self.domain_threshold > 0):
+                raise ValueError("audio_prior.domain: expected a center (2*dim,), a basis (k, 2*dim) and a threshold "
+                                 "> 0 together")
 
     @property
     def dim(self) -> int:
         """Encoder state width the prior expects (half its input: mean and spread)."""
         return self.mean.shape[0] // 2
 
+    def standardized(self, frames: np.ndarray) -> np.ndarray:
+        """(2*dim,) the utterance's voice statistics in the prior's standardized coordinates."""
+        return (voice_statistics(frames) - self.mean) / self.scale
+
+    def domain_residual(self, frames: np.ndarray) -> float:
+        """Mean squared distance of the utterance's standardized statistics from the training voices' principal
+        subspace (0 when there is no domain model)."""
+        if self.domain_basis is None or self.domain_center is None:
+            return 0.0
+        r = self.standardized(frames) - self.domain_center
+        r = r - (self.domain_basis @ r) @ self.domain_basis
+        return float(np.mean(np.square(r, dtype=np.float64)))
+
+    def familiar(self, frames: np.ndarray) -> bool:
+        """Whether the voice is like the ones the audio was learned from (see the module docstring); True without
+        a domain model or for encoder states of another width (the prior stays out of those anyway)."""
+        if self.domain_threshold is None or len(frames) == 0 or frames.shape[-1] != self.dim:
+            return True
+        return self.domain_residual(frames) <= self.domain_threshold
+
     def log_probs(self, frames: np.ndarray) -> np.ndarray:
         """(C,) log-probabilities of the prior's own classes for one utterance's encoder states."""
-        z = (voice_statistics(frames) - self.mean) / self.scale
+        z = self.standardized(frames)
         logits = self.weight @ z + self.bias
         logits = logits - logits.max()
         return logits - np.log(np.exp(logits).sum())
@@ -126,6 +167,9 @@ class AudioPrior:
             "labels": list(self.labels), "mean": _encode(self.mean), "scale": _encode(self.scale),
             "weight": _encode(self.weight), "bias": _encode(self.bias), "strength": self.strength,
             "merge": self.merge, "fitted_on": self.fitted_on,
+            **({} if self.domain_threshold is None else {
+                "domain": {"center": _encode(self.domain_center), "basis": _encode(self.domain_basis),
+                           "threshold": self.domain_threshold}}),
         })
 
     @classmethod
@@ -133,7 +177,11 @@ class AudioPrior:
         if not text:
             return None
         data = json.loads(text)
+        domain = data.get("domain")
         return cls(tuple(str(x) for x in data["labels"]), _decode(data["mean"], "mean"),
                    _decode(data["scale"], "scale"), _decode(data["weight"], "weight"), _decode(data["bias"], "bias"),
                    {str(k): float(v) for k, v in data.get("strength", {}).items()},
-                   {str(k): str(v) for k, v in data.get("merge", {}).items()}, str(data.get("fitted_on", "")))
+                   {str(k): str(v) for k, v in data.get("merge", {}).items()}, str(data.get("fitted_on", "")),
+                   domain_center=None if domain is None else _decode(domain.get("center", {}), "domain.center"),
+                   domain_basis=None if domain is None else _decode(domain.get("basis", {}), "domain.basis"),
+                   domain_threshold=None if domain is None else float(domain["threshold"]))

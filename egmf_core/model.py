@@ -294,6 +294,7 @@ class EGMFModel(nn.Module):
         `docs/results.md` (streaming latency).
         """
         t0 = time.perf_counter()
+        batch = self.without_unfamiliar_voices(batch)
         prompts = self.prompt_ids(batch)
         cache, cached, keep = self._cached_start(batch, prompts)
         prep = self.prepare(batch, prefix_cached=cached, prompts=prompts)
@@ -449,6 +450,16 @@ class EGMFModel(nn.Module):
         return True
 
     # -- inference: greedy generation (the paper's path) ----------------------------------------------------------
+    def without_unfamiliar_voices(self, batch: Sequence[ModelInput]) -> list[ModelInput]:
+        """`batch` with the audio removed from utterances whose voice is unlike the voices the audio was learned
+        from (`AudioPrior.familiar`): they are answered from their words, face and context, and their prediction's
+        `modalities["audio"]` is False. Inference only (`score`, `generate`); training sees every voice."""
+        prior = self.audio_prior
+        if prior is None:
+            return list(batch)
+        return [x if x.audio is None or prior.familiar(x.audio) else dataclasses.replace(x, audio=None)
+                for x in batch]
+
     def _voice_prior(self, x: ModelInput, labels: Sequence[str]) -> np.ndarray | None:
         """The voice prior's bias on `labels`' first-answer-token logits for `x` (`egmf_core.audio_prior`); None
         without a prior, without labels (a sentiment-only set) or without audio."""
@@ -467,6 +478,7 @@ class EGMFModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: Sequence[ModelInput], max_new_tokens: int = 12) -> list[Prediction]:
+        batch = self.without_unfamiliar_voices(batch)
         prep = self.prepare(batch)
         extra = {}
         biases = self._prior_first_token_biases(batch)

@@ -44,6 +44,10 @@ stage configs/stage7_relative_line_noise.yaml 30 "$@"
 # refitted with it in place.
 python -m egmf_core.fit_audio_prior --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/audio_prior_fit
+# Familiar voices: the training voices' subspace and the largest dev-actor residual; other voices are answered
+# without their audio.
+python -m egmf_core.fit_voice_domain --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+    --report runs/stage7/voice_domain_fit
 python -m egmf_core.fit_calibration --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/calibration_fit
 # The aux head toward the answers as they now come out (prior included); answers and probabilities unchanged.

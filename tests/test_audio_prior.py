@@ -1,9 +1,12 @@
 """The voice prior (egmf_core.audio_prior): stored in the checkpoint exactly, loaded with it, and applied by
-EGMFModel.score to the label choice and the probabilities alike, only where there is audio."""
+EGMFModel.score to the label choice and the probabilities alike, only where there is audio; a voice unlike the ones
+the audio was learned from is answered without its audio."""
 
 from __future__ import annotations
 
 import csv
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,51 @@ def test_shipped_checkpoint_carries_its_voice_prior() -> None:
     assert prior is not None and set(prior.labels) == set(LABELS) and prior.dim == 384
     assert prior.strength.get("default", 0) > 0 and prior.strength.get("ravdess", 0) > 0
     assert prior.merge == {"calm": "neutral"}
+    assert prior.domain_threshold is not None and prior.domain_basis.shape[1] == 2 * prior.dim
+
+
+def test_prior_domain_round_trips_and_is_checked() -> None:
+    rng = np.random.default_rng(1)
+    d = 8
+    center, basis = rng.normal(size=d).astype(np.float32), np.linalg.qr(rng.normal(size=(d, 3)))[0].T.astype(np.float32)
+    p = AudioPrior(LABELS, np.zeros(d, np.float32), np.ones(d, np.float32), np.zeros((8, d), np.float32),
+                   np.zeros(8, np.float32), domain_center=center, domain_basis=basis, domain_threshold=0.5)
+    q = AudioPrior.from_json(p.to_json())
+    np.testing.assert_array_equal(q.domain_basis, basis)
+    near = np.tile(center[:4], (20, 1)) + rng.normal(0, 1e-3, (20, 4)).astype(np.float32)  # mean ~ center, std ~ 0
+    far = rng.normal(0, 30, (20, 4)).astype(np.float32)
+    assert q.domain_residual(near) == pytest.approx(p.domain_residual(near))
+    assert [q.familiar(near), q.familiar(far)] == [p.familiar(near), p.familiar(far)]
+    assert not p.familiar(far) and p.domain_residual(far) > 0.5
+    with pytest.raises(ValueError, match="domain"):
+        AudioPrior(LABELS, np.zeros(d, np.float32), np.ones(d, np.float32), np.zeros((8, d), np.float32),
+                   np.zeros(8, np.float32), domain_basis=basis, domain_threshold=0.5)
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng")
+def test_an_unfamiliar_voice_is_answered_without_its_audio(tmp_path) -> None:
+    """The shipped checkpoint keeps the audio of a RAVDESS test actor (a voice like those it learned from, never
+    trained on) and drops that of an espeak-ng voice (synthetic: unlike any actor): the latter's answer is exactly the
+    text-only answer and says the audio was not used."""
+    from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
+    from egmf_core.features.live_cut import LIVE_WINDOW_S, live_cut
+
+    model = load_checkpoint(DEFAULT_CHECKPOINT)
+    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=LIVE_WINDOW_S,
+                                                     loudness_lufs=model.cfg.fusion.audio_loudness_lufs))
+    with open(DATA / "ravdess" / "labels.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["actor"] == "14" and r["emotion"] == "happy")
+    wav = tmp_path / "synthetic.wav"
+    text = "I really did not expect the call to go this way."
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), text], check=True)
+    for audio_file, words, familiar in ((DATA / "ravdess" / row["file"], row["statement"] + ".", True),
+                                        (wav, text, False)):
+        states = frontend.encoder_states(live_cut(load_audio(audio_file)).audio)
+        assert model.audio_prior.familiar(states) is familiar, (audio_file, model.audio_prior.domain_residual(states))
+        turn = model.prompts.make_turn("Speaker", words)
+        with_audio, text_only = model.score([ModelInput(context=[], current=turn, audio=states),
+                                             ModelInput(context=[], current=turn)])
+        assert with_audio.modalities["audio"] is familiar
+        if not familiar:
+            assert with_audio.emotion == text_only.emotion
+            assert with_audio.emotion_probs == pytest.approx(text_only.emotion_probs, abs=1e-5)
