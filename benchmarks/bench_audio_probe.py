@@ -50,7 +50,7 @@ class Split:
 
 def load_split(split: str, limit: int | None) -> Split:
     from egmf_core.data import load_dataset
-    from egmf_core.evaluate import whisper_audio_lookup
+    from egmf_core.research.evaluate import whisper_audio_lookup
 
     lookup = whisper_audio_lookup("clip")
     records = list(load_dataset("ravdess", split))[:limit]
@@ -170,9 +170,9 @@ def model_rows(checkpoint: str, test: Split, pop: Population, rng: np.random.Gen
     each next to the same clips unmapped."""
     import dataclasses
 
-    from egmf_core.ablate_retrained import aux_predictions
+    from egmf_core.research.ablate_retrained import aux_predictions
     from egmf_core.checkpoint import load_checkpoint
-    from egmf_core.evaluate import dataset_examples, predict_examples
+    from egmf_core.research.evaluate import dataset_examples, predict_examples
 
     model = load_checkpoint(checkpoint)
     examples = dataset_examples(model, "ravdess", "test", limit)

@@ -83,9 +83,9 @@ def run(settings: list[Setting], limit: int | None, split: str = "dev") -> dict:
     import torch
 
     from egmf_core.data import load_dataset
-    from egmf_core.evaluate import dataset_examples
+    from egmf_core.research.evaluate import dataset_examples
     from egmf_core.features.audio import load_audio
-    from egmf_core.metrics import word_error_rate
+    from egmf_core.research.metrics import word_error_rate
     from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 
     torch.set_num_threads(2)

@@ -251,7 +251,7 @@ def _pooled(rows: list[dict]) -> dict[str, Any]:
 
 
 def _agreement(a_rows: list[dict], b_rows: list[dict]) -> dict[str, Any]:
-    from egmf_core.metrics import word_error_rate
+    from egmf_core.research.metrics import word_error_rate
 
     b_by = {r["index"]: r for r in b_rows}
     pairs = [(r, b_by[r["index"]]) for r in a_rows if r["index"] in b_by]

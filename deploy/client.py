@@ -42,11 +42,15 @@ from streaming.sources import (
     SourceError,
     VideoFrame,
 )
+from streaming.sources.pcm import PCM_DTYPES
 
 __all__ = ["ResumingStream", "RetryPolicy", "build_parser", "main"]
 
 #: Samples per binary frame (100 ms at 16 kHz).
 FRAME_SAMPLES = 1600
+#: What this client sends: the sources' float32 samples as they are, at SAMPLE_RATE.
+SAMPLE_FORMAT = "float32"
+_SAMPLE_DTYPE = PCM_DTYPES[SAMPLE_FORMAT]
 #: Refusals that mean "try again later" (close 1013): reported only when the retries run out.
 _TRY_AGAIN = frozenset({"busy", "stream_in_use", "unavailable"})
 
@@ -87,10 +91,10 @@ def _messages(source: Source, video: bool) -> Iterator[bytes]:
         if isinstance(item, VideoFrame):
             yield video_message(item.t, encode_jpeg(item.image))
             continue
-        x = np.ascontiguousarray(item.samples, dtype="<f4")
+        x = np.ascontiguousarray(item.samples, dtype=_SAMPLE_DTYPE)
         gap = round(item.start_s * SAMPLE_RATE) - sent
         if gap > 0:
-            x = np.concatenate([np.zeros((gap, *x.shape[1:]), "<f4"), x])
+            x = np.concatenate([np.zeros((gap, *x.shape[1:]), _SAMPLE_DTYPE), x])
         sent += len(x)
         for i in range(0, len(x), FRAME_SAMPLES):
             pcm = x[i:i + FRAME_SAMPLES].tobytes()
@@ -208,7 +212,7 @@ class ResumingStream:
                         ws.send(message[:4] + struct.pack("<d", t) + message[12:])
                 else:
                     ws.send(message)
-                    audio_s += (len(message) - (4 if video else 0)) / 4 / channels / SAMPLE_RATE
+                    audio_s += (len(message) - (4 if video else 0)) / _SAMPLE_DTYPE.itemsize / channels / SAMPLE_RATE
                 pending = None
             ws.send(json.dumps({"type": "end"}))
             sent_end = True
@@ -302,7 +306,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return EXIT_INPUT
 
     video = source.has_video
-    start = {"sample_rate": SAMPLE_RATE, "channels": channels, "sample_format": "float32", "video": video}
+    start = {"sample_rate": SAMPLE_RATE, "channels": channels, "sample_format": SAMPLE_FORMAT, "video": video}
     for key, val in (("language", args.language), ("speakers", speakers), ("token", args.token),
                      ("stream_id", args.stream_id)):
         if val is not None:

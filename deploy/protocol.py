@@ -25,6 +25,7 @@ import av
 import numpy as np
 
 from streaming.sources import AudioChunk, PushSource, Source, SourceError, SourceItem
+from streaming.sources.pcm import PCM_DTYPES, pcm_frame_bytes
 
 __all__ = [
     "AUDIO_TAG",
@@ -55,7 +56,6 @@ VIDEO_HEADER_BYTES = TAG_BYTES + _TIMESTAMP.size  # 12
 JPEG_SOI = b"\xff\xd8\xff"  # every JPEG file starts with SOI (FF D8) followed by the next marker's FF
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic ...): they hold the image size.
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-_PCM_WIDTH = {"int16": 2, "float32": 4}
 
 
 class FrameError(ValueError):
@@ -322,8 +322,8 @@ class StreamInput:
     """
 
     def __init__(self, source: PushSource, sample_format: str, limits: InputLimits, budget: AudioBudget | None = None):
-        if sample_format not in _PCM_WIDTH:
-            raise ValueError(f"sample_format must be one of {list(_PCM_WIDTH)}, got {sample_format!r}")
+        if sample_format not in PCM_DTYPES:
+            raise ValueError(f"sample_format must be one of {list(PCM_DTYPES)}, got {sample_format!r}")
         self.source = source
         self.sample_format = sample_format
         self.limits = limits
@@ -367,7 +367,7 @@ class StreamInput:
         if len(pcm) > self.limits.max_message_bytes:
             raise FrameError("message_too_large", "audio",
                              f"audio of {len(pcm)} bytes exceeds the limit of {self.limits.max_message_bytes} bytes")
-        frame_bytes = _PCM_WIDTH[self.sample_format] * self.source.channels
+        frame_bytes = pcm_frame_bytes(self.sample_format, self.source.channels)
         seconds = len(pcm) / frame_bytes / self.source.input_rate
         if self.budget is not None:
             self.budget.wait_room(seconds, self.limits.push_timeout_s)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from deploy.protocol import InputLimits, VideoLimits
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
+from streaming.sources.pcm import MIN_PCM_RATE
 
 log = logging.getLogger("deploy")
 
@@ -69,7 +70,7 @@ class AppArgs(BaseModel):
     # -- streams
     max_streams: int = Field(32, ge=1)
     max_message_bytes: int = Field(1 << 20, ge=1)
-    max_sample_rate: int = Field(48000, ge=8000)
+    max_sample_rate: int = Field(48000, ge=MIN_PCM_RATE)
     max_channels: int = Field(2, ge=1, le=2)
     #: Seconds to wait for the start message after the connection opens.
     start_timeout_s: float = Field(10.0, gt=0)

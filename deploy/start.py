@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from deploy.protocol import loads_json
 from deploy.settings import AppArgs, check_language, token_ok
+from streaming.sources.pcm import MIN_PCM_RATE, PCM_DTYPES
 
-SAMPLE_FORMATS = ("int16", "float32")
 #: Text messages are a start message or {"type": "end"}; anything longer is refused before it is parsed.
 MAX_TEXT_CHARS = 1 << 16
 
@@ -60,14 +60,15 @@ def parse_start(raw: str | bytes | None, args: AppArgs, languages: list[str] | N
     if args.auth_token is not None and not token_ok(d.get("token"), args.auth_token):
         raise StartError("token", "missing or wrong token: this service needs the \"token\" field", "unauthorized")
     sr = d.get("sample_rate")
-    if isinstance(sr, bool) or not isinstance(sr, int) or not 8000 <= sr <= args.max_sample_rate:
-        raise StartError("sample_rate", f"must be an integer from 8000 to {args.max_sample_rate} Hz, got {sr!r}")
+    if isinstance(sr, bool) or not isinstance(sr, int) or not MIN_PCM_RATE <= sr <= args.max_sample_rate:
+        raise StartError("sample_rate",
+                         f"must be an integer from {MIN_PCM_RATE} to {args.max_sample_rate} Hz, got {sr!r}")
     ch = d.get("channels", 1)
     if isinstance(ch, bool) or not isinstance(ch, int) or not 1 <= ch <= min(args.max_channels, 2):
         raise StartError("channels", f"must be 1 or {min(args.max_channels, 2)}, got {ch!r}")
     fmt = d.get("sample_format", "int16")
-    if fmt not in SAMPLE_FORMATS:
-        raise StartError("sample_format", f"must be one of {list(SAMPLE_FORMATS)}, got {fmt!r}")
+    if not isinstance(fmt, str) or fmt not in PCM_DTYPES:
+        raise StartError("sample_format", f"must be one of {list(PCM_DTYPES)}, got {fmt!r}")
     lang = d.get("language")
     if lang is not None and (problem := check_language(lang, languages)):
         raise StartError("language", problem)

@@ -11,7 +11,7 @@ added before the label is chosen and before calibration (``egmf_core.calibration
 
 and the answer is then generated down that label's answer tree as before. Utterances without audio (text only) are
 answered by the LLM alone. The classifier, its input standardization and the strengths per label set are fitted by
-``python -m egmf_core.fit_audio_prior`` (choices by cross-validation over RAVDESS actors, never the test actors) and
+``python -m egmf_core.research.fit_audio_prior`` (choices by cross-validation over RAVDESS actors, never the test actors) and
 stored in the checkpoint's metadata (JSON, float32 arrays base64-encoded: no pickle); ``load_checkpoint`` attaches
 them, ``EGMFModel.score`` applies them, so the CLI, the service, evaluation and the benchmarks agree.
 

@@ -40,7 +40,7 @@ class CheckpointError(ValueError):
 def resolve(path: str | Path) -> Path:
     p = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
     if not p.is_file():
-        hint = " (the default checkpoint ships with the package; train one with `python -m egmf_core.train`)" if str(path) == "default" else ""
+        hint = " (the default checkpoint ships with the package; train one with `python -m egmf_core.research.train`)" if str(path) == "default" else ""
         raise CheckpointError(f"checkpoint not found: {p}{hint}")
     return p
 

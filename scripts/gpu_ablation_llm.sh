@@ -69,7 +69,7 @@ run() {
 'transformers', transformers.__version__, 'peft', peft.__version__)" | tee "$out/ablation.log"
     local report=build/gpu_ablation/ablations_retrained_llm_meld.md rc=0
     # shellcheck disable=SC2086  # VARIANTS is a list of words
-    timeout -s TERM "${BUDGET_S:-450}" "$PY" -m egmf_core.ablate_retrained --config "${CONFIG:-configs/ablation_llm_meld_gpu.yaml}" \
+    timeout -s TERM "${BUDGET_S:-450}" "$PY" -m egmf_core.research.ablate_retrained --config "${CONFIG:-configs/ablation_llm_meld_gpu.yaml}" \
         --device "${DEVICE:-cuda}" --variants ${VARIANTS:-no_lora no_text uniform_gating no_e1 no_e2 no_e3 no_audio no_video no_audio_video} \
         --limit "${LIMIT:-1300}" --runs-dir runs/ablate_llm_meld --out "$report" 2>&1 | tee -a "$out/ablation.log" || rc=$?
     cp "$report" "${report%.md}.json" "$out"/ 2>/dev/null || echo "no report written" | tee -a "$out/ablation.log"

@@ -9,9 +9,9 @@
 #   clips themselves for their degraded copies, so they refuse --audio-pack)
 #
 # Writes runs/default (stage 1), runs/stage2 ... runs/stage5 (its aux head then distilled toward the LLM's answers by
-# egmf_core.distill_aux, ~15 min on a 2-core CPU), runs/stage6 (loudness-normalized and channel-augmented audio,
+# egmf_core.research.distill_aux, ~15 min on a 2-core CPU), runs/stage6 (loudness-normalized and channel-augmented audio,
 # distilled and calibrated the same way), runs/stage7 (the result: runs/stage7/best.safetensors, stage 6 on live cut
-# v2 with the voice prior of egmf_core.fit_audio_prior, calibrated by egmf_core.fit_calibration, then distilled) and
+# v2 with the voice prior of egmf_core.research.fit_audio_prior, calibrated by egmf_core.research.fit_calibration, then distilled) and
 # the test reports runs/stage7/eval_{meld,ravdess}_test.json and runs/stage7/eval_ravdess_test_live.json (RAVDESS as
 # the live pipeline cuts it). It never overwrites the shipped file; to ship the result:
 #   cp runs/stage7/best.safetensors egmf_core/checkpoints/default.safetensors
@@ -21,8 +21,8 @@ cd "$(dirname "$0")/.."
 stage() {  # stage CONFIG BUDGET_MINUTES [ARGS...]: later arguments (the caller's) override the budget
     local config=$1 budget=$2
     shift 2
-    echo "== python -m egmf_core.train --config $config --time-budget-minutes $budget $*"
-    python -m egmf_core.train --config "$config" --time-budget-minutes "$budget" "$@"
+    echo "== python -m egmf_core.research.train --config $config --time-budget-minutes $budget $*"
+    python -m egmf_core.research.train --config "$config" --time-budget-minutes "$budget" "$@"
 }
 
 stage configs/default.yaml 7 "$@"
@@ -31,31 +31,31 @@ stage configs/stage3_joint.yaml 4.5 "$@"
 stage configs/stage4_context_first.yaml 45 "$@"
 stage configs/stage5_live_cuts.yaml 45 "$@"
 # The aux head refit to the LLM's own answers (which answer trees the prompt pass folds; the answers stay the same).
-python -m egmf_core.distill_aux --checkpoint runs/stage5/best.safetensors --out runs/stage5/best.safetensors \
+python -m egmf_core.research.distill_aux --checkpoint runs/stage5/best.safetensors --out runs/stage5/best.safetensors \
     --report runs/stage5/aux_distill.md
 stage configs/stage6_robust_audio.yaml 40 "$@"
-python -m egmf_core.distill_aux --checkpoint runs/stage6/best.safetensors --out runs/stage6/best.safetensors \
+python -m egmf_core.research.distill_aux --checkpoint runs/stage6/best.safetensors --out runs/stage6/best.safetensors \
     --report runs/stage6/aux_distill.md
 # Temperature scaling of the emotion confidences on dev data (MELD dev, RAVDESS 11-12 live cuts), stored in the file.
-python -m egmf_core.fit_calibration --checkpoint runs/stage6/best.safetensors --out runs/stage6/best.safetensors \
+python -m egmf_core.research.fit_calibration --checkpoint runs/stage6/best.safetensors --out runs/stage6/best.safetensors \
     --report runs/stage6/calibration_fit
 stage configs/stage7_relative_line_noise.yaml 30 "$@"
 # The voice prior (C by leave-two-actors-out CV over RAVDESS 01-12, strengths on 11-12), then the temperatures
 # refitted with it in place.
-python -m egmf_core.fit_audio_prior --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+python -m egmf_core.research.fit_audio_prior --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/audio_prior_fit
 # Familiar voices: the training voices' subspace and the largest dev-actor residual; other voices are answered
 # without their audio.
-python -m egmf_core.fit_voice_domain --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+python -m egmf_core.research.fit_voice_domain --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/voice_domain_fit
-python -m egmf_core.fit_calibration --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+python -m egmf_core.research.fit_calibration --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/calibration_fit
 # The aux head toward the answers as they now come out (prior included); answers and probabilities unchanged.
-python -m egmf_core.distill_aux --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+python -m egmf_core.research.distill_aux --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/aux_distill.md
 for dataset in meld ravdess; do
-    python -m egmf_core.evaluate --checkpoint runs/stage7/best.safetensors --dataset "$dataset" --split test \
+    python -m egmf_core.research.evaluate --checkpoint runs/stage7/best.safetensors --dataset "$dataset" --split test \
         --out "runs/stage7/eval_${dataset}_test.json"
 done
-python -m egmf_core.evaluate --checkpoint runs/stage7/best.safetensors --dataset ravdess --split test --audio live \
+python -m egmf_core.research.evaluate --checkpoint runs/stage7/best.safetensors --dataset ravdess --split test --audio live \
     --out runs/stage7/eval_ravdess_test_live.json

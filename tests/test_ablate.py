@@ -1,4 +1,4 @@
-"""`python -m egmf_core.ablate`: every variant is scored and tabulated, and each ablation does exactly what it says."""
+"""`python -m egmf_core.research.ablate`: every variant is scored and tabulated, and each ablation does exactly what it says."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from egmf_core import ablate, evaluate
-from egmf_core.analysis import DatasetSpec, parse_limits
+from egmf_core.research import ablate, evaluate
+from egmf_core.research.analysis import DatasetSpec, parse_limits
 from egmf_core.config import EGMFConfig
 
 LIMITS = {"meld": 4, "ravdess": 4}  # one batch each: ten variants stay within a couple of minutes on 2 cores
@@ -43,7 +43,7 @@ def test_every_variant_is_scored_and_tabulated(ablation, shipped_model_version):
     assert ablation["json"]["datasets"]["ravdess"]["n"] == LIMITS["ravdess"]
     md = ablation["md"]
     assert "Test-time ablations of one trained checkpoint, not retrained variants" in md
-    assert "`ablation:` section" in md and "egmf_core.ablate_retrained" in md  # how to get retrained variants
+    assert "`ablation:` section" in md and "egmf_core.research.ablate_retrained" in md  # how to get retrained variants
     for v in ablate.VARIANTS:
         assert md.count(f"| {v.label} |") == 2, v.label  # one row in each dataset's table
     assert "8-class acc" in md and "sentiment wF1" in md
@@ -125,7 +125,7 @@ def test_video_clips_are_scored_with_face_features(tmp_path):
     """MEAD's real clips carry face features into evaluation, so "w/o video" is a real ablation there: the gate
     moves when the faces are removed (the shipped checkpoint never saw labelled video, so only the wiring is
     checked, not accuracy)."""
-    from egmf_core.ablate import main as ablate_main
+    from egmf_core.research.ablate import main as ablate_main
 
     out = tmp_path / "mead.md"
     assert ablate_main(["--checkpoint", "default", "--datasets", "mead", "--variants", "full", "no_video",

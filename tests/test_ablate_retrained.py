@@ -1,4 +1,4 @@
-"""`python -m egmf_core.ablate_retrained`: each variant is really trained without its part, scored on the test split,
+"""`python -m egmf_core.research.ablate_retrained`: each variant is really trained without its part, scored on the test split,
 tabulated; variants that cannot differ are not trained; a second run reuses the finished ones."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import yaml
 from safetensors import safe_open
 
-from egmf_core import ablate, ablate_retrained
-from egmf_core.ablate_retrained import differs_only_in_modalities, same_as, variant_config
-from egmf_core.train import RunConfig
+from egmf_core.research import ablate, ablate_retrained
+from egmf_core.research.ablate_retrained import differs_only_in_modalities, same_as, variant_config
+from egmf_core.research.train import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = {v.name: v for v in ablate.VARIANTS}
@@ -139,7 +139,7 @@ def test_runs_recorded_in_an_earlier_report_are_reused(sweep, capsys):
     bad = sweep["tmp"] / "not_a_report.json"
     bad.write_text("{}")
     assert ablate_retrained.main([*args, "--reuse", str(bad)]) == 2
-    assert "not a report of python -m egmf_core.ablate_retrained" in capsys.readouterr().err
+    assert "not a report of python -m egmf_core.research.ablate_retrained" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -175,8 +175,8 @@ def test_ravdess_is_scored_on_the_audio_views_asked_for():
     the other; each view is its own table section and JSON key, so runs scored on another view are never reused."""
     import argparse
 
-    from egmf_core.ablate_retrained import test_datasets
-    from egmf_core.analysis import DatasetSpec
+    from egmf_core.research.ablate_retrained import test_datasets
+    from egmf_core.research.analysis import DatasetSpec
 
     clips = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")
     live = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion_live.yaml")

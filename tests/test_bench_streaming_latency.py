@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from egmf_core.metrics import word_error_rate
+from egmf_core.research.metrics import word_error_rate
 from test_streaming_support import REPO, needs_ravdess
 
 pytestmark = [pytest.mark.slow, needs_ravdess,

@@ -9,9 +9,9 @@ from safetensors import safe_open
 
 from egmf_core.calibration import METADATA_KEY, Calibration
 from egmf_core.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_calibration
-from egmf_core.evaluate import dataset_examples
-from egmf_core.fit_calibration import write_calibrated
-from egmf_core.metrics import calibration_report, fit_temperature
+from egmf_core.research.evaluate import dataset_examples
+from egmf_core.research.fit_calibration import write_calibrated
+from egmf_core.research.metrics import calibration_report, fit_temperature
 
 
 def test_fit_temperature_recovers_the_temperature_that_made_the_labels() -> None:

@@ -125,7 +125,7 @@ def test_label_sets() -> None:
     assert IEMOCAP_EMOTIONS["iemocap4"] == ("joy", "sadness", "neutral", "anger")
     assert IEMOCAP_LABEL_SETS["iemocap4"]["exc"] == IEMOCAP_LABEL_SETS["iemocap4"]["hap"] == "joy"
     assert set(IEMOCAP_LABEL_SETS["iemocap6"]) == {"hap", "sad", "neu", "ang", "exc", "fru"}
-    from egmf_core.examples import DATASET_LABELS  # the gold labels training and evaluation use
+    from egmf_core.research.examples import DATASET_LABELS  # the gold labels training and evaluation use
 
     six, four = DATASET_LABELS["iemocap6"], DATASET_LABELS["iemocap4"]
     assert [six(x) for x in ("exc", "fru", "sur", "xxx")] == ["excited", "frustrated", None, None]
@@ -198,13 +198,13 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_training_on_iemocap_with_its_six_class_label_set(root: Path, tmp_path: Path) -> None:
-    """`python -m egmf_core.train` with a `data.extra` entry: IEMOCAP's 6-class benchmark trains and is scored on its
+    """`python -m egmf_core.research.train` with a `data.extra` entry: IEMOCAP's 6-class benchmark trains and is scored on its
     dev split, in the dataset's own labels (so users with the data need one config, one command)."""
     import json
 
     import yaml
 
-    from egmf_core.train import main
+    from egmf_core.research.train import main
 
     labels = sorted(set(IEMOCAP_LABEL_SETS["iemocap6"].values()))
     config = {
@@ -229,7 +229,7 @@ def test_training_on_iemocap_with_its_six_class_label_set(root: Path, tmp_path: 
 
 def test_training_config_names_an_unknown_extra_dataset(tmp_path: Path) -> None:
     from egmf_core.config import ConfigError
-    from egmf_core.train import RunConfig
+    from egmf_core.research.train import RunConfig
 
     path = tmp_path / "bad.yaml"
     path.write_text("data:\n  extra:\n    - name: mosei_typo\n")

@@ -1,4 +1,4 @@
-"""The auxiliary-head distillation (`egmf_core.distill_aux`): the fit, its metrics, and a checkpoint whose answers
+"""The auxiliary-head distillation (`egmf_core.research.distill_aux`): the fit, its metrics, and a checkpoint whose answers
 stay exactly the same."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from egmf_core import distill_aux
+from egmf_core.research import distill_aux
 from egmf_core.checkpoint import load_checkpoint, resolve
-from egmf_core.distill_aux import HEAD_KEYS, DistillConfig, Pool, fit, hit_rates, write_checkpoint
-from egmf_core.evaluate import dataset_examples
+from egmf_core.research.distill_aux import HEAD_KEYS, DistillConfig, Pool, fit, hit_rates, write_checkpoint
+from egmf_core.research.evaluate import dataset_examples
 from test_streaming_support import needs_espeak
 
 

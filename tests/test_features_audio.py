@@ -19,7 +19,7 @@ from egmf_core.features import (
     load_audio,
     num_frames,
 )
-from egmf_core.metrics import word_error_rate
+from egmf_core.research.metrics import word_error_rate
 
 pytestmark = pytest.mark.slow
 

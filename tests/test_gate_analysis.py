@@ -1,4 +1,4 @@
-"""`python -m egmf_core.gate_analysis`: its files, statistics that agree with the raw alphas, and each break flag."""
+"""`python -m egmf_core.research.gate_analysis`: its files, statistics that agree with the raw alphas, and each break flag."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from egmf_core import gate_analysis
-from egmf_core.gate_analysis import gate_statistics
+from egmf_core.research import gate_analysis
+from egmf_core.research.gate_analysis import gate_statistics
 
 LIMITS = {"meld": 12, "ravdess": 8}  # RAVDESS's first 8 clips: 4 neutral + 4 calm, so the rank test is defined
 LABELS = ["anger", "joy"]

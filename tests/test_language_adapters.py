@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from egmf_core.checkpoint import DEFAULT_CHECKPOINT, CheckpointError, load_checkpoint, load_weights, save_checkpoint
 from egmf_core.data import load_dataset
-from egmf_core.examples import build_examples
+from egmf_core.research.examples import build_examples
 from egmf_core.model_io import ModelInput
 from egmf_core.predictor import EGMFPredictor
 

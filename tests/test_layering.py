@@ -1,16 +1,17 @@
-"""Layering: no import runs upward, and the runtime never imports the research commands.
+"""Layering: no import runs upward, and the runtime never imports the research area (`egmf_core.research`).
 
 The layers are deploy -> streaming -> egmf_core and export -> egmf_core. A small AST check (stdlib `ast`, no new
 dependency) reads every `.py` under egmf_core/, streaming/, export/ and deploy/ and collects every import: module
 level and inside functions or `if` blocks (a lazy import is a dependency too), absolute and relative
-(`from . import x`, `from ..evaluate import y`), and `importlib.import_module("...")` / `__import__("...")` with a
+(`from . import x`, `from ..research.evaluate import y`), and `importlib.import_module("...")` / `__import__("...")` with a
 literal name. Rules:
 
 - egmf_core imports none of streaming, export, deploy;
 - export imports neither streaming nor deploy;
 - streaming does not import deploy;
-- the runtime (streaming/, deploy/, export/ and every egmf_core module outside the research area) never imports
-  egmf_core's research modules (training, evaluation, ablations, analysis, distillation, feature packing).
+- the runtime (streaming/, deploy/, export/ and every egmf_core module outside egmf_core/research/) never imports
+  the research area `egmf_core.research` (training, evaluation, ablations, calibration fitting, distillation,
+  analysis, feature packing).
 
 A failure lists each violation as `file:line: importer imports imported (rule)`.
 """
@@ -32,24 +33,9 @@ FORBIDDEN_PACKAGES: dict[str, frozenset[str]] = {
     "deploy": frozenset(),
 }
 
-#: egmf_core's research modules (commands and their helpers), which the runtime must never import. A module counts
-#: as research if it is one of these or lives inside one of them (a package), e.g. `egmf_core.train.loop`.
-RESEARCH_MODULES = frozenset(
-    f"egmf_core.{name}"
-    for name in (
-        "train",
-        "evaluate",
-        "ablate",
-        "ablate_retrained",
-        "gate_analysis",
-        "analysis",
-        "distill_aux",
-        "pack_audio",
-        "fit_calibration",
-        "fit_audio_prior",
-        "degrade",
-    )
-)
+#: egmf_core's research area (training, evaluation, ablations, calibration fitting, analysis), which the runtime must
+#: never import. A module counts as research if it is this package or lives inside it, e.g. `egmf_core.research.train`.
+RESEARCH_PACKAGE = "egmf_core.research"
 
 
 @dataclass(frozen=True)
@@ -94,7 +80,7 @@ def imports_of(path: Path, root: Path = REPO) -> list[Import]:
                 resolve_relative(importer, is_package, node.level, node.module) if node.level else (node.module or "")
             )
             found.append(Import(path, node.lineno, importer, base))
-            # `from egmf_core import evaluate` imports the module egmf_core.evaluate: record the submodule candidates
+            # `from egmf_core import research` imports the module egmf_core.research: record the submodule candidates
             found.extend(
                 Import(path, node.lineno, importer, f"{base}.{alias.name}") for alias in node.names if alias.name != "*"
             )
@@ -117,7 +103,7 @@ def is_within(name: str, package: str) -> bool:
 
 
 def is_research(name: str) -> bool:
-    return any(is_within(name, module) for module in RESEARCH_MODULES)
+    return is_within(name, RESEARCH_PACKAGE)
 
 
 def broken_rule(imp: Import) -> str | None:
@@ -126,14 +112,15 @@ def broken_rule(imp: Import) -> str | None:
     if imported_top in FORBIDDEN_PACKAGES[top]:
         return f"{top} must not import {imported_top}"
     if is_research(imp.imported) and not is_research(imp.importer):
-        return "the runtime must not import egmf_core's research modules"
+        return "the runtime must not import egmf_core.research"
     return None
 
 
 def violations_of(found: list[Import]) -> list[str]:
     """`file:line: importer imports imported (rule)` for each import that breaks a rule, sorted. One line per
-    statement and module: `from egmf_core.evaluate import a, b` is reported as `egmf_core.evaluate` alone (the names
-    it also records, in case they are submodules, are dropped when their module is already reported)."""
+    statement and module: `from egmf_core.research.evaluate import a, b` is reported as `egmf_core.research.evaluate`
+    alone (the names it also records, in case they are submodules, are dropped when their module is already
+    reported)."""
     broken = {(imp.path, imp.line, imp.imported): (imp, rule) for imp in found if (rule := broken_rule(imp))}
     lines = []
     for (path, line, imported), (imp, rule) in sorted(broken.items(), key=lambda item: (str(item[0][0]), item[0][1:])):
@@ -159,7 +146,7 @@ def test_no_upward_or_research_imports() -> None:
     violations = [line for path in source_files() for line in violations_of(imports_of(path))]
     assert not violations, (
         "layering violations (deploy -> streaming -> egmf_core, export -> egmf_core; the runtime never imports "
-        "egmf_core's research modules):\n" + "\n".join(violations)
+        "egmf_core.research):\n" + "\n".join(violations)
     )
 
 
@@ -185,33 +172,41 @@ def test_checker_finds_lazy_relative_and_dynamic_imports(tmp_path: Path) -> None
                 "    from export.runner import use_engines\n"  # lazy, upward
                 "    return use_engines\n"
             ),
-            "egmf_core/data/loader.py": "from ..evaluate import lookup\nfrom .. import train\n",  # relative, research
-            "egmf_core/evaluate.py": "from streaming.analyzer import live_cut\nfrom . import train\n",
+            "egmf_core/data/loader.py": (  # relative, research
+                "from ..research.evaluate import lookup\nfrom .. import research\nfrom ..research import train\n"
+            ),
+            "egmf_core/research/__init__.py": "",
+            "egmf_core/research/evaluate.py": (
+                "from streaming.analyzer import live_cut\n"  # research is still egmf_core: upward
+                "from . import train\nfrom ..model import EGMFModel\nfrom .metrics import f1\n"  # fine
+            ),
             "export/runner.py": (
                 "import importlib\nmod = importlib.import_module('deploy.app')\nfrom egmf_core import model\n"
             ),
-            "streaming/client.py": "if True:\n    import deploy.protocol as protocol\nimport egmf_core.train.loop\n",
-            "deploy/app.py": "from streaming import analyzer\nfrom egmf_core.evaluate import a, b\n",
+            "streaming/client.py": (
+                "if True:\n    import deploy.protocol as protocol\nimport egmf_core.research.train.loop\n"
+            ),
+            "deploy/app.py": "from streaming import analyzer\nfrom egmf_core.research.evaluate import a, b\n",
         },
     )
+    rule = "(the runtime must not import egmf_core.research)"
     assert found == [
-        "deploy/app.py:2: deploy.app imports egmf_core.evaluate (the runtime must not import egmf_core's research "
-        "modules)",
-        "egmf_core/data/loader.py:1: egmf_core.data.loader imports egmf_core.evaluate (the runtime must not import "
-        "egmf_core's research modules)",
-        "egmf_core/data/loader.py:2: egmf_core.data.loader imports egmf_core.train (the runtime must not import "
-        "egmf_core's research modules)",
-        "egmf_core/evaluate.py:1: egmf_core.evaluate imports streaming.analyzer (egmf_core must not import streaming)",
+        f"deploy/app.py:2: deploy.app imports egmf_core.research.evaluate {rule}",
+        f"egmf_core/data/loader.py:1: egmf_core.data.loader imports egmf_core.research.evaluate {rule}",
+        f"egmf_core/data/loader.py:2: egmf_core.data.loader imports egmf_core.research {rule}",
+        f"egmf_core/data/loader.py:3: egmf_core.data.loader imports egmf_core.research {rule}",
         "egmf_core/predictor.py:4: egmf_core.predictor imports export.runner (egmf_core must not import export)",
+        "egmf_core/research/evaluate.py:1: egmf_core.research.evaluate imports streaming.analyzer (egmf_core must not "
+        "import streaming)",
         "export/runner.py:2: export.runner imports deploy.app (export must not import deploy)",
         "streaming/client.py:2: streaming.client imports deploy.protocol (streaming must not import deploy)",
-        "streaming/client.py:3: streaming.client imports egmf_core.train.loop (the runtime must not import "
-        "egmf_core's research modules)",
+        f"streaming/client.py:3: streaming.client imports egmf_core.research.train.loop {rule}",
     ]
 
 
 def test_relative_names() -> None:
-    assert resolve_relative("egmf_core.data.meld", False, 2, "evaluate") == "egmf_core.evaluate"
+    assert resolve_relative("egmf_core.data.meld", False, 2, "research.evaluate") == "egmf_core.research.evaluate"
+    assert resolve_relative("egmf_core.research.train", False, 2, "model") == "egmf_core.model"
     assert resolve_relative("egmf_core.data", True, 1, "meld") == "egmf_core.data.meld"
     assert resolve_relative("egmf_core.data", True, 2, None) == "egmf_core"
     assert resolve_relative("egmf_core.predictor", False, 1, None) == "egmf_core"

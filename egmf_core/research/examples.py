@@ -14,11 +14,11 @@ from typing import Callable, Iterable
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from .data import UtteranceRecord, group_dialogues
-from .data.iemocap import IEMOCAP_LABEL_SETS
-from .data.ravdess import RAVDESS_TO_MELD
-from .model_io import ModelInput
-from .prompt import PromptBuilder
+from ..data import UtteranceRecord, group_dialogues
+from ..data.iemocap import IEMOCAP_LABEL_SETS
+from ..data.ravdess import RAVDESS_TO_MELD
+from ..model_io import ModelInput
+from ..prompt import PromptBuilder
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class AudioFeaturePack:
 
     def __init__(self, arrays: dict[str, np.ndarray], view: str = "clip"):
         self.arrays = arrays
-        self.view = view  # which audio the features are of (egmf_core.evaluate.AUDIO_VIEWS)
+        self.view = view  # which audio the features are of (egmf_core.research.evaluate.AUDIO_VIEWS)
 
     @staticmethod
     def write(path: str | Path, features: dict[str, np.ndarray], view: str = "clip") -> Path:

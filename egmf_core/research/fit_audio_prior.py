@@ -1,4 +1,4 @@
-"""`python -m egmf_core.fit_audio_prior --checkpoint CKPT --out CKPT_WITH_PRIOR`: fit the voice prior.
+"""`python -m egmf_core.research.fit_audio_prior --checkpoint CKPT --out CKPT_WITH_PRIOR`: fit the voice prior.
 
 The prior (`egmf_core.audio_prior`) is a logistic regression on the mean and spread of an utterance's Whisper
 encoder states, whose log-probabilities guide the LLM's emotion answer with a strength per label set. Every choice is
@@ -12,12 +12,12 @@ made without the test actors (13-16):
    (ties: the smaller) on a grid. `ravdess`: its eight labels; `default` (what the CLI and the service answer):
    MELD's seven, calm counted as neutral.
 3. The prior that ships is the one trained on 01-10 (step 2's): the dev actors stay unheard by it, so the
-   confidence calibration fitted next on them (`egmf_core.fit_calibration`) sees the prior as it meets new speakers.
+   confidence calibration fitted next on them (`egmf_core.research.fit_calibration`) sees the prior as it meets new speakers.
    (Refit on 01-12, the prior scored 91.7 % on the dev actors it had then heard, and temperatures fitted there left
    RAVDESS test ECE at 0.25.)
 
 The written checkpoint is a copy of `--checkpoint` with the prior in its metadata (tensors byte for byte). Its
-confidence calibration, if any, was fitted without the prior: run `python -m egmf_core.fit_calibration` on the
+confidence calibration, if any, was fitted without the prior: run `python -m egmf_core.research.fit_calibration` on the
 result afterwards (scripts/train_default.sh does). The report (`--report`, JSON + markdown) has every fold and grid
 point.
 """
@@ -33,9 +33,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .audio_prior import METADATA_KEY, AudioPrior, voice_statistics
-from .calibration import Calibration
-from .checkpoint import load_checkpoint, read_file, write_file
+from ..audio_prior import METADATA_KEY, AudioPrior, voice_statistics
+from ..calibration import Calibration
+from ..checkpoint import load_checkpoint, read_file, write_file
 from .evaluate import dataset_examples, whisper_audio_lookup
 from .examples import Example
 from .fit_calibration import RAVDESS_TO_DEFAULT, as_default_label_set, label_log_probs
@@ -87,11 +87,11 @@ def best_strength(llm_lp: np.ndarray, prior_lp: np.ndarray, gold: np.ndarray) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.fit_audio_prior", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_audio_prior", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--degraded-copies", type=int, default=2,
-                    help="channel-degraded copies of each training clip (egmf_core.degrade.random_chain k), 0 = none")
+                    help="channel-degraded copies of each training clip (egmf_core.research.degrade.random_chain k), 0 = none")
     ap.add_argument("--report", default="benchmarks/results/audio_prior_fit", help="report path without extension")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Voice prior fit (RAVDESS actors 01-12; no test actor)", "",
-             f"`python -m egmf_core.fit_audio_prior --checkpoint {args.checkpoint} --out {args.out}`; "
+             f"`python -m egmf_core.research.fit_audio_prior --checkpoint {args.checkpoint} --out {args.out}`; "
              f"{report['seconds']:.0f} s.", "",
              "Leave-two-actors-out accuracy (8-class, clean live cuts of the held-out actors) per C:", "",
              "| C | " + " | ".join("actors " + "+".join(f) for f in folds) + " | mean |",

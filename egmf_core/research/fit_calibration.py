@@ -1,4 +1,4 @@
-"""`python -m egmf_core.fit_calibration --checkpoint CKPT --out CKPT_CALIBRATED`: temperature scaling on dev data.
+"""`python -m egmf_core.research.fit_calibration --checkpoint CKPT --out CKPT_CALIBRATED`: temperature scaling on dev data.
 
 Fits one temperature per emotion label set by minimizing the NLL of the LLM's label probabilities on dev data
 (never test), and writes a copy of the checkpoint whose metadata holds it (`egmf_core.calibration`); every tensor
@@ -25,12 +25,12 @@ from typing import Sequence
 
 import numpy as np
 
-from .calibration import METADATA_KEY, Calibration
-from .checkpoint import load_checkpoint, read_file, write_file
+from ..calibration import METADATA_KEY, Calibration
+from ..checkpoint import load_checkpoint, read_file, write_file
 from .evaluate import dataset_examples, predict_examples
 from .examples import Example
 from .metrics import calibration_report, fit_temperature
-from .model import EGMFModel
+from ..model import EGMFModel
 
 #: RAVDESS's eight labels in MELD's seven (the data README's mapping): calm is a neutral delivery.
 RAVDESS_TO_DEFAULT = {"calm": "neutral"}
@@ -67,7 +67,7 @@ def _softmax_t(log_probs: np.ndarray, t: float) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.fit_calibration", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_calibration", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the calibrated checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--meld-dev", type=int, default=None, help="first N MELD dev utterances (default all 1,109)")
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    lines = ["# Calibration fit (dev data)", "", f"`python -m egmf_core.fit_calibration --checkpoint {args.checkpoint} "
+    lines = ["# Calibration fit (dev data)", "", f"`python -m egmf_core.research.fit_calibration --checkpoint {args.checkpoint} "
              f"--out {args.out}`; temperatures {calibration.emotion_temperature}.", "",
              "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""`python -m egmf_core.pack_audio --out ravdess_audio.safetensors [--actors 1-12]`: precompute RAVDESS audio
+"""`python -m egmf_core.research.pack_audio --out ravdess_audio.safetensors [--actors 1-12]`: precompute RAVDESS audio
 features (Whisper encoder states, through the feature cache) into one compact AudioFeaturePack, so training can run
 on a machine that has neither the speech recognizer nor the audio files (`data.audio_pack` in the train config)."""
 
@@ -8,7 +8,7 @@ import argparse
 import sys
 import time
 
-from .data import RavdessConfig, RavdessDataset
+from ..data import RavdessConfig, RavdessDataset
 from .evaluate import AUDIO_VIEWS, whisper_audio_lookup
 from .examples import AudioFeaturePack, feature_key
 
@@ -19,7 +19,7 @@ def _actors(spec: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.pack_audio", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.pack_audio", description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--actors", default="1-12", help="actor range, e.g. 1-12")
     ap.add_argument("--audio", choices=AUDIO_VIEWS, default="clip",

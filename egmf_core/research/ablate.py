@@ -1,9 +1,9 @@
-"""`python -m egmf_core.ablate --checkpoint <path|default> [--checkpoint ...] [--datasets meld ravdess] [--limit N]`.
+"""`python -m egmf_core.research.ablate --checkpoint <path|default> [--checkpoint ...] [--datasets meld ravdess] [--limit N]`.
 
 The paper's ablation study (modalities, experts, gating, LoRA) as test-time ablations: each variant is the same
 trained checkpoint reloaded with one switch of its config changed (`load_checkpoint(path, overrides=...)`) and scored
-with `egmf_core.evaluate`'s code on the same examples. That measures how much a trained model relies on each part.
-The paper's own numbers come from variants retrained without the part (`egmf_core.ablate_retrained`); given such
+with `egmf_core.research.evaluate`'s code on the same examples. That measures how much a trained model relies on each part.
+The paper's own numbers come from variants retrained without the part (`egmf_core.research.ablate_retrained`); given such
 checkpoints (one `--checkpoint` each, `--variants full`), this command tabulates them side by side. Writes a Markdown table and, beside it, the
 raw numbers (full reports and every utterance's prediction) as JSON. The MMSA sentiment benchmarks (`--datasets
 mosei`, ...) are tabulated with MMSA's regression metrics instead of emotion F1 and accuracy.
@@ -36,12 +36,12 @@ from .analysis import (
     parse_mmsa_folders,
     progress,
 )
-from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint, read_metadata
-from .config import ConfigError, EGMFConfig
-from .data import DatasetError
-from .data.mmsa import MMSA_DATASETS
+from ..checkpoint import CheckpointError, checkpoint_version, load_checkpoint, read_metadata
+from ..config import ConfigError, EGMFConfig
+from ..data import DatasetError
+from ..data.mmsa import MMSA_DATASETS
 from .evaluate import predict_examples, report
-from .model_io import Prediction
+from ..model_io import Prediction
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ VARIANT_NAMES: tuple[str, ...] = tuple(v.name for v in VARIANTS)
 HEADER = """\
 **Test-time ablations of one trained checkpoint, not retrained variants.** Each row reloads the same weights with
 one part removed at inference (a modality masked, an expert's gate weight forced to 0, equal gate weights over the
-experts, or the LLM without its LoRA adapter) and scores it with `egmf_core.evaluate`'s code on the same utterances.
+experts, or the LLM without its LoRA adapter) and scores it with `egmf_core.research.evaluate`'s code on the same utterances.
 This measures how much the trained model relies on each part; the paper instead retrains every variant, which
-`python -m egmf_core.ablate_retrained` does (`ablations_retrained.md`). Checkpoints trained by hand with an
+`python -m egmf_core.research.ablate_retrained` does (`ablations_retrained.md`). Checkpoints trained by hand with an
 `ablation:` section in the YAML config (as `configs/default.yaml` shows; `lora: enabled: false` for w/o LoRA) can
 also be given here, each with its own `--checkpoint` (with `--variants full`): one row block per checkpoint."""
 
@@ -276,7 +276,7 @@ def _absent_note(present: dict[str, int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.ablate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.ablate", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", action="append", default=None,
                     help="checkpoint file, or 'default' for the shipped one (repeatable: one row block per checkpoint)")
     add_dataset_args(ap)
@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_markdown(result, command_line("egmf_core.ablate", argv)))
+    out.write_text(render_markdown(result, command_line("egmf_core.research.ablate", argv)))
     out.with_suffix(".json").write_text(json.dumps(result))
     progress(f"report: {out} and {out.with_suffix('.json')}")
     return 0

@@ -1,4 +1,4 @@
-"""`python -m egmf_core.evaluate --checkpoint <path|default> --dataset meld|ravdess|... --split test [--limit N]`.
+"""`python -m egmf_core.research.evaluate --checkpoint <path|default> --dataset meld|ravdess|... --split test [--limit N]`.
 
 Runs the fast scoring path over a dataset split and writes a JSON report: emotion accuracy / weighted F1 /
 per-class F1 / confusion matrix, sentiment accuracy / weighted F1 and score MAE / correlation (MELD), RAVDESS's
@@ -21,11 +21,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint
-from .features.live_cut import LIVE_CUT_VERSION, LIVE_WINDOW_S, TRAINING_FRAME_S, live_cut
-from .config import ConfigError, EGMFConfig
-from .data import DatasetError, UtteranceRecord, load_dataset
-from .data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
+from ..checkpoint import CheckpointError, checkpoint_version, load_checkpoint
+from ..features.live_cut import LIVE_CUT_VERSION, LIVE_WINDOW_S, TRAINING_FRAME_S, live_cut
+from ..config import ConfigError, EGMFConfig
+from ..data import DatasetError, UtteranceRecord, load_dataset
+from ..data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
 from .examples import AudioLookup, Example, VisualLookup, build_examples, text_length
 from .metrics import (
     calibration_report,
@@ -37,8 +37,8 @@ from .metrics import (
     score_report,
     sims_regression_report,
 )
-from .model import EGMFModel
-from .model_io import Prediction
+from ..model import EGMFModel
+from ..model_io import Prediction
 
 log = logging.getLogger(__name__)
 # Datasets with emotion labels to score (`egmf_core.data` also loads unlabelled media sets).
@@ -210,8 +210,8 @@ def open_mmsa(dataset: str, split: str, folder: str | Path | None = None, data_d
 def face_visual_lookup() -> VisualLookup:
     """Face features of a record's video file (FaceLandmarker at its configured fps) through the on-disk feature
     cache; a video in which no frame shows a face gives None: a missing modality, never zeros."""
-    from .features.cache import FeatureCache
-    from .features.visual import FaceFeatureExtractor
+    from ..features.cache import FeatureCache
+    from ..features.visual import FaceFeatureExtractor
 
     extractor, cache = FaceFeatureExtractor(), FeatureCache()
 
@@ -235,8 +235,8 @@ def live_encoder_states(audio: np.ndarray, frontend) -> np.ndarray:
 
 
 def degradation_of(name: str | None, key: str):
-    """The degradation named `name` for the clip `key`: a benchmark condition (`egmf_core.degrade.CONDITIONS`),
-    `random:<k>` (training copy k's random chain, `egmf_core.degrade.random_chain`), or None (the clip as recorded)."""
+    """The degradation named `name` for the clip `key`: a benchmark condition (`egmf_core.research.degrade.CONDITIONS`),
+    `random:<k>` (training copy k's random chain, `egmf_core.research.degrade.random_chain`), or None (the clip as recorded)."""
     from .degrade import CONDITIONS, random_chain
 
     if name is None:
@@ -258,9 +258,9 @@ def whisper_audio_lookup(view: str = "clip", loudness_lufs: float | None = None,
     in which the VAD hears no speech has no audio features in the live view (live, it would give no event).
     `loudness_lufs`: the model's input normalization (`FusionConfig.audio_loudness_lufs`). `degradation`: a channel
     condition applied to the file's audio first (`degradation_of`), as a phone line or a codec would."""
-    from .features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
-    from .features.cache import ExtractorId, FeatureCache
-    from .features.segmenter import SegmenterConfig
+    from ..features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
+    from ..features.cache import ExtractorId, FeatureCache
+    from ..features.segmenter import SegmenterConfig
 
     if view not in AUDIO_VIEWS:
         raise ValueError(f"audio view: expected one of {', '.join(AUDIO_VIEWS)}, got {view!r}")
@@ -301,7 +301,7 @@ def whisper_audio_lookup(view: str = "clip", loudness_lufs: float | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.evaluate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.evaluate", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default", help="checkpoint file, or 'default' for the shipped one")
     ap.add_argument("--dataset", required=True, choices=EVAL_DATASETS + tuple(MMSA_DATASETS))
     ap.add_argument("--label-set", default=None, help="emotion labels offered (default: RAVDESS's own for ravdess, "

@@ -1,4 +1,4 @@
-"""`python -m egmf_core.train --config configs/default.yaml [--resume]`: joint LoRA + fusion training.
+"""`python -m egmf_core.research.train --config configs/default.yaml [--resume]`: joint LoRA + fusion training.
 
 Mixes MELD (text, past-only dialogue context, emotion + sentiment) with RAVDESS (speech: Whisper encoder states,
 8-class emotion, no sentiment), evaluates on the dev splits after every epoch, keeps the best checkpoint by the mean
@@ -28,10 +28,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import load_weights, save_checkpoint
-from .config import ConfigError, EGMFConfig, build_dataclass
-from .data import DATASETS, DatasetError, MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
-from .data.mmsa import MMSA_DATASETS, MmsaDataset
+from ..checkpoint import load_weights, save_checkpoint
+from ..config import ConfigError, EGMFConfig, build_dataclass
+from ..data import DATASETS, DatasetError, MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
+from ..data.mmsa import MMSA_DATASETS, MmsaDataset
 from .evaluate import (
     AUDIO_VIEWS,
     MMSA_SCORING,
@@ -43,7 +43,7 @@ from .evaluate import (
     whisper_audio_lookup,
 )
 from .examples import AudioFeaturePack, Example, build_examples, text_length
-from .model import EGMFModel
+from ..model import EGMFModel
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,10 @@ class DataConfig:
     ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
     ravdess_limit: int | None = None  # the first N clips of each RAVDESS split (smoke runs), None = all
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
-    # Which audio the RAVDESS clips give (egmf_core.evaluate.whisper_audio_lookup): "clip", the whole file as the
+    # Which audio the RAVDESS clips give (egmf_core.research.evaluate.whisper_audio_lookup): "clip", the whole file as the
     # shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the model gets live).
     ravdess_audio: str = "clip"
-    # Extra copies of every RAVDESS training clip, each through its own random channel chain (egmf_core.degrade.
+    # Extra copies of every RAVDESS training clip, each through its own random channel chain (egmf_core.research.degrade.
     # random_chain: room, gain or limiter, noise, phone line or codec), so the audio branch learns the voice rather
     # than one studio's level and room. 0 = the clips as recorded only.
     ravdess_degraded_copies: int = 0
@@ -210,7 +210,7 @@ def load_splits(
                  else whisper_audio_lookup(d.ravdess_audio, loudness))
         if d.audio_pack and audio.view != d.ravdess_audio:
             raise ConfigError(f"data.audio_pack holds features of {audio.view} audio but data.ravdess_audio is "
-                              f"{d.ravdess_audio!r} (python -m egmf_core.pack_audio --audio {d.ravdess_audio})")
+                              f"{d.ravdess_audio!r} (python -m egmf_core.research.pack_audio --audio {d.ravdess_audio})")
         rcfg = RavdessConfig(
             data_dir=d.data_dir,
             splits={"train": tuple(d.ravdess_train_actors), "dev": tuple(d.ravdess_dev_actors)},
@@ -494,9 +494,9 @@ def _compact(results: dict) -> dict:
 
 
 def add_machine_args(ap: argparse.ArgumentParser) -> None:
-    """The options that fit a recipe to a machine without editing its YAML (shared with `egmf_core.ablate_retrained`)."""
+    """The options that fit a recipe to a machine without editing its YAML (shared with `egmf_core.research.ablate_retrained`)."""
     ap.add_argument("--device", default=None, help="override model.backbone.device (e.g. cuda)")
-    ap.add_argument("--audio-pack", default=None, help="override data.audio_pack (see python -m egmf_core.pack_audio)")
+    ap.add_argument("--audio-pack", default=None, help="override data.audio_pack (see python -m egmf_core.research.pack_audio)")
     ap.add_argument("--time-budget-minutes", type=float, default=None, help="override train.time_budget_minutes")
 
 
@@ -510,7 +510,7 @@ def apply_machine_args(cfg: RunConfig, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.train", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.train", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True, help="YAML with model/data/train sections (see configs/default.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.safetensors")
     ap.add_argument("--out-dir", default=None, help="override train.out_dir")

@@ -22,7 +22,7 @@ from typing import Callable
 import av
 import numpy as np
 
-from .features.loudness import normalize_loudness
+from ..features.loudness import normalize_loudness
 
 SAMPLE_RATE = 16_000
 #: Bump when a condition or the random chain changes what it gives for the same clip and seed: cached features of

@@ -1,13 +1,13 @@
-"""`python -m egmf_core.ablate_retrained --config configs/ablation_fusion.yaml [--variants ...] [--seeds 0 1]`.
+"""`python -m egmf_core.research.ablate_retrained --config configs/ablation_fusion.yaml [--variants ...] [--seeds 0 1]`.
 
 The paper's ablation study as the paper runs it: every variant is trained from scratch without the part (same
-recipe, data, seed and number of steps, selected on dev as `egmf_core.train` does), then scored on the test split.
-`egmf_core.ablate` answers a different question (how much one trained checkpoint relies on each part, removed at
+recipe, data, seed and number of steps, selected on dev as `egmf_core.research.train` does), then scored on the test split.
+`egmf_core.research.ablate` answers a different question (how much one trained checkpoint relies on each part, removed at
 inference); the two tables are complementary.
 
 The recipe is the config's, and its `train.lm_weight` decides how the variants are scored:
 - answer loss (lm_weight > 0, e.g. configs/default.yaml): LoRA + fusion trained jointly, scored by the LLM's answers
-  with `egmf_core.evaluate`'s code: the paper's setting. Hours per variant on a CPU; practical on a GPU.
+  with `egmf_core.research.evaluate`'s code: the paper's setting. Hours per variant on a CPU; practical on a GPU.
 - fusion only (lm_weight 0, configs/ablation_fusion.yaml): the fusion stack trained through the auxiliary emotion
   head on f_enhanced (the vector the pseudo tokens are projected from), scored by that head's argmax over the
   dataset's labels. No LLM pass, so a variant takes minutes on a CPU. It measures what each part contributes to the
@@ -37,13 +37,13 @@ import torch
 
 from .ablate import REGRESSION_COLUMNS, VARIANT_NAMES, VARIANTS, Variant, not_applicable, scores, scores_line
 from .analysis import DatasetSpec, ExampleSets, command_line, fmt_triple, markdown_table, progress
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, EGMFConfig, build_dataclass
-from .data import DatasetError
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..config import ConfigError, EGMFConfig, build_dataclass
+from ..data import DatasetError
 from .evaluate import AUDIO_VIEWS, predict_examples, report
 from .examples import Example
 from .metrics import classification_report, expert_similarity, gate_report
-from .model import EGMFModel
+from ..model import EGMFModel
 from .train import RunConfig, Trainer, add_machine_args, apply_machine_args
 
 MODALITIES: tuple[str, ...] = ("audio", "video", "text")
@@ -117,7 +117,7 @@ def modalities_present(examples: Sequence[Example]) -> set[str]:
 
 
 def test_datasets(cfg: RunConfig, ravdess_audio: Sequence[str] = ()) -> list[DatasetSpec]:
-    """The datasets the recipe trains on that `egmf_core.evaluate` can score: their test splits are the table.
+    """The datasets the recipe trains on that `egmf_core.research.evaluate` can score: their test splits are the table.
     RAVDESS is scored on each audio view in `ravdess_audio` (default: the one the recipe trains on)."""
     specs = [DatasetSpec("meld")] if cfg.data.meld else []
     if cfg.data.ravdess:
@@ -195,7 +195,7 @@ def recorded_runs(reports: Sequence[Path]) -> dict[tuple[str, int], RecordedRun]
                 for run in row.get("runs", []):
                     out[(row["variant"], run["seed"])] = RecordedRun(run, Path(path), report["datasets"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"--reuse {path}: not a report of python -m egmf_core.ablate_retrained ({exc})") from exc
+            raise ConfigError(f"--reuse {path}: not a report of python -m egmf_core.research.ablate_retrained ({exc})") from exc
     return out
 
 
@@ -339,7 +339,7 @@ at inference."""
 HEADER_ANSWERS = """\
 **Retrained ablations.** Every row is trained from scratch without the part (LoRA + fusion, answer loss), with the
 same recipe, data, seeds and number of steps, selected on dev, and scored by the LLM's answers on the test split with
-`egmf_core.evaluate`'s code, as the paper's ablation table. Complements `ablations.md` (parts removed at inference)."""
+`egmf_core.research.evaluate`'s code, as the paper's ablation table. Complements `ablations.md` (parts removed at inference)."""
 
 
 def render_markdown(result: dict, command: str) -> str:
@@ -398,7 +398,7 @@ def _metric_columns(full_scores: dict) -> list[tuple[str, str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.ablate_retrained", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.ablate_retrained", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/ablation_fusion.yaml", help="the training recipe every variant uses")
     ap.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=list(VARIANT_NAMES),
                     help="variants to train, in this order (default: all); the full model always is, and comes first")
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         variants = [by_name["full"]] + [by_name[n] for n in dict.fromkeys(args.variants) if n != "full"]
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = command_line("egmf_core.ablate_retrained", argv)
+        command = command_line("egmf_core.research.ablate_retrained", argv)
 
         def write(result: dict) -> None:
             out.write_text(render_markdown(result, command))

@@ -1,8 +1,8 @@
-"""`python -m egmf_core.gate_analysis --checkpoint <path|default> [--datasets meld ravdess] [--limit N] [--out-dir DIR]`.
+"""`python -m egmf_core.research.gate_analysis --checkpoint <path|default> [--datasets meld ravdess] [--limit N] [--out-dir DIR]`.
 
 Does the hierarchical gate route? The paper's case for expert-guided fusion breaks when the gate weights alpha
 collapse onto one expert, when the experts compute the same thing, or when alpha hardly changes with the input. This
-scores each dataset once with `egmf_core.evaluate`'s code and reports, per dataset and per gold emotion, the mean
+scores each dataset once with `egmf_core.research.evaluate`'s code and reports, per dataset and per gold emotion, the mean
 weight of each expert and the gate's entropy, the experts' mean pairwise output cosine, the across-utterance spread
 of alpha and a rank test of alpha across gold emotions, with a flag for each break condition. The MMSA sentiment
 benchmarks (`--datasets mosei`, ...) have no emotion labels: there the groups are the sign of the gold sentiment score
@@ -39,8 +39,8 @@ from .analysis import (
     parse_mmsa_folders,
     progress,
 )
-from .checkpoint import CheckpointError, checkpoint_version, load_checkpoint
-from .data import DatasetError
+from ..checkpoint import CheckpointError, checkpoint_version, load_checkpoint
+from ..data import DatasetError
 from .evaluate import predict_examples
 from .metrics import expert_similarity, gate_report
 
@@ -187,7 +187,7 @@ def _num(x: float | None, spec: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.gate_analysis", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.gate_analysis", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default", help="checkpoint file, or 'default' for the shipped one")
     add_dataset_args(ap)
     ap.add_argument("--out-dir", default="benchmarks/results", help="where gate_analysis.md/.json and the PNG go")
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out_dir / "gate_analysis.json").write_text(json.dumps(result))
-    (out_dir / "gate_analysis.md").write_text(render_markdown(result, command_line("egmf_core.gate_analysis", argv), image.name))
+    (out_dir / "gate_analysis.md").write_text(render_markdown(result, command_line("egmf_core.research.gate_analysis", argv), image.name))
     progress(f"report: {out_dir / 'gate_analysis.md'}, {out_dir / 'gate_analysis.json'}, {image}")
     return 0
 

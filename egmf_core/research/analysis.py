@@ -1,7 +1,7 @@
-"""Shared plumbing of the analysis commands (`egmf_core.ablate`, `egmf_core.gate_analysis`).
+"""Shared plumbing of the analysis commands (`egmf_core.research.ablate`, `egmf_core.research.gate_analysis`).
 
-Both score checkpoints on several datasets with exactly `egmf_core.evaluate`'s code, so their numbers are the ones
-`python -m egmf_core.evaluate` prints. What lives here is what they have in common beyond that: the dataset and
+Both score checkpoints on several datasets with exactly `egmf_core.research.evaluate`'s code, so their numbers are the ones
+`python -m egmf_core.research.evaluate` prints. What lives here is what they have in common beyond that: the dataset and
 limit options, building each dataset's examples once (tokenized turns and audio features, the slow part to load)
 for every model scored on them, and Markdown tables. The MMSA sentiment benchmarks (mosi, mosei, sims, simsv2) are
 scored like `evaluate --dataset mosei`: from a converted folder, with MMSA's regression metrics.
@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .data import UtteranceRecord
-from .data.mmsa import MMSA_DATASETS, MmsaDataset
+from ..data import UtteranceRecord
+from ..data.mmsa import MMSA_DATASETS, MmsaDataset
 from .evaluate import (
     AUDIO_VIEWS,
     EVAL_DATASETS,
@@ -28,7 +28,7 @@ from .evaluate import (
     whisper_audio_lookup,
 )
 from .examples import AudioLookup, Example
-from .model import EGMFModel
+from ..model import EGMFModel
 
 DEFAULT_DATASETS: tuple[str, ...] = ("meld", "ravdess")
 ANALYSIS_DATASETS: tuple[str, ...] = EVAL_DATASETS + tuple(MMSA_DATASETS)

@@ -1,4 +1,4 @@
-"""`python -m egmf_core.distill_aux --checkpoint default --out PATH`: fit the auxiliary head to the LLM's answers.
+"""`python -m egmf_core.research.distill_aux --checkpoint default --out PATH`: fit the auxiliary head to the LLM's answers.
 
 `EGMFModel.score` folds into its prompt pass the answer trees of the labels the fusion stack's auxiliary head ranks
 highest (`EGMFModel.folded_answers`); when the LLM's first answer token is none of them, a second LLM pass runs
@@ -33,11 +33,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, read_file, resolve, write_file
-from .data import DatasetError
+from ..checkpoint import CheckpointError, read_file, resolve, write_file
+from ..data import DatasetError
 from .evaluate import dataset_examples, live_encoder_states
 from .examples import Example, text_length
-from .model import EGMFModel
+from ..model import EGMFModel
 
 HEAD_KEYS = ("fusion.aux_head.weight", "fusion.aux_head.bias")
 ESPEAK_VOICES = ("en-us", "en-gb+f3", "en-us+m3", "en+f2")  # alternated, each at its own rate
@@ -83,7 +83,7 @@ def spoken(examples: Sequence[Example], workdir: Path, frontend) -> list[Example
     """`examples` with audio: each utterance's words spoken by espeak-ng (voices and rates alternated), encoded by
     `frontend` (a `WhisperFrontend` with the live window) as the live pipeline encodes a turn (`live_encoder_states`).
     Utterances in which the VAD hears no speech keep no audio."""
-    from .features.audio import load_audio
+    from ..features.audio import load_audio
 
     out = []
     for i, ex in enumerate(examples):
@@ -201,7 +201,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.distill_aux", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.distill_aux", description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="default", help="checkpoint file, or 'default' for the shipped one")
     ap.add_argument("--out", required=True, help="where to write the checkpoint with the distilled head "
                                                  "(may be the --checkpoint file itself)")
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, DatasetError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result["command"] = "python -m egmf_core.distill_aux " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["command"] = "python -m egmf_core.research.distill_aux " + " ".join(sys.argv[1:] if argv is None else argv)
     report = Path(args.report)
     report.parent.mkdir(parents=True, exist_ok=True)
     report.with_suffix(".json").write_text(json.dumps(result, indent=2))
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(checkpoint: str, out: Path, cfg: DistillConfig) -> dict:
     import platform
 
-    from .predictor import EGMFPredictor
+    from ..predictor import EGMFPredictor
 
     t0 = time.perf_counter()
     source = resolve(checkpoint)
@@ -246,8 +246,8 @@ def run(checkpoint: str, out: Path, cfg: DistillConfig) -> dict:
         if shutil.which("espeak-ng") is None:
             raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng), or pass --espeak 0 "
                                "--dev-espeak 0")
-        from .features.audio import WhisperFrontend, WhisperFrontendConfig
-        from .features.live_cut import LIVE_WINDOW_S
+        from ..features.audio import WhisperFrontend, WhisperFrontendConfig
+        from ..features.live_cut import LIVE_WINDOW_S
 
         frontend = WhisperFrontend(WhisperFrontendConfig(  # loaded once
             window_s=LIVE_WINDOW_S, loudness_lufs=model.cfg.fusion.audio_loudness_lufs))
@@ -275,7 +275,7 @@ def run(checkpoint: str, out: Path, cfg: DistillConfig) -> dict:
         "loss_first": losses[0], "loss_last": losses[-1],
         "dev": {p.name: {"n": len(p), "before": hit_rates(w0, b0, p), "after": hit_rates(w, b, p)} for p in dev},
     }
-    note = {"what": "aux head refit to the LLM's first-answer-token distribution (egmf_core.distill_aux)",
+    note = {"what": "aux head refit to the LLM's first-answer-token distribution (egmf_core.research.distill_aux)",
             "train_sizes": result["train_sizes"], "steps": cfg.steps,
             "dev_top3_after": {k: v["after"]["top3"] for k, v in result["dev"].items()}}
     write_checkpoint(source, out, w, b, note)

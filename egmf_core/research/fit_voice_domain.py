@@ -1,4 +1,4 @@
-"""`python -m egmf_core.fit_voice_domain --checkpoint CKPT --out CKPT`: fit which voices the audio can be trusted on.
+"""`python -m egmf_core.research.fit_voice_domain --checkpoint CKPT --out CKPT`: fit which voices the audio can be trusted on.
 
 The voice prior (`egmf_core.audio_prior`) and the audio branch learned emotion from the voices of RAVDESS actors
 01-10; on other voices (interviews, the MEAD actors) their reading was mostly "anger" or "joy" with high confidence.
@@ -8,7 +8,7 @@ unfamiliar voice from its words, face and context instead (`AudioPrior.familiar`
 1. The subspace: the top `--components` principal directions of the prior's own training pool (actors 01-10 live
    cuts, clean and the channel-degraded copies training made), in the prior's standardized coordinates.
 2. The threshold: the largest mean squared residual outside that subspace among the development actors 11-12 (never
-   trained on) under every benchmark channel condition (`egmf_core.degrade.CONDITIONS`: level, limiter, loudness,
+   trained on) under every benchmark channel condition (`egmf_core.research.degrade.CONDITIONS`: level, limiter, loudness,
    phone, MP3, noise): no held-out RAVDESS speaker under a condition a user has is called unfamiliar. The test actors
    13-16 and the real recordings in ../shared/data/media play no part.
 
@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .audio_prior import METADATA_KEY, AudioPrior, voice_statistics
-from .checkpoint import read_audio_prior, read_file, write_file
+from ..audio_prior import METADATA_KEY, AudioPrior, voice_statistics
+from ..checkpoint import read_audio_prior, read_file, write_file
 from .degrade import CONDITIONS
 from .evaluate import dataset_examples, whisper_audio_lookup
 from .fit_audio_prior import DEV_ACTORS, actor_of
@@ -47,7 +47,7 @@ def residuals(prior: AudioPrior, states: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.fit_voice_domain", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_voice_domain", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--components", type=int, default=32, help="principal directions of the familiar subspace")
@@ -56,11 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--report", default="benchmarks/results/voice_domain_fit", help="report path without extension")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    from .checkpoint import load_checkpoint
+    from ..checkpoint import load_checkpoint
 
     prior = read_audio_prior(args.checkpoint)
     if prior is None:
-        raise SystemExit(f"{args.checkpoint}: no voice prior to add a domain to (python -m egmf_core.fit_audio_prior)")
+        raise SystemExit(f"{args.checkpoint}: no voice prior to add a domain to (python -m egmf_core.research.fit_audio_prior)")
     model = load_checkpoint(args.checkpoint)
     lufs = model.cfg.fusion.audio_loudness_lufs
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Familiar voices: the voice prior's domain (RAVDESS actors 01-12; no test actor)", "",
-             f"`python -m egmf_core.fit_voice_domain --checkpoint {args.checkpoint} --out {args.out}`; "
+             f"`python -m egmf_core.research.fit_voice_domain --checkpoint {args.checkpoint} --out {args.out}`; "
              f"{report['seconds']:.0f} s. Subspace: {args.components} principal directions of the prior's training "
              f"pool; threshold = the largest dev residual: **{threshold:.3f}**.", "",
              "| group | n | median | p95 | max |", "|---|---|---|---|---|"]
