@@ -162,7 +162,9 @@ def test_end_to_end_with_the_real_predictor(tmp_path, real_analyzer):
     utts = [e for e in events if isinstance(e, UtteranceEvent)]
     assert len(utts) == len(turns)
     for u in utts:
-        assert u.modalities.audio and u.modalities.text and not u.modalities.video
+        # espeak-ng voices are unlike the voices the audio was learned from: answered from the words, and the event
+        # says the audio was not used (egmf_core.audio_prior.AudioPrior.familiar; tests/test_audio_prior.py)
+        assert u.modalities.text and not u.modalities.audio and not u.modalities.video
         assert math.isclose(sum(u.emotion.probs.values()), 1.0, abs_tol=1e-3)
         assert len(u.gate_alpha) == 3 and u.model_version
 
