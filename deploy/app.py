@@ -489,5 +489,5 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
     asr = ASR.bind(a.whisper_model_path, a.asr_cpu_threads, a.language, a.asr_window_s, a.asr_device,
                    model_cfg.fusion.audio_loudness_lufs, health_cache_s=a.health_cache_s)
     model = ModelServer.bind(a.checkpoint, a.device, a.engines, a.torch_threads, a.max_batch_size,
-                           a.batch_wait_timeout_s, health_cache_s=a.health_cache_s)
+                           a.batch_wait_timeout_s, health_cache_s=a.health_cache_s, llm_precision=a.llm_precision)
     return Ingress.bind(asr, model, a.model_dump())

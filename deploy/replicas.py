@@ -113,7 +113,7 @@ class ModelServer:
 
     def __init__(self, checkpoint: str = "default", device: str | None = None, engines: str | None = None,
                  torch_threads: int = 1, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01,
-                 health_cache_s: float = 30.0):
+                 health_cache_s: float = 30.0, llm_precision: str = "auto"):
         import torch
 
         from egmf_core.predictor import EGMFPredictor
@@ -122,7 +122,8 @@ class ModelServer:
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         prepare = engines_preparer(engines) if engines else None  # the exported engines, where the config names them
-        self.predictor = EGMFPredictor.load(checkpoint, device=device, prepare=prepare)
+        self.predictor = EGMFPredictor.load(checkpoint, device=device, prepare=prepare,
+                                             llm_precision=llm_precision)
         self.predictor.warm_up()
         self._batch.set_max_batch_size(max_batch_size)
         self._batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -199,7 +200,8 @@ class ModelServer:
 
     async def health(self) -> dict[str, Any]:
         age = await asyncio.to_thread(self._health.check)
-        return {"last_success_s": round(age, 1), "batches": self.stats()}
+        return {"last_success_s": round(age, 1), "llm_precision": self.predictor.llm_precision,
+                "batches": self.stats()}
 
     async def check_health(self) -> None:
         await asyncio.to_thread(self._health.check)

@@ -40,6 +40,9 @@ class AppArgs(BaseModel):
     #: Torch device of the EGMF model ("cpu", "cuda"); None = CUDA if available.
     device: str | None = None
     torch_threads: int = 1
+    #: Number format of the LLM's matmuls on CPU (egmf_core.precision): "auto" = bfloat16 where the CPU has
+    #: AVX512-BF16/AMX, else fp32 (the reference); "fp32"; "bf16".
+    llm_precision: Literal["auto", "fp32", "bf16"] = "auto"
     whisper_model_path: str | None = None
     asr_cpu_threads: int = 1
     #: Recognizer encoder window (see streaming.analyzer.EGMFAnalyzerConfig.asr_window_s) and device ("cuda" on GPU).

@@ -167,15 +167,15 @@ class EGMFModel(nn.Module):
         self._merged = True
         return True
 
-    def use_transposed_linear_weights(self) -> int:
-        """Serving on CPU: replace the decoder layers' linear projections by `serving.TransposedLinear` (same
-        outputs, within float rounding; faster few-row matmuls). Only for a model whose LoRA is merged (or that has
-        none): adapters kept apart (several languages) need peft's layers, so such a model is left as it is.
-        Returns how many layers were replaced."""
+    def use_transposed_linear_weights(self, dtype: torch.dtype = torch.float32) -> int:
+        """Serving on CPU: replace the decoder layers' linear projections by `serving.TransposedLinear` with weights
+        in ``dtype`` (fp32: same outputs within float rounding, faster few-row matmuls; bfloat16: see
+        `egmf_core.precision`). Only for a model whose LoRA is merged (or that has none): adapters kept apart (several
+        languages) need peft's layers, so such a model is left as it is. Returns how many layers were replaced."""
         if isinstance(self.llm, PeftModel) and not self._merged:
             return 0
         base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        n = transpose_linear_weights(base.get_decoder())
+        n = transpose_linear_weights(base.get_decoder(), dtype)
         self._kv.clear()
         return n
 

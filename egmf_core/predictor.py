@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel
 from .model_io import ModelInput, Prediction
+from .precision import resolve_precision
 from .conversation import Conversation
 from .prompt import Turn
 
@@ -45,9 +47,11 @@ class PendingTurn:
 
 
 class EGMFPredictor:
-    def __init__(self, model: EGMFModel, version: str):
+    def __init__(self, model: EGMFModel, version: str, llm_precision: str = "fp32"):
         self.model = model
         self.version = version
+        #: The number format of the LLM's projections as loaded ("fp32" or "bf16"; `egmf_core.precision`).
+        self.llm_precision = llm_precision
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
         # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
         self._primer = (ThreadPoolExecutor(1, thread_name_prefix="egmf-prime")
@@ -62,14 +66,17 @@ class EGMFPredictor:
     @classmethod
     def load(
         cls, checkpoint: str | Path = "default", device: str | None = None,
-        prepare: Callable[[EGMFModel, Path], str] | None = None,
+        prepare: Callable[[EGMFModel, Path], str] | None = None, llm_precision: str = "fp32",
     ) -> "EGMFPredictor":
         """Load a checkpoint for serving. `prepare(model, checkpoint_path)` runs on the loaded model before it is
         frozen for inference and returns a suffix for the model version: the caller's choice of runtime, e.g.
         `export.runner.engines_preparer("engines/")` (the fusion stack in onnxruntime / TensorRT, the LLM the
         exported LoRA-merged one); this library does not know the export package. Otherwise the LoRA is merged into
         the LLM in memory (`EGMFModel.merge_lora_for_inference`), and on CPU its linear layers keep their weights
-        transposed (`EGMFModel.use_transposed_linear_weights`), so the model this returns is for inference only."""
+        transposed (`EGMFModel.use_transposed_linear_weights`), so the model this returns is for inference only.
+
+        ``llm_precision`` ("fp32", "bf16" or "auto": `egmf_core.precision`): the number format of those layers on
+        CPU. fp32, the reference, is the default here (evaluation, tests); the CLI and the service ask for "auto"."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
@@ -78,9 +85,12 @@ class EGMFPredictor:
             version += prepare(model, path)
         model.eval()
         model.merge_lora_for_inference()
-        if model.device.type == "cpu":
-            model.use_transposed_linear_weights()
-        return cls(model, version)
+        precision = resolve_precision(llm_precision, model.device.type)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if model.device.type == "cpu" and model.use_transposed_linear_weights(dtype) == 0:
+            precision = "fp32"  # adapters kept apart (several languages): peft's layers, in fp32
+        log.info("EGMF model %s: LLM projections in %s (requested %s)", version, precision, llm_precision)
+        return cls(model, version, precision)
 
     def warm_up(self) -> None:
         """Score one throw-away utterance (1 s of zero audio features, a short text): the first pass pays for lazy

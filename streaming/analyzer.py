@@ -23,6 +23,7 @@ import numpy as np
 
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
 from egmf_core.features.segmenter import SpeechSegment
+from egmf_core.precision import PRECISIONS
 
 from .analysis import Recognition, analyze_utterance, prediction_fields
 from .face import FaceModel
@@ -50,7 +51,8 @@ class EGMFAnalyzerConfig:
     the shipped checkpoint's last training stage learned from live cuts in the 10 s window (its earlier stages from
     whole clips in 30 s). ``frame_s``: room tone the recognizer and the audio branch get on each side of the speech
     (``egmf_core.features.live_cut.utterance_audio``); the default is the training clips' framing, 0 gives them the
-    segmenter's cut alone."""
+    segmenter's cut alone. ``llm_precision``: the number format of the LLM's projections (``egmf_core.precision``:
+    "auto" runs bfloat16 on CPUs with native bf16, else the fp32 reference)."""
 
     checkpoint: str = "default"
     whisper_model_path: str | None = None
@@ -60,10 +62,13 @@ class EGMFAnalyzerConfig:
     cpu_threads: int = 1
     asr_window_s: float = LIVE_WINDOW_S
     frame_s: float = TRAINING_FRAME_S
+    llm_precision: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.frame_s >= 0:
             raise ValueError(f"frame_s: expected seconds >= 0, got {self.frame_s}")
+        if self.llm_precision not in PRECISIONS:
+            raise ValueError(f"llm_precision: expected one of {', '.join(PRECISIONS)}, got {self.llm_precision!r}")
 
 
 class EGMFUtteranceAnalyzer:
@@ -84,7 +89,7 @@ class EGMFUtteranceAnalyzer:
             except ImportError as e:
                 raise ModelUnavailableError(f"EGMF predictor unavailable: {e}") from e
             try:
-                predictor = EGMFPredictor.load(cfg.checkpoint)
+                predictor = EGMFPredictor.load(cfg.checkpoint, llm_precision=cfg.llm_precision)
             except (OSError, RuntimeError, ValueError, KeyError) as e:
                 raise ModelUnavailableError(f"cannot load EGMF checkpoint {cfg.checkpoint!r}: {e}") from e
         # the recognizer normalizes audio as the checkpoint was trained; a predictor that does not say (a stand-in in

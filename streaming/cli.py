@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-s", type=float, default=TRAINING_FRAME_S,
                    help="seconds of room tone given to the recognizer and the model on each side of an utterance's "
                         "speech (default 1.0: the framing of the clips the model was trained on; 0: the VAD's cut)")
+    p.add_argument("--llm-precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="number format of the LLM's matmuls on CPU (default auto: bfloat16 where the CPU has "
+                        "AVX512-BF16/AMX, else fp32, the reference; the labels agree, see "
+                        "benchmarks/results/llm_precision.md)")
     p.add_argument("--no-speculation", action="store_true",
                    help="live input: analyze an utterance only after the VAD's end-of-speech hangover, not during it "
                         "(events come ~240 ms later; no work is spent on pauses that turn out not to be ends)")
@@ -156,7 +160,8 @@ def make_analyzer(args: argparse.Namespace) -> UtteranceAnalyzer:
 
     return EGMFUtteranceAnalyzer(EGMFAnalyzerConfig(
         checkpoint=args.checkpoint, whisper_model_path=args.whisper_model, language=args.language,
-        use_video=not args.no_video, asr_window_s=args.asr_window_s, frame_s=args.frame_s))
+        use_video=not args.no_video, asr_window_s=args.asr_window_s, frame_s=args.frame_s,
+        llm_precision=args.llm_precision))
 
 
 def _configure_logging(verbosity: int) -> None:

@@ -1,0 +1,59 @@
+"""Which number format the LLM's matmuls run in on CPU, chosen at start-up from what the CPU can do.
+
+The prompt pass is most of an utterance's analysis, and almost all of it is the decoder layers' linear projections.
+On a CPU with AVX512-BF16 or AMX-BF16, oneDNN runs a bfloat16 matmul (fp32 accumulation) much faster than an fp32
+one; without those instructions bfloat16 is emulated and slower, so fp32 stays. Only the projections' weights and
+inputs are bfloat16 (`serving.TransposedLinear`): residual stream, norms, attention, the KV cache and the answer logits
+stay fp32, which keeps the answers those of the fp32 reference (`benchmarks/bench_llm_precision.py` measures the
+agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
+
+- ``"fp32"``: the reference; training and evaluation always use it.
+- ``"bf16"``: bfloat16 projections, whatever the CPU (slow where emulated: for checks, not for serving).
+- ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16, else fp32. What the CLI and the service use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, get_args
+
+__all__ = ["PRECISIONS", "LlmPrecision", "cpu_has_bf16", "resolve_precision"]
+
+LlmPrecision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(LlmPrecision)
+
+#: /proc/cpuinfo flags of native bfloat16 dot products (Intel Cooper Lake+/Sapphire Rapids+, AMD Zen 4+).
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The first CPU's feature flags (empty where /proc/cpuinfo cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    return bool(BF16_FLAGS & cpu_flags(cpuinfo))
+
+
+def resolve_precision(requested: str, device_type: str = "cpu",
+                      cpuinfo: str | Path = "/proc/cpuinfo") -> Literal["fp32", "bf16"]:
+    """The precision to run: ``requested`` with ``"auto"`` decided by the CPU. Off the CPU (``device_type`` "cuda")
+    the LLM keeps its fp32 weights here: a GPU is served by the exported engines (`python -m export`).
+
+    No torch import here: the streaming layer validates its configuration with this module before loading models."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"llm_precision: expected one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if device_type != "cpu":
+        return "fp32"
+    if requested == "auto":
+        return "bf16" if cpu_has_bf16(cpuinfo) else "fp32"
+    return requested  # type: ignore[return-value]
+

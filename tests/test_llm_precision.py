@@ -1,0 +1,89 @@
+"""The LLM's number format on CPU (`egmf_core.precision`): chosen from the CPU's flags, validated where users set it,
+and giving the fp32 reference's labels on a fixed sample of real utterances (MELD test words, RAVDESS test voices)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from egmf_core.precision import cpu_has_bf16, resolve_precision
+from egmf_core.serving import TransposedLinear
+
+#: Largest emotion-probability difference bf16 may make on the fixed sample (the full MELD/RAVDESS test comparison,
+#: benchmarks/results/llm_precision.md, stays well under it).
+PROB_TOLERANCE = 0.05
+
+
+def _cpuinfo(path, flags: str):
+    """A /proc/cpuinfo as Linux writes it (first processor's block with its flags line)."""
+    path.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\n")
+    return path
+
+
+def test_auto_picks_bf16_only_where_the_cpu_has_it(tmp_path) -> None:
+    native = _cpuinfo(tmp_path / "native", "avx512f avx512_bf16")
+    plain = _cpuinfo(tmp_path / "plain", "avx512f avx512_vnni")
+    assert cpu_has_bf16(native) and not cpu_has_bf16(plain)
+    assert resolve_precision("auto", "cpu", native) == "bf16"
+    assert resolve_precision("auto", "cpu", plain) == "fp32"
+    assert resolve_precision("bf16", "cpu", plain) == "bf16"  # asked for explicitly: emulated, but honoured
+    assert resolve_precision("fp32", "cpu", native) == "fp32"
+    assert resolve_precision("auto", "cuda", native) == "fp32"  # a GPU is served by the exported engines
+    assert resolve_precision("auto", "cpu", tmp_path / "missing") == "fp32"  # no /proc/cpuinfo: the reference
+    with pytest.raises(ValueError, match="llm_precision: expected one of auto, fp32, bf16, got 'fp16'"):
+        resolve_precision("fp16")
+
+
+def test_bad_precision_is_refused_where_users_set_it() -> None:
+    from pydantic import ValidationError
+
+    from deploy.settings import AppArgs
+    from streaming.analyzer import EGMFAnalyzerConfig
+    from streaming.cli import build_parser
+
+    with pytest.raises(ValueError, match="llm_precision"):
+        EGMFAnalyzerConfig(llm_precision="int4")
+    with pytest.raises(ValidationError, match="llm_precision"):
+        AppArgs(llm_precision="fp16")
+    assert AppArgs().llm_precision == "auto" and EGMFAnalyzerConfig().llm_precision == "auto"
+    parser = build_parser()
+    assert parser.parse_args(["--file", "x.wav"]).llm_precision == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--file", "x.wav", "--llm-precision", "fp16"])
+
+
+def test_bf16_projection_stays_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(576, 1536)
+    x = torch.randn(3, 40, 576)
+    ref = linear(x)
+    low = TransposedLinear(linear, torch.bfloat16)
+    assert low.weight_t.dtype == torch.bfloat16 and low.bias.dtype == torch.float32
+    y = low(x)
+    assert y.dtype == torch.float32 and y.shape == ref.shape
+    rel = (y - ref).norm() / ref.norm()
+    assert 0 < rel < 1e-2  # rounded (bf16 keeps 8 bits of mantissa), not broken
+    assert torch.allclose(TransposedLinear(linear)(x), ref, atol=1e-5)  # fp32: the same outputs
+
+
+@pytest.mark.slow
+def test_bf16_gives_the_fp32_labels_on_real_utterances() -> None:
+    from egmf_core.predictor import EGMFPredictor
+    from egmf_core.research.evaluate import dataset_examples
+
+    torch.set_num_threads(1)
+    ref = EGMFPredictor.load("default", device="cpu", llm_precision="fp32")
+    low = EGMFPredictor.load("default", device="cpu", llm_precision="bf16")
+    assert (ref.llm_precision, low.llm_precision) == ("fp32", "bf16")
+    assert ref.version == low.version  # the same checkpoint: precision is reported apart (health, logs)
+    examples = (dataset_examples(ref.model, "meld", "test", limit=40)
+                + dataset_examples(ref.model, "ravdess", "test", limit=16, audio_view="live"))
+    inputs = [e.input for e in examples]
+    a, b = ref.score(inputs), low.score(inputs)
+    assert [p.emotion for p in a] == [p.emotion for p in b]
+    assert [p.sentiment_label for p in a] == [p.sentiment_label for p in b]
+    diff = max(abs(p.emotion_probs[k] - q.emotion_probs[k]) for p, q in zip(a, b) for k in p.emotion_probs)
+    assert 0 < diff <= PROB_TOLERANCE
+    assert np.allclose([p.alpha for p in a], [p.alpha for p in b])  # the fusion stack is untouched
