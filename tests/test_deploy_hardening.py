@@ -359,6 +359,10 @@ def test_health_reports_each_deployment(service):  # noqa: F811
     assert body["status"] == "ok" and set(body["deployments"]) == {"ASR", "ModelServer"}
     for d in body["deployments"].values():
         assert d["healthy"] and d["last_success_s"] >= 0 and d["ms"] > 0
+    from egmf_core.precision import resolve_precision
+
+    # the LLM's number format the replica runs (config: llm_precision auto, decided by this CPU)
+    assert body["deployments"]["ModelServer"]["llm_precision"] == resolve_precision("auto")
 
 
 def test_health_times_out_per_deployment_503(hung):

@@ -193,8 +193,12 @@ def test_speculative_end_of_utterance_gives_the_same_events(real_analyzer):
     assert counts["used"] == 3 and counts["discarded"] >= 1
     assert counts["started"] == counts["used"] + counts["discarded"]
     assert context == context_plain
+    # The two runs' prompt passes split differently between a kept context cache and the pass itself: fp32 gives
+    # the same numbers within float rounding; bf16 projections (the CLI's default on CPUs with native bf16) round
+    # each projection's output to 8 bits of mantissa, so probabilities may move by a few thousandths.
+    tol = 1e-6 if real_analyzer.predictor.llm_precision == "fp32" else 0.01
     for a, b in zip(plain, spec, strict=True):
         assert (a.utterance_id, a.start, a.end, a.text, a.emotion.label, a.sentiment.label) == \
             (b.utterance_id, b.start, b.end, b.text, b.emotion.label, b.sentiment.label)
-        assert b.emotion.probs == pytest.approx(a.emotion.probs, abs=1e-6)
-        assert b.sentiment.score == pytest.approx(a.sentiment.score, abs=1e-6)
+        assert b.emotion.probs == pytest.approx(a.emotion.probs, abs=tol)
+        assert b.sentiment.score == pytest.approx(a.sentiment.score, abs=tol)
