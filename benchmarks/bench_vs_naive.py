@@ -330,7 +330,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"before, {m['load_average_after'][0]:.2f} after (1 min); other processes used "
         f"{f(m.get('other_processes_cores'), 2)} cores on average over the whole run, this benchmark "
         f"{f(m.get('this_process_cores'), 2)}. Model `{res['model_version']}` on CPU (torch {res['torch']}, "
-        f"{res['torch_threads']} threads).",
+        f"{res['torch_threads']} threads); the live pipeline's LLM projections in "
+        f"{res.get('live_llm_precision', 'fp32')} (the CLI's `--llm-precision auto`), the naive one's in fp32 (the "
+        "model as loaded).",
         "",
         f"One conversation of {res['utterances']} utterances (RAVDESS clips and espeak-ng sentences, as in "
         f"`bench_streaming_latency.py`), streamed at real-time pace in 30 ms blocks {len(res['order'])} times in the "
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), **machine},
         "model_version": loaded[0].version, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "utterances": n, "order": list(ORDER),
+        "live_llm_precision": loaded[0].predictor.llm_precision, "utterances": n, "order": list(ORDER),
         "naive": {"max_new_tokens": naive.max_new_tokens, "whisper_window_s": 30.0, "context": "whole conversation",
                   "lora": "merged (peft merge_adapter)", "answer": "Hugging Face generate, greedy, parsed"},
         "summary": summarize(runs, lambda score: model.prompts.sentiment_label(score)),
