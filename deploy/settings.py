@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from deploy.protocol import InputLimits, VideoLimits
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
+from egmf_core.precision import LlmPrecision
 from streaming.sources.pcm import MIN_PCM_RATE
 
 log = logging.getLogger("deploy")
@@ -42,7 +43,7 @@ class AppArgs(BaseModel):
     torch_threads: int = 1
     #: Number format of the LLM's matmuls on CPU (egmf_core.precision): "auto" = bfloat16 where the CPU has
     #: AVX512-BF16/AMX, else fp32 (the reference); "fp32"; "bf16".
-    llm_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    llm_precision: LlmPrecision = "auto"
     whisper_model_path: str | None = None
     asr_cpu_threads: int = 1
     #: Recognizer encoder window (see streaming.analyzer.EGMFAnalyzerConfig.asr_window_s) and device ("cuda" on GPU).

@@ -56,4 +56,3 @@ def resolve_precision(requested: str, device_type: str = "cpu",
     if requested == "auto":
         return "bf16" if cpu_has_bf16(cpuinfo) else "fp32"
     return requested  # type: ignore[return-value]
-

@@ -24,6 +24,7 @@ from dataclasses import replace
 from typing import Any, TextIO
 
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
+from egmf_core.precision import PRECISIONS
 from .events import ErrorEvent, Event, SpeechStartedEvent, UtteranceEvent
 from .pipeline import StreamAnalyzer, StreamConfig, UtteranceAnalyzer
 from egmf_core.features.segmenter import SegmenterConfig
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame-s", type=float, default=TRAINING_FRAME_S,
                    help="seconds of room tone given to the recognizer and the model on each side of an utterance's "
                         "speech (default 1.0: the framing of the clips the model was trained on; 0: the VAD's cut)")
-    p.add_argument("--llm-precision", choices=("auto", "fp32", "bf16"), default="auto",
+    p.add_argument("--llm-precision", choices=PRECISIONS, default="auto",
                    help="number format of the LLM's matmuls on CPU (default auto: bfloat16 where the CPU has "
                         "AVX512-BF16/AMX, else fp32, the reference; the labels agree, see "
                         "benchmarks/results/llm_precision.md)")
