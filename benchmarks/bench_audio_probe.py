@@ -23,7 +23,6 @@ No test clip, label or statistic chooses anything: C is chosen on dev; n0 is rep
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from bench_support import write_report_files  # noqa: E402  (benchmarks/ is the script's folder)
 
 C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 N0_GRID = (0, 2)
@@ -148,7 +149,8 @@ def raw_accuracy(clf, split: Split, history: History) -> float:
     return 100.0 * clf.score(pooled([split.states[i] for i in kept]), split.labels[kept])
 
 
-def evaluate_histories(clf, split: Split, pop: Population, rng: np.random.Generator) -> dict[str, dict[str, float | None]]:
+def evaluate_histories(clf, split: Split, pop: Population,
+                       rng: np.random.Generator) -> dict[str, dict[str, float | None]]:
     """Accuracy (%) of the raw-trained probe on speaker-mapped test clips, per history row and n0."""
     out: dict[str, dict[str, float | None]] = {}
     for name, histories in history_rows(split, rng).items():
@@ -190,7 +192,8 @@ def model_rows(checkpoint: str, test: Split, pop: Population, rng: np.random.Gen
     out = {}
     for name in MODEL_ROWS:
         kept, states = map_split(test, pop, rows[name][0], MODEL_N0)
-        llm, aux = scores([dataclasses.replace(examples[i], input=dataclasses.replace(examples[i].input, audio=a.astype(np.float32)))
+        llm, aux = scores([dataclasses.replace(examples[i],
+                                               input=dataclasses.replace(examples[i].input, audio=a.astype(np.float32)))
                            for i, a in zip(kept, states)])
         out[name] = {"n": len(kept), "llm_raw": 100.0 * raw_llm[kept].mean(), "llm_mapped": 100.0 * llm.mean(),
                      "aux_raw": 100.0 * raw_aux[kept].mean(), "aux_mapped": 100.0 * aux.mean()}
@@ -258,11 +261,13 @@ def render(res: dict) -> str:
     if res["model_speaker_mapped_test"]:
         lines += [
             "",
-            f"The checkpoint `{res['checkpoint']}` (trained on raw features, not retrained) on the same mapped test clips "
+            f"The checkpoint `{res['checkpoint']}` (trained on raw features, not retrained) on the same mapped test "
+            "clips "
             f"(n0 = {res['model_n0']}, one draw of random histories): 8-class accuracy of its LLM answers and of its "
             "auxiliary emotion head, each next to the same clips unmapped:",
             "",
-            "| speaker history | clips | LLM answers, unmapped | LLM answers, mapped | aux head, unmapped | aux head, mapped |",
+            "| speaker history | clips | LLM answers, unmapped | LLM answers, mapped | aux head, unmapped | "
+            "aux head, mapped |",
             "|---|---|---|---|---|---|",
         ]
         for name, r in res["model_speaker_mapped_test"].items():
@@ -281,11 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="output path without suffix: .json and .md are written")
     args = ap.parse_args(argv)
     res = run(args.limit, args.seed, None if args.checkpoint == "none" else args.checkpoint)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(render(res))
-    print(render(res))
+    write_report_files(Path(args.out), res, render, indent=1, json_end="")
     return 0
 
 

@@ -100,13 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     from export.onnx_export import OUTPUT_NAMES, example_inputs, export_fusion
     from export.runner import FusionEngine
 
-    checkpoint = {"auto": "default" if DEFAULT_CHECKPOINT.is_file() else None, "none": None}.get(args.checkpoint, args.checkpoint)
+    checkpoint = {"auto": "default" if DEFAULT_CHECKPOINT.is_file() else None,
+                  "none": None}.get(args.checkpoint, args.checkpoint)
     stack, source = load_fusion(checkpoint)
     print(f"fusion stack: {source}; {sum(p.numel() for p in stack.parameters()) / 1e6:.2f} M params", flush=True)
     tmpdir = tempfile.TemporaryDirectory(prefix="bench_fusion_")
     tmp = Path(tmpdir.name)
     start = time.perf_counter()
-    onnx_path = export_fusion(stack, tmp / "fusion.onnx", example_inputs(stack.cfg, stack.llm_hidden, float(stack.embed_rms)))
+    onnx_path = export_fusion(stack, tmp / "fusion.onnx",
+                              example_inputs(stack.cfg, stack.llm_hidden, float(stack.embed_rms)))
     print(f"exported {onnx_path.name} in {time.perf_counter() - start:.1f} s", flush=True)
 
     load_before = os.getloadavg()
@@ -114,11 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
-        engine = FusionEngine(onnx_path, stack.cfg, stack.llm_hidden, float(stack.embed_rms), providers=["cpu"], threads=threads)
+        engine = FusionEngine(onnx_path, stack.cfg, stack.llm_hidden, float(stack.embed_rms), providers=["cpu"],
+                              threads=threads)
         assert engine.provider == "CPUExecutionProvider", engine.active_providers
         for seconds in lengths:
             inputs = utterance(stack, seconds)
-            feeds = {n: t.numpy() for n, t in zip(("text_embeds", "text_valid", "audio", "audio_valid", "visual", "visual_valid"), inputs)}
+            names = ("text_embeds", "text_valid", "audio", "audio_valid", "visual", "visual_valid")
+            feeds = {n: t.numpy() for n, t in zip(names, inputs)}
             with torch.inference_mode():
                 ref = stack(*inputs)
                 got = engine(*inputs)
@@ -139,17 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                         calls[name]()
                         times[name].append((time.perf_counter() - t0) * 1000.0)
             row = {"threads": threads, "audio_seconds": seconds,
-                   "shape": {"text_len": int(inputs[0].shape[1]), "audio_len": int(inputs[2].shape[1]), "visual_len": int(inputs[4].shape[1])},
+                   "shape": {"text_len": int(inputs[0].shape[1]), "audio_len": int(inputs[2].shape[1]),
+                             "visual_len": int(inputs[4].shape[1])},
                    **{k: stats(v) for k, v in times.items()}, "max_abs_diff": max_abs}
-            row["ratio_pytorch_over_onnxruntime"] = round(row["pytorch"]["median_ms"] / row["onnxruntime"]["median_ms"], 2)
+            row["ratio_pytorch_over_onnxruntime"] = round(
+                row["pytorch"]["median_ms"] / row["onnxruntime"]["median_ms"], 2)
             rows.append(row)
-            print(f"threads {threads}, {seconds:g} s: PyTorch {row['pytorch']['median_ms']:.2f} ms (p95 {row['pytorch']['p95_ms']:.2f}), "
+            print(f"threads {threads}, {seconds:g} s: PyTorch {row['pytorch']['median_ms']:.2f} ms "
+                  f"(p95 {row['pytorch']['p95_ms']:.2f}), "
                   f"onnxruntime {row['onnxruntime']['median_ms']:.2f} ms (p95 {row['onnxruntime']['p95_ms']:.2f}), "
                   f"ratio {row['ratio_pytorch_over_onnxruntime']:.2f}x", flush=True)
     load_after = os.getloadavg()
     tmpdir.cleanup()
 
-    from bench_streaming_latency import cpu_model  # benchmarks/ is the script's folder
+    from bench_support import cpu_model  # benchmarks/ is the script's folder
 
     cpu = cpu_model()
     result = {
@@ -174,14 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         "(FusionEngine's default): a spinning session made the next PyTorch call on this 2-core machine ~6x slower, "
         "which would also slow the LLM forward that follows the fusion stack in serving.",
         "",
-        "| threads | audio | PyTorch median | PyTorch p95 | onnxruntime median | onnxruntime p95 | ratio | bare session.run median | max abs diff |",
+        "| threads | audio | PyTorch median | PyTorch p95 | onnxruntime median | onnxruntime p95 | ratio | "
+        "bare session.run median | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['threads']} | {r['audio_seconds']:g} s | {r['pytorch']['median_ms']:.2f} ms | {r['pytorch']['p95_ms']:.2f} ms | "
+            f"| {r['threads']} | {r['audio_seconds']:g} s | {r['pytorch']['median_ms']:.2f} ms | "
+            f"{r['pytorch']['p95_ms']:.2f} ms | "
             f"{r['onnxruntime']['median_ms']:.2f} ms | {r['onnxruntime']['p95_ms']:.2f} ms | "
-            f"{r['ratio_pytorch_over_onnxruntime']:.2f}x | {r['onnxruntime_session_run']['median_ms']:.2f} ms | {r['max_abs_diff']:.1e} |"
+            f"{r['ratio_pytorch_over_onnxruntime']:.2f}x | {r['onnxruntime_session_run']['median_ms']:.2f} ms | "
+            f"{r['max_abs_diff']:.1e} |"
         )
     lines += ["", f"Command: `{result['command'].strip()}`", ""]
     (out / "fusion_engines.md").write_text("\n".join(lines))

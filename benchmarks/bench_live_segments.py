@@ -1,19 +1,20 @@
 """What the live cut does to the transcript and the answer: segmenter pre/post-roll and framing vs the whole clip.
 
-    python benchmarks/bench_live_segments.py                  # RAVDESS dev -> benchmarks/results/live_segments.{json,md}
-    python benchmarks/bench_live_segments.py --split test     # -> live_segments_test.{json,md}
+    python benchmarks/bench_live_segments.py               # RAVDESS dev -> benchmarks/results/live_segments.{json,md}
+    python benchmarks/bench_live_segments.py --split test  # -> live_segments_test.{json,md}
     python benchmarks/bench_live_segments.py --settings pre300/post120 pre1000/post60/frame1.0 --limit 40
 
 Live, an utterance is what the VAD segmenter cuts: ``pre_roll_ms`` before the detected start to ``post_roll_ms``
 after the last voiced frame. The analysis waits for that post-roll (the speculative end of utterance starts once it
 is in), so every millisecond of it is a millisecond of latency; too little and word endings are lost. The shipped
 checkpoint was trained on whole RAVDESS clips (about a second of room tone around the sentence), so a tight cut also
-moves its audio input away from what it learned on; ``egmf_core.features.live_cut.utterance_audio`` frames the cut with the
-line's room tone (``frameS``), as the CLI and the service do.
+moves its audio input away from what it learned on; ``egmf_core.features.live_cut.utterance_audio`` frames the cut
+with the line's room tone (``frameS``), as the CLI and the service do.
 
-Each clip, framed by 0.5 s of faint noise, goes through :class:`egmf_core.features.segmenter.VADSegmenter` once per setting,
-and each cut through the live recognizer (faster-whisper tiny.en, the live 10 s window) and the shipped model with
-the recognizer's transcript, as ``python -m streaming`` does; ``clip`` is the whole clip through the same path.
+Each clip, framed by 0.5 s of faint noise, goes through :class:`egmf_core.features.segmenter.VADSegmenter` once per
+setting, and each cut through the live recognizer (faster-whisper tiny.en, the live 10 s window) and the shipped
+model with the recognizer's transcript, as ``python -m streaming`` does; ``clip`` is the whole clip through the same
+path.
 Reported per setting: word error rate against the known sentence, 8-class accuracy, agreement of the answers with
 the first setting, how many clips gave more than one segment (their segments are joined here) or none (no event
 live: counted wrong, every word missed), and the median audio the cut kept after the VAD's end of speech.
@@ -38,7 +39,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_streaming_latency import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_support import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "live_segments"
 ACTORS = {"train": "actors 01-10", "dev": "actors 11-12", "test": "actors 13-16"}
@@ -47,7 +48,8 @@ ACTORS = {"train": "actors 01-10", "dev": "actors 11-12", "test": "actors 13-16"
 @dataclass(frozen=True)
 class Setting:
     """One way to cut a clip: the segmenter's pre-roll and post-roll, and the room tone framed around the speech
-    (``egmf_core.features.live_cut.utterance_audio``: what the CLI and the service give the recognizer and the model)."""
+    (``egmf_core.features.live_cut.utterance_audio``: what the CLI and the service give the recognizer and the
+    model)."""
 
     pre_roll_ms: int
     post_roll_ms: int
@@ -67,8 +69,8 @@ class Setting:
 
 
 def cut(audio: np.ndarray, setting: Setting, window_s: float) -> tuple[np.ndarray, int, float]:
-    """What the live pipeline analyzes for one clip framed by faint noise (``egmf_core.features.live_cut.live_cut``): (audio,
-    number of segments, audio the cut kept after the end of speech in ms)."""
+    """What the live pipeline analyzes for one clip framed by faint noise (``egmf_core.features.live_cut.live_cut``):
+    (audio, number of segments, audio the cut kept after the end of speech in ms)."""
     from egmf_core.features.live_cut import live_cut
     from egmf_core.features.segmenter import SegmenterConfig
 
@@ -155,10 +157,12 @@ def markdown(result: dict) -> str:
         "",
         f"{result['date']}; {result['machine']}. Model `{result['model_version']}`; faster-whisper tiny.en, "
         f"{result['asr_window_s']:g} s window; the recognizer's transcript as the text. Data: {result['data']}, each "
-        "clip framed by 0.5 s of line noise (50 dB under the clip's loudness: live cut v2) and cut by the live VAD segmenter (`clip` = the whole clip, uncut, through "
+        "clip framed by 0.5 s of line noise (50 dB under the clip's loudness: live cut v2) and cut by the live VAD "
+        "segmenter (`clip` = the whole clip, uncut, through "
         "the same path).",
         "",
-        f"| cut | audio after end of speech p50 (ms, before framing) | WER % | accuracy8 % | agreement with {first} % | "
+        f"| cut | audio after end of speech p50 (ms, before framing) | WER % | accuracy8 % | "
+        f"agreement with {first} % | "
         "clips cut in several segments | clips with no segment |",
         "|---|---|---|---|---|---|---|",
     ]

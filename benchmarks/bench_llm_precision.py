@@ -33,7 +33,7 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
 from egmf_core.precision import BF16_FLAGS, cpu_flags  # noqa: E402
 from egmf_core.predictor import EGMFPredictor  # noqa: E402
@@ -132,7 +132,8 @@ def write_report(result: dict, out: Path) -> None:
             lines.append(f"| {name} | {a['n']} | {a['emotion_agree']} ({100 * a['emotion_agreement']:.1f} %) | "
                          f"{a['sentiment_agree']} ({100 * a['sentiment_agreement']:.1f} %) | "
                          f"{a['prob_abs_diff_max']:.4f} | {a['prob_abs_diff_mean']:.5f} | "
-                         f"{a['sentiment_score_abs_diff_max']:.4f} | {100 * acc['fp32']:.2f} / {100 * acc['bf16']:.2f} |")
+                         f"{a['sentiment_score_abs_diff_max']:.4f} | "
+                         f"{100 * acc['fp32']:.2f} / {100 * acc['bf16']:.2f} |")
         lines.append("")
     t = result["timing"]
     lines += ["## Scoring pass per utterance (batch 1, interleaved)", "",

@@ -1,13 +1,13 @@
-"""Labels on speech not recorded like the training data: `python benchmarks/bench_real_speech.py [--checkpoint default]`.
+"""Labels on speech not recorded like the training data: `python benchmarks/bench_real_speech.py [--checkpoint X]`.
 
 Three parts (issue 25), one report (`benchmarks/results/real_speech.{json,md}`):
 
 (a) RAVDESS test actors 13-16 (240 clips, speakers never trained on) under each channel condition of
-    `egmf_core.research.degrade.CONDITIONS` (clean, -20 dB, +12 dB through a limiter, loudness-normalized to -16 LUFS, phone
-    band G.711 mu-law, MP3 32 kbit/s, white noise at 10 dB SNR), each clip degraded as recorded, then cut and encoded
-    as the live pipeline does (`egmf_core.research.evaluate.whisper_audio_lookup("live")`: VAD cut, 1 s room-tone framing, the
-    checkpoint's loudness normalization, the 10 s window) with the clip's known sentence as the text: 8-class
-    accuracy, macro F1 and ECE per condition, and the worst drop from clean.
+    `egmf_core.research.degrade.CONDITIONS` (clean, -20 dB, +12 dB through a limiter, loudness-normalized to
+    -16 LUFS, phone band G.711 mu-law, MP3 32 kbit/s, white noise at 10 dB SNR), each clip degraded as recorded, then
+    cut and encoded as the live pipeline does (`egmf_core.research.evaluate.whisper_audio_lookup("live")`: VAD cut,
+    1 s room-tone framing, the checkpoint's loudness normalization, the 10 s window) with the clip's known sentence
+    as the text: 8-class accuracy, macro F1 and ECE per condition, and the worst drop from clean.
 (b) The real recordings in ../shared/data/media with sound (5 talking-head interview / speech clips, the MEAD clips
     with audio) through the CLI's own path (`streaming.cli.main --file ... --json`: VAD, recognizer, face features,
     predictor): every utterance's label and calibrated confidence.
@@ -34,11 +34,16 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import cpu_model, write_report_files  # noqa: E402  (benchmarks/ is on the path above)
 
 from egmf_core.checkpoint import checkpoint_version, load_checkpoint  # noqa: E402
 from egmf_core.research.degrade import CONDITIONS  # noqa: E402
-from egmf_core.research.evaluate import dataset_examples, emotion_calibration, predict_examples, whisper_audio_lookup  # noqa: E402
+from egmf_core.research.evaluate import (  # noqa: E402
+    dataset_examples,
+    emotion_calibration,
+    predict_examples,
+    whisper_audio_lookup,
+)
 from egmf_core.research.fit_calibration import as_default_label_set  # noqa: E402
 from egmf_core.research.metrics import classification_report  # noqa: E402
 
@@ -102,8 +107,8 @@ def real_recordings(checkpoint: str) -> list[dict]:
     rows = []
     for path, kind in media_files():
         buf = io.StringIO()
-        code = cli_main(["--file", str(path), "--json", "--checkpoint", checkpoint], analyzer_factory=lambda a: analyzer,
-                        out=buf, err=io.StringIO())
+        code = cli_main(["--file", str(path), "--json", "--checkpoint", checkpoint],
+                        analyzer_factory=lambda a: analyzer, out=buf, err=io.StringIO())
         if code != 0:
             raise RuntimeError(f"the CLI failed on {path} (exit {code})")
         for line in buf.getvalue().splitlines():
@@ -134,16 +139,20 @@ def markdown(result: dict) -> str:
     s = result["summary"]
     lines += ["", f"Worst condition: {s['worst_condition']} ({s['worst_drop']:+.2f} points from clean).", "",
               "## (b) Real recordings through the CLI (`python -m streaming --file F --json`)", "",
-              "| file | what it is | start (s) | text | emotion | confidence | sentiment |", "|---|---|---|---|---|---|---|"]
+              "| file | what it is | start (s) | text | emotion | confidence | sentiment |",
+              "|---|---|---|---|---|---|---|"]
     for r in result["recordings"]:
         text = r["text"].replace("|", "/")
-        lines.append(f"| {r['file']} | {r['kind']} | {r['start']:.1f} | {text} | {r['emotion']} | {r['confidence']:.2f} | "
+        lines.append(f"| {r['file']} | {r['kind']} | {r['start']:.1f} | {text} | {r['emotion']} | "
+                     f"{r['confidence']:.2f} | "
                      f"{r['sentiment']} {r['sentiment_score']:+.1f} |")
     lines += ["", "## (c) False alarms (a label other than neutral with calibrated confidence >= 0.5)", "",
-              f"- RAVDESS test neutral + calm clips, clean: {s['ravdess_clean_false_alarm'] * 100:.1f} %; worst condition "
+              f"- RAVDESS test neutral + calm clips, clean: {s['ravdess_clean_false_alarm'] * 100:.1f} %; "
+              "worst condition "
               f"{s['ravdess_worst_false_alarm'] * 100:.1f} % ({s['ravdess_worst_false_alarm_condition']})",
               f"- Talking-head utterances: {s['talking_heads_false_alarm'] * 100:.1f} % "
-              f"({s['talking_heads_alarms']}/{s['talking_heads_utterances']}); labelled anger / disgust / fear at >= 0.5: "
+              f"({s['talking_heads_alarms']}/{s['talking_heads_utterances']}); "
+              "labelled anger / disgust / fear at >= 0.5: "
               f"{s['talking_heads_harsh']}"]
     return "\n".join(lines) + "\n"
 
@@ -159,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     t0 = time.perf_counter()
     model = load_checkpoint(args.checkpoint)
-    result: dict = {"checkpoint": args.checkpoint, "model_version": checkpoint_version(args.checkpoint, model.cfg.backbone.name),
+    result: dict = {"checkpoint": args.checkpoint,
+                    "model_version": checkpoint_version(args.checkpoint, model.cfg.backbone.name),
                     "cpu": cpu_model(), "date": time.strftime("%Y-%m-%d"), "limit": args.limit,
                     "loudness_lufs": model.cfg.fusion.audio_loudness_lufs,
                     "temperatures": model.calibration.emotion_temperature}
@@ -188,11 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "talking_heads_harsh": sum(r["emotion"] in HARSH and r["confidence"] >= ALARM_CONFIDENCE for r in heads),
     }
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    write_report_files(Path(args.out), result, markdown, json_end="")
     return 0
 
 

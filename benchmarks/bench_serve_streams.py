@@ -8,11 +8,12 @@ Writes benchmarks/results/serve_streams.{json,md}. Each stream sends the same re
 different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames) at real-time pace. ``--offsets burst``
 (default) starts the streams of a level 0.25 s apart, so their utterances end almost together: the worst case, every
 stream wanting the models at once. ``--offsets spread`` starts them evenly over one utterance cycle (recording length
-/ utterances), as independent calls would arrive; ``--offsets burst,spread`` runs both. Latency is measured on the client: wall time the event arrived minus wall time the frame
-holding the reference end of speech of that utterance was sent (so it includes the VAD's end-of-speech hangover,
-recognition, batching and the model); ``latency_ms`` as reported by the server (from the arrival of the
-utterance's last segment sample) is recorded too. An utterance is lost when a reference clip gets no utterance
-event overlapping it. The machine's load average is recorded: other processes on a 2-core machine skew it.
+/ utterances), as independent calls would arrive; ``--offsets burst,spread`` runs both. Latency is measured on the
+client: wall time the event arrived minus wall time the frame holding the reference end of speech of that
+utterance was sent (so it includes the VAD's end-of-speech hangover, recognition, batching and the model);
+``latency_ms`` as reported by the server (from the arrival of the utterance's last segment sample) is recorded too.
+An utterance is lost when a reference clip gets no utterance event overlapping it. The machine's load average is
+recorded: other processes on a 2-core machine skew it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ for p in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_streaming_latency import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import cpu_model, percentile  # noqa: E402  (benchmarks/ is on the path above)
 
 SR = 16000
 FRAME = 1600
@@ -154,11 +155,9 @@ async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: 
             "utterances": n * len(refs), "lost": sum(r["lost"] for r in res),
             "latencies_ms": [round(float(x), 1) for x in lat],  # every utterance's: runs can be pooled
             "errors": [e for r in res for e in r["errors"]],
-            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-            "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
+            "p50_ms": percentile(lat, 50, nd=None), "p95_ms": percentile(lat, 95, nd=None),
             "max_ms": float(lat.max()) if len(lat) else None,
-            "server_p50_ms": float(np.percentile(srv, 50)) if len(srv) else None,
-            "server_p95_ms": float(np.percentile(srv, 95)) if len(srv) else None,
+            "server_p50_ms": percentile(srv, 50, nd=None), "server_p95_ms": percentile(srv, 95, nd=None),
             "loadavg_after": os.getloadavg()[0]}
 
 
@@ -210,7 +209,8 @@ def main() -> int:
                     f"{f(r['p95_ms'])} | "
                     f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
     head = (f"Serve streams benchmark ({result['machine']}, load before {result['loadavg_before']:.1f}); "
-            f"model {result.get('model_version', '-')}; recording {result['recording_s']} s with {len(refs)} utterances per stream, real-time pace. "
+            f"model {result.get('model_version', '-')}; recording {result['recording_s']} s with {len(refs)} "
+            "utterances per stream, real-time pace. "
             f"Startup to healthy: {result.get('startup_to_healthy_s', '-')} s; cluster PSS idle "
             f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "
             f"side, end of speech -> event; 'server' = the events' latency_ms, counted from when the stream's worker "

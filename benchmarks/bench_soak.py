@@ -36,11 +36,9 @@ for p in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_serve_streams import recording, start_service  # noqa: E402  (benchmarks/ is on the path above)
-from bench_streaming_latency import cpu_model  # noqa: E402
+from bench_serve_streams import FRAME, SR, recording, start_service  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import cpu_model  # noqa: E402
 
-SR = 16000
-FRAME = 1600
 DEPLOYMENTS = ("Ingress", "ASR", "ModelServer")
 _SPAN = re.compile(r"^utterance (-?[0-9.]+)-(-?[0-9.]+) s")
 FLAT_TOLERANCE = 0.05

@@ -65,25 +65,13 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_streaming_latency import (  # noqa: E402  (benchmarks/ is on the path above)
-    BLOCK,
-    GAP_S,
-    SR,
-    MachineLoad,
-    block_wall,
-    latency_stats,
-    build_stream,
-    conversation_order,
-    cpu_model,
-    load_analyzer,
-    make_pool,
-    prompt_tokens,
-    push_blocks,
-    run_benchmark,
-    write_table_report,
-)
+from bench_support import MachineLoad, cpu_model, latency_stats, write_table_report  # noqa: E402  (on the path)
+from latency.inputs import GAP_S, SR, build_stream, conversation_order, make_pool  # noqa: E402
+from latency.measure import prompt_tokens  # noqa: E402
+from latency.run import load_analyzer, run_benchmark  # noqa: E402
+from latency.stream import BLOCK, block_wall, push_blocks  # noqa: E402
 
-N_RAVDESS = N_ESPEAK = 12  # the pool bench_streaming_latency.run_benchmark builds (its defaults)
+N_RAVDESS = N_ESPEAK = 12  # the pool latency.run.run_benchmark builds (its defaults)
 ORDER = ("live", "naive", "naive", "live")
 CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx512f", "avx2")
 
@@ -311,7 +299,8 @@ def summarize(runs: list[dict[str, Any]], sentiment_label: Any) -> dict[str, Any
             "generate_ms_first": round(float(np.mean([r["stages_ms"]["generate"] for r in first])), 1),
             "generate_ms_last": round(float(np.mean([r["stages_ms"]["generate"] for r in last])), 1)}
     out["stages_ms"] = {
-        "live": {s: latency_stats([row["stages_ms"][s] for r in live for row in r["utterances"] if s in row["stages_ms"]])
+        "live": {s: latency_stats([row["stages_ms"][s] for r in live for row in r["utterances"]
+                                   if s in row["stages_ms"]])
                  for s in ("asr_encoder", "asr_decode", "predict")},
         "naive": {s: latency_stats([row["stages_ms"][s] for row in nrows])
                   for s in ("transcribe", "audio_encoder", "generate")}}

@@ -1,7 +1,7 @@
 """Whisper encoder window: cost, transcripts and the model's answers at 30 s (native) vs shorter windows.
 
-    python benchmarks/bench_whisper_window.py                 # RAVDESS dev -> benchmarks/results/whisper_window.{json,md}
-    python benchmarks/bench_whisper_window.py --split test    # -> whisper_window_test.{json,md}
+    python benchmarks/bench_whisper_window.py               # RAVDESS dev -> benchmarks/results/whisper_window.{json,md}
+    python benchmarks/bench_whisper_window.py --split test  # -> whisper_window_test.{json,md}
 
 The recognizer zero-pads every utterance to its input window, so its encoder costs the same ~0.5 s on this CPU for
 a 1 s or a 8 s utterance. `WhisperFrontendConfig.window_s` shortens the window. The encoder states then change a
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench_streaming_latency import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
+from bench_support import cpu_model, write_table_report  # noqa: E402  (benchmarks/ is the script's folder)
 
 NATIVE = 30.0
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "whisper_window"
