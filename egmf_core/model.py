@@ -317,7 +317,7 @@ class EGMFModel(nn.Module):
                 kept = copy.deepcopy(out_cache)  # before the answer pass appends to it
                 kept.crop(len(ids) - kept.get_seq_length())  # a negative count: the tokens to remove at the end
                 self._kv.put(adapter, ids, kept)
-        label_probs, trees, node_logits, missed = [], [], [], []
+        label_probs, trees, node_logits, missed, voiced = [], [], [], [], []
         for i, x in enumerate(batch):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
@@ -325,7 +325,8 @@ class EGMFModel(nn.Module):
             prior = self._voice_prior(x, labels)
             if prior is not None:  # the voice prior guides which label's answer tree is walked (egmf_core.audio_prior)
                 label_logits = label_logits + torch.from_numpy(prior).to(label_logits)
-            probs = self.calibration.emotion_probs(label_logits, x.label_set).tolist()
+            voiced.append(prior is not None)
+            probs = self.calibration.emotion_probs(label_logits, x.label_set, voiced=voiced[-1]).tolist()
             label_probs.append(dict(zip(labels, probs)))
             options = list(self._answer_trees[x.label_set])
             start = first[int(torch.argmax(label_logits))] if prior is not None else options[
@@ -357,6 +358,7 @@ class EGMFModel(nn.Module):
         for i, (label, value) in enumerate(results):
             preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, label_probs[i], value))
             preds[-1].timings_ms = dict(timings)
+            preds[-1].voice_prior = voiced[i]
             preds[-1].prompt_tokens = {"cached": cached[i], "encoded": int(encoded[i]),
                                        "folded": sum(len(t.tokens) for t in forests[i]),
                                        "answer_pass": len(trees[i].tokens) if i in missed else 0}
@@ -502,6 +504,7 @@ class EGMFModel(nn.Module):
             label, value = self.prompts.parse_answer(text, batch[i].label_set)
             probs = {lab: float(lab == label) for lab in self.prompts.label_sets[batch[i].label_set]}
             preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, probs, value, raw_text=text))
+            preds[-1].voice_prior = i in biases
         return preds
 
 

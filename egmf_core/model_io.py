@@ -38,6 +38,8 @@ class Prediction:
     alpha: list[float]
     modalities: dict[str, bool]
     raw_text: str | None = None  # generated text (generation path only)
+    # Whether the voice prior guided the emotion answer (`egmf_core.audio_prior`); its rows have their own temperature.
+    voice_prior: bool = False
     expert_outputs: np.ndarray | None = field(default=None, repr=False)
     # Wall time of the stages of the call that made this prediction (scoring path only; for a batch, the whole
     # batch's times): "fusion" (fusion stack), "llm_prefill" (prompt assembly + the LLM pass over the prompt),

@@ -140,3 +140,24 @@ def test_an_unfamiliar_voice_is_answered_without_its_audio(tmp_path) -> None:
         if not familiar:
             assert with_audio.emotion == text_only.emotion
             assert with_audio.emotion_probs == pytest.approx(text_only.emotion_probs, abs=1e-5)
+
+
+def test_refit_on_every_actor_keeps_what_was_fitted_on_unheard_speakers() -> None:
+    """fit_audio_prior's step 4 refits only the shipped prior's classifier, in the prior's own standardized
+    coordinates: the strengths, the familiar-voice domain (both fitted on speakers the prior had not heard) and the
+    label merge stay exactly as they were, and the new classifier fits the data it was given."""
+    from egmf_core.research.fit_audio_prior import prior_accuracy, refit_on
+
+    prior = read_audio_prior(DEFAULT_CHECKPOINT)
+    rng = np.random.default_rng(3)
+    y = np.array(LABELS)[rng.integers(0, len(LABELS), 400)]
+    centers = {lab: rng.normal(scale=2.0, size=prior.mean.shape) for lab in LABELS}
+    z = np.stack([centers[lab] for lab in y]) + rng.normal(size=(len(y), len(prior.mean)))
+    x = (prior.mean + prior.scale * z).astype(np.float32)
+    new = refit_on(prior, x, y, 0.1, "unit")
+    for name in ("mean", "scale", "domain_center", "domain_basis"):
+        np.testing.assert_array_equal(getattr(new, name), getattr(prior, name))
+    assert (new.labels, new.strength, new.merge, new.domain_threshold) == (
+        prior.labels, prior.strength, prior.merge, prior.domain_threshold)
+    assert new.fitted_on == "unit" and not np.array_equal(new.weight, prior.weight)
+    assert prior_accuracy(new, x, y) > 95.0

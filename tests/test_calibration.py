@@ -69,3 +69,33 @@ def test_shipped_calibration_is_loaded_and_applied_everywhere() -> None:
     assert predictor.model.calibration == shipped
     p = predictor.predict(predictor.new_conversation(), text=inputs[0].current.text, speaker="Speaker")
     assert max(p.emotion_probs.values()) < 0.999
+
+
+def test_voice_guided_rows_have_their_own_temperature() -> None:
+    cal = Calibration.from_json(Calibration({"default": 2.0, "default+voice": 4.0, "ravdess": 3.0}).to_json())
+    assert cal.temperature("default") == 2.0 and cal.temperature("default", voiced=True) == 4.0
+    assert cal.temperature("ravdess", voiced=True) == 3.0  # no "+voice" entry: the label set's own
+    assert cal.temperature("iemocap6", voiced=True) == 1.0
+
+
+@pytest.mark.slow
+def test_the_voice_guided_temperature_is_applied_where_the_prior_guided_the_answer() -> None:
+    """On real inputs through the shipped model: RAVDESS dev live cuts (a familiar voice: the voice prior guides the
+    answer) get the `default+voice` temperature, MELD dev lines (no audio) the `default` one."""
+    from egmf_core.research.fit_calibration import as_default_label_set
+
+    model = load_checkpoint("default")
+    voice = as_default_label_set(dataset_examples(model, "ravdess", "dev", limit=3, audio_view="live"))
+    text = dataset_examples(model, "meld", "dev", limit=3)
+    inputs = [e.input for e in voice + text]
+    model.calibration = Calibration()
+    raw = model.score(inputs)
+    model.calibration = Calibration({"default": 2.0, "default+voice": 4.0})
+    calibrated = model.score(inputs)
+    assert [p.voice_prior for p in raw] == [True] * len(voice) + [False] * len(text)
+    for c, r in zip(calibrated, raw):
+        t = 4.0 if r.voice_prior else 2.0
+        labels = list(r.emotion_probs)
+        expected = np.exp(np.log([r.emotion_probs[k] for k in labels]) / t)
+        np.testing.assert_allclose([c.emotion_probs[k] for k in labels], expected / expected.sum(), atol=1e-4)
+        assert c.emotion == r.emotion and c.voice_prior == r.voice_prior

@@ -129,13 +129,16 @@ def emotion_calibration(model: EGMFModel, label_set: str, gold: Sequence[str], p
     the model's calibration (`egmf_core.calibration`: what every user sees) and without it (its temperature undone,
     the LLM's raw softmax): the before/after of the checkpoint's temperature scaling."""
     labels = model.prompts.label_sets[label_set]
-    t = model.calibration.temperature(label_set)
+    t = np.array([model.calibration.temperature(label_set, p.voice_prior) for p in preds])
     probs = np.array([[p.emotion_probs[lab] for lab in labels] for p in preds], float)
     y = [labels.index(g) for g in gold]
-    raw = np.log(np.clip(probs, 1e-300, 1.0)) * t
+    raw = np.log(np.clip(probs, 1e-300, 1.0)) * t[:, None]
     raw = np.exp(raw - raw.max(axis=1, keepdims=True))
     raw /= raw.sum(axis=1, keepdims=True)
-    return {"temperature": t, "calibrated": calibration_report(probs, y), "uncalibrated": calibration_report(raw, y)}
+    voiced = sum(p.voice_prior for p in preds)
+    return {"temperature": model.calibration.temperature(label_set),
+            "temperature_voiced": model.calibration.temperature(label_set, voiced=True), "voiced_rows": voiced,
+            "calibrated": calibration_report(probs, y), "uncalibrated": calibration_report(raw, y)}
 
 
 def dataset_examples(
@@ -343,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2))
     if "emotion_calibration" in result:
         cal = result["emotion_calibration"]
-        reliability_diagram({"uncalibrated (T=1)": cal["uncalibrated"], f"calibrated (T={cal['temperature']:.2f})":
+        reliability_diagram({"uncalibrated (T=1)": cal["uncalibrated"], f"calibrated ({temperatures(cal)})":
                              cal["calibrated"]}, str(out.with_suffix(".png")),
                             f"{args.dataset} {args.split} ({result['label_set']} labels)")
     if "sentiment_regression" in result:
@@ -376,11 +379,17 @@ def _print_regression(dataset: str, split: str, r: dict) -> None:
         print(f"  Acc-2 {r['acc2']:.2f} Acc-3 {r['acc3']:.2f} Acc-5 {r['acc5']:.2f} F1 {r['f1']:.2f}")
 
 
+def temperatures(cal: dict) -> str:
+    """The temperatures an `emotion_calibration` result applied, e.g. "T=2.51" or "T=2.51; voice-guided rows 3.11"."""
+    voiced = cal.get("voiced_rows", 0) and cal.get("temperature_voiced", cal["temperature"]) != cal["temperature"]
+    return f"T={cal['temperature']:.2f}" + (f"; voice-guided rows {cal['temperature_voiced']:.2f}" if voiced else "")
+
+
 def _print_emotion(dataset: str, split: str, result: dict) -> None:
     emo = result["emotion"]
     print(f"{dataset} {split}: n={emo['n']} emotion acc {emo['accuracy']:.2f} weighted F1 {emo['weighted_f1']:.2f}")
     cal = result["emotion_calibration"]
-    print(f"  ECE (15 bins) {cal['calibrated']['ece']:.3f} calibrated (T={cal['temperature']:.2f}), "
+    print(f"  ECE (15 bins) {cal['calibrated']['ece']:.3f} calibrated ({temperatures(cal)}), "
           f"{cal['uncalibrated']['ece']:.3f} uncalibrated; mean confidence {cal['calibrated']['mean_confidence']:.3f}")
     if "sentiment" in result:
         print(f"  sentiment acc {result['sentiment']['accuracy']:.2f} weighted F1 {result['sentiment']['weighted_f1']:.2f}"
