@@ -43,7 +43,8 @@ def as_default_label_set(examples: Sequence[Example]) -> list[Example]:
             for e in examples]
 
 
-def label_log_probs(model: EGMFModel, examples: Sequence[Example], batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def label_log_probs(model: EGMFModel, examples: Sequence[Example],
+                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) log-probabilities of the label set's labels as the model gives them now, and the gold indices."""
     labels = model.prompts.label_sets[examples[0].input.label_set]
     preds = predict_examples(model, examples, batch_size, progress=True)
@@ -67,7 +68,8 @@ def _softmax_t(log_probs: np.ndarray, t: float) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_calibration", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_calibration",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the calibrated checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--meld-dev", type=int, default=None, help="first N MELD dev utterances (default all 1,109)")
@@ -106,14 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    lines = ["# Calibration fit (dev data)", "", f"`python -m egmf_core.research.fit_calibration --checkpoint {args.checkpoint} "
+    lines = ["# Calibration fit (dev data)", "",
+             f"`python -m egmf_core.research.fit_calibration --checkpoint {args.checkpoint} "
              f"--out {args.out}`; temperatures {calibration.emotion_temperature}.", "",
-             "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | accuracy |",
+             "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | "
+             "accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["sets"].items():
         b, a = r["before"], r["after"]
-        lines.append(f"| {name} | {b['n']} | {r['temperature']:.2f} | {b['ece']:.3f} | {a['ece']:.3f} | {b['nll']:.3f} | "
-                     f"{a['nll']:.3f} | {b['mean_confidence']:.3f} / {a['mean_confidence']:.3f} | {b['accuracy']:.3f} |")
+        lines.append(f"| {name} | {b['n']} | {r['temperature']:.2f} | {b['ece']:.3f} | {a['ece']:.3f} | {b['nll']:.3f} "
+                     f"| {a['nll']:.3f} | {b['mean_confidence']:.3f} / {a['mean_confidence']:.3f} | "
+                     f"{b['accuracy']:.3f} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[4:]))
     print(f"calibrated checkpoint: {out}")
