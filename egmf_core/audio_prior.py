@@ -11,9 +11,9 @@ added before the label is chosen and before calibration (``egmf_core.calibration
 
 and the answer is then generated down that label's answer tree as before. Utterances without audio (text only) are
 answered by the LLM alone. The classifier, its input standardization and the strengths per label set are fitted by
-``python -m egmf_core.research.fit_audio_prior`` (choices by cross-validation over RAVDESS actors, never the test actors) and
-stored in the checkpoint's metadata (JSON, float32 arrays base64-encoded: no pickle); ``load_checkpoint`` attaches
-them, ``EGMFModel.score`` applies them, so the CLI, the service, evaluation and the benchmarks agree.
+``python -m egmf_core.research.fit_audio_prior`` (choices by cross-validation over RAVDESS actors, never the test
+actors) and stored in the checkpoint's metadata (JSON, float32 arrays base64-encoded: no pickle); ``load_checkpoint``
+attaches them, ``EGMFModel.score`` applies them, so the CLI, the service, evaluation and the benchmarks agree.
 
 The input is exactly what ``egmf_core.fusion.AudioStatistics`` summarizes: the per-dimension mean and standard
 deviation over the utterance's encoder frames (``ModelInput.audio``).
@@ -93,8 +93,9 @@ class AudioPrior:
     def __post_init__(self) -> None:
         c, d = self.weight.shape if self.weight.ndim == 2 else (None, None)
         if c != len(self.labels) or self.bias.shape != (c,) or self.mean.shape != (d,) or self.scale.shape != (d,):
-            raise ValueError(f"audio_prior: inconsistent shapes: {len(self.labels)} labels, weight {self.weight.shape}, "
-                             f"bias {self.bias.shape}, mean {self.mean.shape}, scale {self.scale.shape}")
+            raise ValueError(f"audio_prior: inconsistent shapes: {len(self.labels)} labels, weight "
+                             f"{self.weight.shape}, bias {self.bias.shape}, mean {self.mean.shape}, scale "
+                             f"{self.scale.shape}")
         if not (self.scale > 0).all():
             raise ValueError("audio_prior.scale: expected every entry > 0")
         for name, s in self.strength.items():

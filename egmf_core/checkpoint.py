@@ -40,7 +40,8 @@ class CheckpointError(ValueError):
 def resolve(path: str | Path) -> Path:
     p = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
     if not p.is_file():
-        hint = " (the default checkpoint ships with the package; train one with `python -m egmf_core.research.train`)" if str(path) == "default" else ""
+        hint = (" (the default checkpoint ships with the package; train one with `python -m egmf_core.research.train`)"
+                if str(path) == "default" else "")
         raise CheckpointError(f"checkpoint not found: {p}{hint}")
     return p
 
@@ -96,7 +97,8 @@ def read_metadata(path: str | Path) -> tuple[EGMFConfig, dict]:
     if meta.get("format") != "egmf":
         raise CheckpointError(f"{p} is not an EGMF checkpoint (no 'format: egmf' metadata)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{p}: checkpoint format {meta.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+        raise CheckpointError(f"{p}: checkpoint format {meta.get('format_version')} is not supported (expected "
+                              f"{FORMAT_VERSION})")
     return EGMFConfig.from_dict(json.loads(meta["config"])), json.loads(meta.get("extra", "{}"))
 
 
@@ -159,7 +161,8 @@ def load_weights(model: EGMFModel, path: str | Path, initialising: bool = False)
     if initialising:
         missing = [k for k in missing if not k.startswith(_ZERO_INIT_BLOCKS)]
     if missing or unexpected:
-        raise CheckpointError(f"{p}: fusion weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise CheckpointError(f"{p}: fusion weights do not match the config (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]})")
     if model.cfg.lora.enabled:
         if not lora:
             raise CheckpointError(f"{p}: the config enables LoRA but the checkpoint holds no LoRA weights")

@@ -142,7 +142,8 @@ class ScoreScale:
     def check(self, where: str) -> None:
         """Refuse an empty range, and a grid too fine to list: scoring builds a trie of every valid answer."""
         if not self.score_min < self.score_max:
-            raise ConfigError(f"{where}.score_min ({self.score_min}) must be below {where}.score_max ({self.score_max})")
+            raise ConfigError(f"{where}.score_min ({self.score_min}) must be below {where}.score_max "
+                              f"({self.score_max})")
         if not 0 <= self.score_decimals <= 3:
             raise ConfigError(f"{where}.score_decimals must be 0..3, got {self.score_decimals}")
 
@@ -198,7 +199,8 @@ class EGMFConfig:
         for name, scale in self.task.score_tasks.items():
             if name == "default" or name in self.task.dataset_emotions:
                 raise ConfigError(
-                    f"task.score_tasks.{name}: the name is already an emotion label set (default or task.dataset_emotions)"
+                    f"task.score_tasks.{name}: the name is already an emotion label set (default or "
+                    "task.dataset_emotions)"
                 )
             scale.check(f"task.score_tasks.{name}")
 

@@ -190,7 +190,8 @@ class AudioStatistics(nn.Module):
 
     def __init__(self, audio_dim: int, dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(2 * audio_dim), nn.Linear(2 * audio_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.net = nn.Sequential(nn.LayerNorm(2 * audio_dim), nn.Linear(2 * audio_dim, dim), nn.GELU(),
+                                 nn.Linear(dim, dim))
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 

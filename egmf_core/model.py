@@ -256,7 +256,8 @@ class EGMFModel(nn.Module):
         same mean over all answer tokens of the batch.
         """
         if self._merged:
-            raise RuntimeError("this model's LoRA is merged into the LLM for serving; load the checkpoint again to train")
+            raise RuntimeError("this model's LoRA is merged into the LLM for serving; load the checkpoint again to "
+                               "train")
         prep = self.prepare(batch, with_answers=True)
         a = prep.labels.shape[1]
         parts, order = [], []
@@ -289,8 +290,8 @@ class EGMFModel(nn.Module):
         whose first answer token (the prompt's argmax) starts one of its folded trees is answered from that pass;
         the others get a separate answer pass on the prompt's KV cache. Both give the logits that step-by-step
         greedy decoding would see, so folding changes the time, not the answers (within float rounding). The shipped
-        aux head is fitted to the LLM's own answers (`egmf_core.research.distill_aux`); how often its top labels hold the
-        LLM's answer: `benchmarks/results/aux_distill.md`; what each folded tree costs and saves, and why 3:
+        aux head is fitted to the LLM's own answers (`egmf_core.research.distill_aux`); how often its top labels hold
+        the LLM's answer: `benchmarks/results/aux_distill.md`; what each folded tree costs and saves, and why 3:
         `docs/results.md` (streaming latency).
         """
         t0 = time.perf_counter()

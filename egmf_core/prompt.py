@@ -173,7 +173,8 @@ class PromptBuilder:
     def _instruction(self, template: dict[str, str], label_set: str) -> str:
         """The task sentence of `label_set`: emotion and score, or the score only for a sentiment-only set."""
         scale = self.scales[label_set]
-        lo, hi = format_score(scale.score_min, scale.score_decimals), format_score(scale.score_max, scale.score_decimals)
+        lo, hi = (format_score(scale.score_min, scale.score_decimals),
+                  format_score(scale.score_max, scale.score_decimals))
         if self.is_score_only(label_set):
             return template["score_instruction"].format(lo=lo, hi=hi)
         return template["instruction"].format(labels=", ".join(self.label_sets[label_set]), lo=lo, hi=hi)
@@ -259,7 +260,8 @@ class PromptBuilder:
         after += t.instruction[label_set]
         return PromptIds(before=list(t.prefix), after=after, reusable=len(t.prefix), shared=len(t.prefix))
 
-    def reusable_ids(self, context: Sequence[Turn], label_set: str = "default", language: str | None = None) -> list[int]:
+    def reusable_ids(self, context: Sequence[Turn], label_set: str = "default",
+                     language: str | None = None) -> list[int]:
         """`PromptIds.before[:reusable]` of any utterance that follows `context`: what a KV cache can hold before the
         utterance is known (`EGMFModel.prime`)."""
         t = self._template(language)

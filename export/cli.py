@@ -96,24 +96,32 @@ class Progress:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m export",
-        description="Build ONNX / TensorRT engines of the fusion stack and the LoRA-merged LLM from an EGMF checkpoint.",
+        description="Build ONNX / TensorRT engines of the fusion stack and the LoRA-merged LLM from an EGMF "
+                    "checkpoint.",
     )
     ap.add_argument("--checkpoint", required=True, help="checkpoint .safetensors file, or 'default' (the shipped one)")
     ap.add_argument("--out", default="engines", help="engines folder to write (default: engines/)")
-    ap.add_argument("--fp16", action="store_true", help="fp16 TensorRT engine and TensorRT EP (the ONNX graph stays fp32)")
-    ap.add_argument("--tensorrt", action="store_true", help="build fusion.plan with TensorRT (needs TensorRT + a CUDA GPU; "
+    ap.add_argument("--fp16", action="store_true",
+                    help="fp16 TensorRT engine and TensorRT EP (the ONNX graph stays fp32)")
+    ap.add_argument("--tensorrt", action="store_true",
+                    help="build fusion.plan with TensorRT (needs TensorRT + a CUDA GPU; "
                     "skipped with a message otherwise)")
     ap.add_argument("--skip-llm", action="store_true", help="do not write the merged LLM (engines/llm/)")
     ap.add_argument("--parity-inputs", choices=("real", "random"), default="real",
-                    help="real: features of ../shared/data clips (default); random: synthetic, for machines without the data")
+                    help="real: features of ../shared/data clips (default); random: synthetic, for machines without "
+                         "the data")
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: $EGMF_DATA_DIR or ../shared/data)")
     ap.add_argument("--providers", default=None,
-                    help="comma-separated execution providers to check parity on (cpu,cuda,tensorrt; default: all available)")
-    ap.add_argument("--rtol", type=float, default=None, help="fp32 parity tolerance relative to each output's scale (default 1e-4)")
+                    help="comma-separated execution providers to check parity on (cpu,cuda,tensorrt; default: all "
+                         "available)")
+    ap.add_argument("--rtol", type=float, default=None,
+                    help="fp32 parity tolerance relative to each output's scale (default 1e-4)")
     ap.add_argument("--atol", type=float, default=None, help="fp32 parity absolute tolerance (default 1e-6)")
     ap.add_argument("--max-batch", type=int, default=8, help="TensorRT profile: largest batch (default 8)")
-    ap.add_argument("--opt-seconds", type=float, default=5.0, help="TensorRT profile: optimal utterance length (default 5)")
-    ap.add_argument("--max-seconds", type=float, default=30.0, help="TensorRT profile: longest utterance (default 30, Whisper's window)")
+    ap.add_argument("--opt-seconds", type=float, default=5.0,
+                    help="TensorRT profile: optimal utterance length (default 5)")
+    ap.add_argument("--max-seconds", type=float, default=30.0,
+                    help="TensorRT profile: longest utterance (default 30, Whisper's window)")
     ap.add_argument("--force", action="store_true", help="replace --out even if it is not an engines folder")
     ap.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     return ap.parse_args(argv)
@@ -146,7 +154,8 @@ def _install(staging: Path, out: Path) -> None:
 
 
 def _quiet_libraries(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging (face features for parity)
@@ -174,7 +183,8 @@ def run_export(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             _check_out(out, args.force)
             from .tensorrt_build import ProfileConfig
 
-            ProfileConfig(max_batch=args.max_batch, opt_seconds=args.opt_seconds, max_seconds=args.max_seconds).validate()
+            ProfileConfig(max_batch=args.max_batch, opt_seconds=args.opt_seconds,
+                          max_seconds=args.max_seconds).validate()
             if args.checkpoint != "default" and not Path(args.checkpoint).is_file():  # fail before the heavy imports
                 raise ExportError(f"checkpoint not found: {args.checkpoint}")
             import torch
@@ -193,7 +203,8 @@ def run_export(args: argparse.Namespace, progress: Progress) -> dict[str, Any]:
             staging = _make_staging(out)
             r["detail"] = (f"{ckpt_path} (sha256 {ckpt_sha[:12]}), backbone {cfg.backbone.name}, d_llm {llm_hidden}, "
                            f"fusion {sum(p.numel() for p in fusion.parameters()) / 1e6:.2f} M params")
-        return _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, ckpt_sha, llm_hidden, embed_rms)
+        return _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, ckpt_sha, llm_hidden,
+                               embed_rms)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -258,7 +269,8 @@ def _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, 
                 tested.append({"provider": provider, "active_providers": active, "passed": None,
                                "note": f"onnxruntime fell back to {engine.provider}; not counted as tested"})
                 continue
-            tol = tol32 if provider == CPU_EP else (P.TOLERANCES["fp16"] if provider == TRT_EP and args.fp16 else P.TOLERANCES["gpu_fp32"])
+            tol = tol32 if provider == CPU_EP else (P.TOLERANCES["fp16"] if provider == TRT_EP and args.fp16
+                                                    else P.TOLERANCES["gpu_fp32"])
 
             def run(inputs, engine=engine):
                 out = engine(*[inputs[n] for n in P.INPUT_NAMES])
@@ -277,10 +289,12 @@ def _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, 
             raise ExportError(f"no execution provider could be tested (requested {providers})")
         unseen = sum(c["unseen_at_export"] for c in reports[0]["cases"])
         r["detail"] = (f"{len(cases)} cases ({unseen} with shapes not seen at export) on "
-                       + ", ".join(t["provider"] for t in tested if t["passed"]) + f", {data_info['inputs'].split()[0]} inputs")
+                       + ", ".join(t["provider"] for t in tested if t["passed"])
+                       + f", {data_info['inputs'].split()[0]} inputs")
 
     trt_info: dict[str, Any] = {"requested": bool(args.tensorrt), "fp16": bool(args.fp16), "built": False,
-                                "profile_config": dataclasses.asdict(profile_cfg), "profiles": profiles_to_dict(profiles)}
+                                "profile_config": dataclasses.asdict(profile_cfg),
+                                "profiles": profiles_to_dict(profiles)}
     with progress.step("TensorRT engine") as r:
         if not args.tensorrt:
             r["status"], r["detail"] = "skipped", "not requested (pass --tensorrt on a machine with TensorRT and a GPU)"
@@ -304,7 +318,8 @@ def _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, 
                 progress._print("      " + P.summary_line(report))
                 if not report["passed"]:
                     raise P.ParityError("TensorRT engine differs from PyTorch: " + "; ".join(report["failures"][:5]))
-                r["detail"] = f"fusion.plan ({built.bytes / 1e6:.1f} MB, fp16={args.fp16}) built in {built.seconds:.1f} s"
+                r["detail"] = (f"fusion.plan ({built.bytes / 1e6:.1f} MB, fp16={args.fp16}) built in "
+                               f"{built.seconds:.1f} s")
 
     llm_info: dict[str, Any] | None = None
     with progress.step("merge LoRA into the LLM") as r:
@@ -333,9 +348,10 @@ def _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, 
             if not check["passed"]:
                 raise P.ParityError("merged LLM differs from the LoRA model: " + "; ".join(check["failures"]))
             kind = "real-feature" if data is not None else "synthetic-feature"
-            r["detail"] = (f"{check['prompts']} {kind} prompts with pseudo tokens, {check['positions_compared']} positions: "
-                           f"logits max abs {check['max_abs']:.2g} ({check['rel_to_scale']:.2g} of scale {check['logit_scale']:.1f}), "
-                           f"label probs {check['label_prob_max_abs']:.2g}; LoRA moves logits by {check['lora_effect_max_abs']:.2g}")
+            r["detail"] = (f"{check['prompts']} {kind} prompts with pseudo tokens, {check['positions_compared']} "
+                           f"positions: logits max abs {check['max_abs']:.2g} ({check['rel_to_scale']:.2g} of scale "
+                           f"{check['logit_scale']:.1f}), label probs {check['label_prob_max_abs']:.2g}; LoRA moves "
+                           f"logits by {check['lora_effect_max_abs']:.2g}")
 
     with progress.step("write manifest") as r:
         import torch
@@ -352,8 +368,10 @@ def _run_after_load(args, progress, staging, out, model, cfg, extra, ckpt_path, 
                 "file": "fusion.onnx", "exporter": f"torch.onnx.export(dynamo=True) torch {torch.__version__}",
                 **graph_info, "llm_hidden": llm_hidden, "embed_rms": embed_rms,
                 "inputs": [s.to_dict() for s in inputs_spec], "outputs": [s.to_dict() for s in outputs_spec],
-                "axes": {"batch": "utterances per call", "text_len": f"1..{cfg.fusion.max_text_tokens} utterance tokens",
-                         "audio_len": f"audio frames at {cfg.fusion.audio_rate:g} Hz, a multiple of {cfg.fusion.audio_stride}",
+                "axes": {"batch": "utterances per call",
+                         "text_len": f"1..{cfg.fusion.max_text_tokens} utterance tokens",
+                         "audio_len": f"audio frames at {cfg.fusion.audio_rate:g} Hz, a multiple of "
+                                      f"{cfg.fusion.audio_stride}",
                          "visual_len": f"video frames at {cfg.fusion.visual_rate:g} Hz"},
                 "onnxruntime_feed": "masks as numpy bool arrays (tensor(bool)), features as float32; "
                                     "export.runner.FusionEngine does this from torch tensors",
@@ -390,5 +408,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     files = manifest["files"]
     print(f"done in {time.perf_counter() - start:.1f} s: {args.out}/ holds "
-          + ", ".join(sorted({k.split('/')[0] + ('/' if '/' in k else '') for k in files} | {'manifest.json'})), flush=True)
+          + ", ".join(sorted({k.split('/')[0] + ('/' if '/' in k else '') for k in files} | {'manifest.json'})),
+          flush=True)
     return 0

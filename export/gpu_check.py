@@ -69,7 +69,8 @@ def _timeit(fn: Callable[[], Any], iters: int, warmup: int, sync: Callable[[], N
 
 
 def _pad(items: list[dict[str, np.ndarray]], fusion_cfg: Any) -> dict[str, Any]:
-    """Batch per-utterance arrays into padded tensors with masks (as egmf_core.batching.pad_media / EGMFModel.run_fusion do)."""
+    """Batch per-utterance arrays into padded tensors with masks (as egmf_core.batching.pad_media / EGMFModel.run_fusion
+    do)."""
     import torch
 
     f = fusion_cfg
@@ -114,13 +115,15 @@ def cases_from_features(path: str | Path, fusion_cfg: Any) -> list[dict[str, Any
             if "audio" in c:
                 c["audio"] = c["audio"][: int(seconds * 50)]
             if "visual" in c:
-                c["visual"], c["visual_valid"] = c["visual"][: int(seconds * 10)], c["visual_valid"][: int(seconds * 10)]
+                c["visual"], c["visual_valid"] = (c["visual"][: int(seconds * 10)],
+                                                  c["visual_valid"][: int(seconds * 10)])
             crop.append(c)
         cases.append({"name": f"real_crop_{seconds:g}s_b{len(crop)}", "inputs": _pad(crop, fusion_cfg)})
     first = next((clips[n] for n in names if "text_embeds" in clips[n] and "audio" in clips[n]), clips[names[0]])
     if "text_embeds" in first:
         cases.append({"name": "real_text_only", "inputs": _pad([{"text_embeds": first["text_embeds"]}], fusion_cfg)})
-    cases.append({"name": "real_no_text", "inputs": _pad([{k: v for k, v in first.items() if k != "text_embeds"}], fusion_cfg)})
+    cases.append({"name": "real_no_text",
+                  "inputs": _pad([{k: v for k, v in first.items() if k != "text_embeds"}], fusion_cfg)})
     return cases
 
 
@@ -137,10 +140,12 @@ def save_features(path: str | Path, data_dir: str | None = None) -> Path:
     backbone = load_backbone(EGMFConfig().backbone)
     arrays = {}
     for name, clip in data.clips.items():
-        ids = backbone.tokenizer.encode(" " + clip.text + "\n", add_special_tokens=False)[:64] if clip.text.strip() else []
+        ids = (backbone.tokenizer.encode(" " + clip.text + "\n", add_special_tokens=False)[:64]
+               if clip.text.strip() else [])
         if ids:
             with torch.no_grad():
-                arrays[f"{name}__text_embeds"] = backbone.model.get_input_embeddings()(torch.tensor(ids)).float().numpy()
+                arrays[f"{name}__text_embeds"] = (
+                    backbone.model.get_input_embeddings()(torch.tensor(ids)).float().numpy())
         if clip.audio is not None:
             arrays[f"{name}__audio"] = clip.audio.astype(np.float32)
         if clip.visual is not None:
@@ -184,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "build/gpu_check"), help="folder for gpu_check.json ($OUT)")
     ap.add_argument("--quick", action="store_true", help="few timing iterations (CI / CPU smoke run)")
     ap.add_argument("--features", default=None, help=".npz from --save-features (real features); default synthetic")
-    ap.add_argument("--save-features", default=None, metavar="NPZ", help="write real features for a later GPU run and exit")
-    ap.add_argument("--no-tensorrt", action="store_true", help="skip the standalone TensorRT engine even if tensorrt imports")
+    ap.add_argument("--save-features", default=None, metavar="NPZ",
+                    help="write real features for a later GPU run and exit")
+    ap.add_argument("--no-tensorrt", action="store_true",
+                    help="skip the standalone TensorRT engine even if tensorrt imports")
     args = ap.parse_args(argv)
     if args.save_features:
         print(f"wrote {save_features(args.save_features)}")
@@ -267,13 +274,15 @@ def _check(args: argparse.Namespace, tmp: Path) -> int:
             return {k: getattr(o, k).float().cpu().numpy() for k in OUTPUT_NAMES}
 
         parity["torch_cuda_fp32"] = res.step(
-            "parity_torch_cuda", lambda: P.run_parity(torch_cuda_run, cases, P.TOLERANCES["gpu_fp32"], "torch cuda fp32", example_shape))
+            "parity_torch_cuda",
+            lambda: P.run_parity(torch_cuda_run, cases, P.TOLERANCES["gpu_fp32"], "torch cuda fp32", example_shape))
     else:
         parity["torch_cuda_fp32"] = {"skipped": "no CUDA GPU visible to torch"}
 
     for provider in resolve_providers(None):
         def make(provider: str = provider) -> dict[str, Any]:
-            engine = FusionEngine(onnx_path, cfg.fusion, LLM_HIDDEN, EMBED_RMS, providers=[provider], provider_options=trt_options)
+            engine = FusionEngine(onnx_path, cfg.fusion, LLM_HIDDEN, EMBED_RMS, providers=[provider],
+                                  provider_options=trt_options)
             if engine.provider != provider:
                 return {"fallback": f"requested {provider}, onnxruntime runs {engine.active_providers}"}
             engines[provider] = engine
@@ -301,7 +310,8 @@ def _check(args: argparse.Namespace, tmp: Path) -> int:
             built = build_engine(onnx_path, tmp / "fusion.plan", profiles, fp16=True)
             trt_engine = TensorRTFusionEngine(tmp / "fusion.plan")
             in_profile = [c for c in cases if c["inputs"]["text_embeds"].shape[1] <= profiles["text_embeds"].max[1]]
-            report = P.run_parity(lambda i: trt_engine(i), in_profile, P.TOLERANCES["fp16"], "tensorrt fp16 plan", example_shape)
+            report = P.run_parity(lambda i: trt_engine(i), in_profile, P.TOLERANCES["fp16"], "tensorrt fp16 plan",
+                                  example_shape)
             return {"build": built.to_dict(), "parity": report}
 
         parity["tensorrt_plan_fp16"] = res.step("tensorrt_plan_fp16", build)
@@ -324,9 +334,12 @@ def _check(args: argparse.Namespace, tmp: Path) -> int:
             tt = int(3.5 * seconds) + 1
             g = torch.Generator().manual_seed(2)
             inputs = {
-                "text_embeds": torch.randn(b, tt, LLM_HIDDEN, generator=g) * EMBED_RMS, "text_valid": torch.ones(b, tt, dtype=torch.bool),
-                "audio": torch.randn(b, ta, cfg.fusion.audio_dim, generator=g) * 0.6, "audio_valid": torch.ones(b, ta, dtype=torch.bool),
-                "visual": torch.rand(b, tv, cfg.fusion.visual_dim, generator=g) * 0.5, "visual_valid": torch.ones(b, tv, dtype=torch.bool),
+                "text_embeds": torch.randn(b, tt, LLM_HIDDEN, generator=g) * EMBED_RMS,
+                "text_valid": torch.ones(b, tt, dtype=torch.bool),
+                "audio": torch.randn(b, ta, cfg.fusion.audio_dim, generator=g) * 0.6,
+                "audio_valid": torch.ones(b, ta, dtype=torch.bool),
+                "visual": torch.rand(b, tv, cfg.fusion.visual_dim, generator=g) * 0.5,
+                "visual_valid": torch.ones(b, tv, dtype=torch.bool),
             }
             row: dict[str, Any] = {"batch": b, "audio_seconds": seconds}
             args_cpu = [inputs[n] for n in INPUT_NAMES]
@@ -359,7 +372,8 @@ def _check(args: argparse.Namespace, tmp: Path) -> int:
     failed = [name for name, step in res.data["steps"].items() if step["status"] != "ok"]
     bad_parity = [name for name, rep in parity.items() if isinstance(rep, dict) and rep.get("passed") is False]
     bad_parity += [f"{name}.parity" for name, rep in parity.items()
-                   if isinstance(rep, dict) and isinstance(rep.get("parity"), dict) and rep["parity"].get("passed") is False]
+                   if isinstance(rep, dict) and isinstance(rep.get("parity"), dict)
+                   and rep["parity"].get("passed") is False]
     res.data["ok"] = not failed and not bad_parity
     res.data["failed_steps"], res.data["parity_failures"] = failed, bad_parity
     res.data["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -367,7 +381,8 @@ def _check(args: argparse.Namespace, tmp: Path) -> int:
     for name, rep in parity.items():
         if isinstance(rep, dict) and "worst" in rep:
             print("[gpu_check] " + P.summary_line(rep) + ("" if rep["passed"] else "  FAILED"), flush=True)
-    print(f"[gpu_check] {'OK' if res.data['ok'] else 'PROBLEMS: ' + ', '.join(failed + bad_parity)}; results in {out / 'gpu_check.json'}",
+    print(f"[gpu_check] {'OK' if res.data['ok'] else 'PROBLEMS: ' + ', '.join(failed + bad_parity)}; results in "
+          f"{out / 'gpu_check.json'}",
           flush=True)
     return 0 if res.data["ok"] else 1
 

@@ -61,7 +61,8 @@ def _lora_delta_norm(peft_model: Any) -> float:
     return total ** 0.5
 
 
-def check_merged(model: Any, folder: str | Path, batch: Sequence[Any], tol: LogitTolerance = LogitTolerance()) -> dict[str, Any]:
+def check_merged(model: Any, folder: str | Path, batch: Sequence[Any],
+                 tol: LogitTolerance = LogitTolerance()) -> dict[str, Any]:
     """Reload `folder` with AutoModelForCausalLM and compare its logits with the unmerged model's on `batch`."""
     from transformers import AutoModelForCausalLM
 

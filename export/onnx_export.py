@@ -121,7 +121,8 @@ def example_inputs(fusion_cfg: Any, llm_hidden: int, embed_rms: float, batch: in
     )
 
 
-def export_fusion(fusion: Any, path: str | Path, example: tuple[Any, ...], metadata: dict[str, str] | None = None) -> Path:
+def export_fusion(fusion: Any, path: str | Path, example: tuple[Any, ...],
+                  metadata: dict[str, str] | None = None) -> Path:
     """Export `fusion` (a FusionStack, eval mode, on CPU) to one self-contained ONNX file with dynamic axes.
 
     Returns the path. Exporter chatter is captured and only surfaced inside the error when the export fails.
@@ -170,7 +171,8 @@ def export_fusion(fusion: Any, path: str | Path, example: tuple[Any, ...], metad
             )
     except Exception as exc:  # the exporter's own message is long; keep its first lines and the chatter tail
         first = "\n".join(str(exc).strip().splitlines()[:12])
-        raise RuntimeError(f"torch.onnx.export failed: {type(exc).__name__}: {first}\n{chatter.getvalue()[-2000:]}") from exc
+        raise RuntimeError(f"torch.onnx.export failed: {type(exc).__name__}: {first}\n"
+                           f"{chatter.getvalue()[-2000:]}") from exc
     finally:
         registration.setLevel(level)
 
@@ -232,9 +234,11 @@ def check_graph(path: str | Path, inputs: list[TensorSpec], outputs: list[Tensor
             sig.append((v.name, elem.get(t.elem_type, str(t.elem_type)), dims))
         return sig
 
-    for kind, got, want in (("input", signature(model.graph.input), inputs), ("output", signature(model.graph.output), outputs)):
+    for kind, got, want in (("input", signature(model.graph.input), inputs),
+                            ("output", signature(model.graph.output), outputs)):
         expected = [(s.name, s.dtype, tuple(s.shape)) for s in want]
         if got != expected:
-            raise ValueError(f"ONNX {kind}s do not match the expected signature:\n  got      {got}\n  expected {expected}")
+            raise ValueError(f"ONNX {kind}s do not match the expected signature:\n  got      {got}\n  expected "
+                             f"{expected}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"opset": opset, "ir_version": int(model.ir_version), "nodes": len(model.graph.node)}

@@ -90,7 +90,8 @@ def load_real_clips(data_dir: str | Path | None = None, use_cache: bool = True) 
     """
     from egmf_core.data import MeldDataset, group_dialogues, resolve_data_dir
     from egmf_core.data.meld import MeldConfig
-    from egmf_core.features import FaceFeatureExtractor, FeatureCache, WhisperFrontend, WhisperFrontendConfig, load_audio
+    from egmf_core.features import (FaceFeatureExtractor, FeatureCache, WhisperFrontend, WhisperFrontendConfig,
+                                    load_audio)
 
     root = resolve_data_dir(data_dir)
     cache = FeatureCache() if use_cache else None
@@ -309,13 +310,15 @@ def errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     if ref.shape != got.shape:
         raise ParityError(f"shape mismatch: PyTorch {ref.shape}, engine {got.shape}")
     if not np.isfinite(got).all():
-        return {"max_abs": float("inf"), "scale": float(np.abs(ref).max()), "rel_to_scale": float("inf"), "max_rel": float("inf")}
+        return {"max_abs": float("inf"), "scale": float(np.abs(ref).max()), "rel_to_scale": float("inf"),
+                "max_rel": float("inf")}
     diff = np.abs(got - ref)
     scale = float(np.abs(ref).max()) if ref.size else 0.0
     max_abs = float(diff.max()) if diff.size else 0.0
     big = np.abs(ref) >= 1e-3 * scale if scale > 0 else np.zeros_like(ref, bool)
     max_rel = float((diff[big] / np.abs(ref[big])).max()) if big.any() else 0.0
-    return {"max_abs": max_abs, "scale": scale, "rel_to_scale": max_abs / scale if scale > 0 else 0.0, "max_rel": max_rel}
+    return {"max_abs": max_abs, "scale": scale, "rel_to_scale": max_abs / scale if scale > 0 else 0.0,
+            "max_rel": max_rel}
 
 
 def case_shape(case: dict[str, Any]) -> dict[str, int]:

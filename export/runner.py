@@ -44,13 +44,15 @@ class EngineError(RuntimeError):
 def read_manifest(engines_dir: str | Path) -> dict[str, Any]:
     path = Path(engines_dir) / "manifest.json"
     if not path.is_file():
-        raise EngineError(f"{path} not found: build the engines first with `python -m export --checkpoint ... --out {engines_dir}`")
+        raise EngineError(f"{path} not found: build the engines first with `python -m export --checkpoint ... --out "
+                          f"{engines_dir}`")
     manifest = json.loads(path.read_text(encoding="utf-8"))
     if manifest.get("format") != "egmf-engines":
         raise EngineError(f"{path} is not an EGMF engines manifest")
     if manifest.get("format_version") != ENGINE_FORMAT_VERSION:
         raise EngineError(
-            f"{path}: engines format {manifest.get('format_version')} is not supported (expected {ENGINE_FORMAT_VERSION}); re-export"
+            f"{path}: engines format {manifest.get('format_version')} is not supported (expected "
+            f"{ENGINE_FORMAT_VERSION}); re-export"
         )
     return manifest
 
@@ -69,7 +71,8 @@ def resolve_providers(requested: Sequence[str] | None = None) -> list[str]:
     if not requested and CPU_EP not in chosen:
         chosen.append(CPU_EP)
     if not chosen:
-        raise EngineError(f"none of the requested providers {wanted} is available in this onnxruntime build ({sorted(available)})")
+        raise EngineError(f"none of the requested providers {wanted} is available in this onnxruntime build "
+                          f"({sorted(available)})")
     return chosen
 
 
@@ -79,8 +82,9 @@ class FusionEngine(nn.Module):
     It is an `nn.Module` only so that it can be assigned to `EGMFModel.fusion` (a registered submodule) and follow
     `.to(device)`; it holds no parameters, only the `embed_rms` buffer that `EGMFModel.device` reads.
     `threads` sets onnxruntime's intra-op threads (default: its own choice); `spin=False` (default) stops its CPU
-    threads from busy-waiting between calls. Inputs are bound zero-copy with onnxruntime's IO binding, on the GPU when the active provider is CUDA/TensorRT
-    and the tensors live there, else in host memory; outputs come back on the inputs' device.
+    threads from busy-waiting between calls. Inputs are bound zero-copy with onnxruntime's IO binding, on the GPU when
+    the active provider is CUDA/TensorRT and the tensors live there, else in host memory; outputs come back on the
+    inputs' device.
     """
 
     def __init__(
@@ -211,11 +215,13 @@ class FusionEngine(nn.Module):
             "audio_valid": (audio_valid, 2, None), "visual_valid": (visual_valid, 2, None),
         }
         for name, (t, ndim, last) in expect.items():
-            if not isinstance(t, torch.Tensor) or t.ndim != ndim or t.shape[0] != b or (last is not None and t.shape[-1] != last):
+            if (not isinstance(t, torch.Tensor) or t.ndim != ndim or t.shape[0] != b
+                    or (last is not None and t.shape[-1] != last)):
                 shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 want = f"(batch={b}, time{', ' + str(last) if last is not None else ''})"
                 raise EngineError(f"fusion engine input {name}: expected shape {want}, got {shape}")
-        for feat, mask, name in ((text_embeds, text_valid, "text"), (audio, audio_valid, "audio"), (visual, visual_valid, "visual")):
+        for feat, mask, name in ((text_embeds, text_valid, "text"), (audio, audio_valid, "audio"),
+                                 (visual, visual_valid, "visual")):
             if feat.shape[1] != mask.shape[1]:
                 raise EngineError(f"fusion engine: {name} has {feat.shape[1]} frames but its mask {mask.shape[1]}")
         s = int(f.audio_stride)
@@ -251,7 +257,8 @@ def _check_compatible(model: Any, manifest: dict[str, Any]) -> None:
                 f"({theirs[section]} vs {mine[section]}): re-export them from the model's checkpoint"
             )
     if mine["backbone"]["name"] != theirs["backbone"]["name"]:
-        raise EngineError(f"engines built for backbone {theirs['backbone']['name']!r}, model uses {mine['backbone']['name']!r}")
+        raise EngineError(f"engines built for backbone {theirs['backbone']['name']!r}, model uses "
+                          f"{mine['backbone']['name']!r}")
     hidden = model.llm.get_input_embeddings().weight.shape[1]
     if hidden != manifest["fusion"]["llm_hidden"]:
         raise EngineError(f"engines built for LLM hidden size {manifest['fusion']['llm_hidden']}, model has {hidden}")
@@ -286,8 +293,8 @@ def use_engines(
         digest = sha256_file(resolve(checkpoint))
         if digest != manifest["model"]["checkpoint_sha256"]:
             raise EngineError(
-                f"engines in {engines_dir} were exported from checkpoint sha256 {manifest['model']['checkpoint_sha256'][:12]}..., "
-                f"not from {checkpoint} ({digest[:12]}...): re-export"
+                f"engines in {engines_dir} were exported from checkpoint sha256 "
+                f"{manifest['model']['checkpoint_sha256'][:12]}..., not from {checkpoint} ({digest[:12]}...): re-export"
             )
     if verify_hashes:
         from .manifest import verify_files
@@ -349,7 +356,8 @@ def load_engine_model(
     graph = manifest["fusion"]
     backbone = LoadedBackbone(cfg.backbone.name, llm, tokenizer, graph["llm_hidden"], graph["embed_rms"])
     model = EGMFModel(cfg, backbone)
-    model.fusion = FusionEngine.from_dir(engines_dir, providers=providers, threads=threads, manifest=manifest).to(device)
+    model.fusion = FusionEngine.from_dir(engines_dir, providers=providers, threads=threads,
+                                         manifest=manifest).to(device)
     model.eval()
     return model
 

@@ -55,7 +55,8 @@ class ProfileConfig:
     def validate(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise ProfileError(
-                f"batch bounds must satisfy 1 <= min <= opt <= max, got {self.min_batch}/{self.opt_batch}/{self.max_batch}"
+                "batch bounds must satisfy 1 <= min <= opt <= max, got "
+                f"{self.min_batch}/{self.opt_batch}/{self.max_batch}"
             )
         if not 0 < self.min_seconds <= self.opt_seconds <= self.max_seconds:
             raise ProfileError(
@@ -64,8 +65,8 @@ class ProfileConfig:
             )
         if self.max_seconds > WHISPER_MAX_SECONDS:
             raise ProfileError(
-                f"max_seconds {self.max_seconds} exceeds Whisper's {WHISPER_MAX_SECONDS:g} s window: the audio features "
-                "of one utterance never cover more"
+                f"max_seconds {self.max_seconds} exceeds Whisper's {WHISPER_MAX_SECONDS:g} s window: the audio "
+                "features of one utterance never cover more"
             )
         if self.min_text_tokens < 1:
             raise ProfileError(f"min_text_tokens must be >= 1, got {self.min_text_tokens}")
@@ -161,8 +162,9 @@ def tensorrt_status() -> tuple[bool, str]:
         import tensorrt as trt  # noqa: F401
     except Exception as exc:  # ImportError, or a stub package that raises on import
         return False, (
-            f"TensorRT is not installed ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no module'}); "
-            "on a CUDA machine install NVIDIA's wheels (pip install tensorrt-cu13) to build fusion.plan"
+            f"TensorRT is not installed ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no module'}); on a CUDA machine install "
+            "NVIDIA's wheels (pip install tensorrt-cu13) to build fusion.plan"
         )
     version = getattr(trt, "__version__", "?")
     try:
@@ -172,7 +174,8 @@ def tensorrt_status() -> tuple[bool, str]:
     except Exception:  # pragma: no cover - torch is a hard dependency
         has_gpu = False
     if not has_gpu:
-        return False, f"TensorRT {version} is installed but no CUDA GPU is visible; engines are built on the GPU they run on"
+        return False, (f"TensorRT {version} is installed but no CUDA GPU is visible; engines are built on the GPU they "
+                       "run on")
     return True, f"TensorRT {version}"
 
 
@@ -241,7 +244,8 @@ def build_engine(
     engine_path.parent.mkdir(parents=True, exist_ok=True)
     data = bytes(serialized)
     engine_path.write_bytes(data)
-    return BuildResult(str(engine_path), time.perf_counter() - start, fp16, str(getattr(trt, "__version__", "?")), len(data))
+    return BuildResult(str(engine_path), time.perf_counter() - start, fp16, str(getattr(trt, "__version__", "?")),
+                       len(data))
 
 
 class TensorRTFusionEngine:

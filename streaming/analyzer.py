@@ -45,14 +45,14 @@ class EGMFAnalyzerConfig:
     has video (needs mediapipe and the face model; without them the analyzer carries on with audio and text and
     logs why once). ``cpu_threads``: recognizer threads; 1 because tiny.en's decoder steps are too small to split (on
     2 cores, 1 thread decodes faster and encodes about as fast: ASR p50 / p95 218 / 338 ms vs 255 / 458 ms with 2,
-    ``benchmarks/bench_streaming_latency.py --asr-threads 2 1``). ``asr_window_s``: the recognizer's encoder window. Live
-    utterances are at most ``max_utterance_s`` (8 s) long, and the encoder's cost follows the window, not the speech:
-    10 s costs a fifth of Whisper's native 30 s, with the same word error rate (benchmarks/results/whisper_window.md);
-    the shipped checkpoint's last training stage learned from live cuts in the 10 s window (its earlier stages from
-    whole clips in 30 s). ``frame_s``: room tone the recognizer and the audio branch get on each side of the speech
-    (``egmf_core.features.live_cut.utterance_audio``); the default is the training clips' framing, 0 gives them the
-    segmenter's cut alone. ``llm_precision``: the number format of the LLM's projections (``egmf_core.precision``:
-    "auto" runs bfloat16 on CPUs with native bf16, else the fp32 reference)."""
+    ``benchmarks/bench_streaming_latency.py --asr-threads 2 1``). ``asr_window_s``: the recognizer's encoder window.
+    Live utterances are at most ``max_utterance_s`` (8 s) long, and the encoder's cost follows the window, not the
+    speech: 10 s costs a fifth of Whisper's native 30 s, with the same word error rate
+    (benchmarks/results/whisper_window.md); the shipped checkpoint's last training stage learned from live cuts in the
+    10 s window (its earlier stages from whole clips in 30 s). ``frame_s``: room tone the recognizer and the audio
+    branch get on each side of the speech (``egmf_core.features.live_cut.utterance_audio``); the default is the training
+    clips' framing, 0 gives them the segmenter's cut alone. ``llm_precision``: the number format of the LLM's
+    projections (``egmf_core.precision``: "auto" runs bfloat16 on CPUs with native bf16, else the fp32 reference)."""
 
     checkpoint: str = "default"
     whisper_model_path: str | None = None

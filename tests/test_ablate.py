@@ -1,4 +1,5 @@
-"""`python -m egmf_core.research.ablate`: every variant is scored and tabulated, and each ablation does exactly what it says."""
+"""`python -m egmf_core.research.ablate`: every variant is scored and tabulated, and each ablation does exactly what it
+says."""
 
 from __future__ import annotations
 
@@ -54,11 +55,12 @@ def test_full_variant_equals_evaluate(ablation, tmp_path):
     full = _rows(ablation)["full"]["datasets"]
     for dataset, limit in LIMITS.items():
         out = tmp_path / f"{dataset}.json"
-        assert evaluate.main(["--checkpoint", "default", "--dataset", dataset, "--limit", str(limit), "--out", str(out)]) == 0
+        assert evaluate.main(["--checkpoint", "default", "--dataset", dataset, "--limit", str(limit), "--out",
+                              str(out)]) == 0
         expected = json.loads(out.read_text())
         got = full[dataset]["report"]
-        assert set(got) == set(expected) - {"checkpoint", "model_version", "dataset", "split", "label_set", "audio", "limit",
-                                          "seconds"}
+        assert set(got) == set(expected) - {"checkpoint", "model_version", "dataset", "split", "label_set", "audio",
+                                            "limit", "seconds"}
         for key, value in got.items():  # compared as JSON text: NaN (a constant prediction's correlation) equals NaN
             assert json.dumps(value, sort_keys=True) == json.dumps(expected[key], sort_keys=True), key
 

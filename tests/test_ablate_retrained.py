@@ -1,5 +1,5 @@
-"""`python -m egmf_core.research.ablate_retrained`: each variant is really trained without its part, scored on the test split,
-tabulated; variants that cannot differ are not trained; a second run reuses the finished ones."""
+"""`python -m egmf_core.research.ablate_retrained`: each variant is really trained without its part, scored on the test
+split, tabulated; variants that cannot differ are not trained; a second run reuses the finished ones."""
 
 from __future__ import annotations
 
@@ -94,7 +94,8 @@ def test_a_second_sweep_reuses_finished_runs(sweep, capsys):
 
 @pytest.mark.slow
 def test_the_result_so_far_is_handed_on_after_every_variant(sweep):
-    """What the CLI rewrites its report from, so that a sweep stopped by a time limit leaves the variants it finished."""
+    """What the CLI rewrites its report from, so that a sweep stopped by a time limit leaves the variants it
+    finished."""
     base = RunConfig.from_yaml(sweep["args"][1])
     variants = [VARIANT[n] for n in ("full", "no_e1", "no_video")]
     snapshots: list[dict] = []

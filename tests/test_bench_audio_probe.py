@@ -55,7 +55,8 @@ def test_histories_never_hold_the_clip_and_one_emotion_rows_skip_that_emotion():
 @needs_ravdess
 def test_probe_report_on_real_clips(tmp_path):
     out = tmp_path / "audio_probe"
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_audio_probe.py"), "--limit", "16", "--out", str(out)],
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_audio_probe.py"), "--limit", "16", "--out",
+                    str(out)],
                    check=True, cwd=REPO, capture_output=True, timeout=900)
     res = json.loads(out.with_suffix(".json").read_text())
     assert res["data"].startswith("RAVDESS train (actors 01-10) 16 clips, dev (11-12) 16, test (13-16) 16")
@@ -73,4 +74,5 @@ def test_probe_report_on_real_clips(tmp_path):
     assert model["4 random other clips"]["n"] == 16
     for r in model.values():
         assert 0 < r["n"] <= 16 and all(0 <= r[k] <= 100 for k in ("llm_raw", "llm_mapped", "aux_raw", "aux_mapped"))
-    assert model["4 random other clips"]["llm_raw"] == model["all other clips of the speaker (balanced emotions)"]["llm_raw"]
+    assert (model["4 random other clips"]["llm_raw"]
+            == model["all other clips of the speaker (balanced emotions)"]["llm_raw"])

@@ -43,7 +43,8 @@ def test_write_calibrated_changes_only_the_calibration(tmp_path) -> None:
         assert sorted(a.keys()) == sorted(b.keys())
         assert all(a.get_tensor(k).equal(b.get_tensor(k)) for k in a.keys())
         meta_a, meta_b = a.metadata(), b.metadata()
-    assert {k: v for k, v in meta_a.items() if k != METADATA_KEY} == {k: v for k, v in meta_b.items() if k != METADATA_KEY}
+    assert ({k: v for k, v in meta_a.items() if k != METADATA_KEY}
+            == {k: v for k, v in meta_b.items() if k != METADATA_KEY})
 
 
 @pytest.mark.slow

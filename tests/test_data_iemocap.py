@@ -198,8 +198,8 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_training_on_iemocap_with_its_six_class_label_set(root: Path, tmp_path: Path) -> None:
-    """`python -m egmf_core.research.train` with a `data.extra` entry: IEMOCAP's 6-class benchmark trains and is scored on its
-    dev split, in the dataset's own labels (so users with the data need one config, one command)."""
+    """`python -m egmf_core.research.train` with a `data.extra` entry: IEMOCAP's 6-class benchmark trains and is scored
+    on its dev split, in the dataset's own labels (so users with the data need one config, one command)."""
     import json
 
     import yaml

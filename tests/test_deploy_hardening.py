@@ -499,7 +499,8 @@ def test_killed_model_replica_mid_stream(service, recording):  # noqa: F811
         ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
     t.join(300)
     events, code = results["events"]
-    print(f"\nafter ray.kill of the model replica: {[e.code for e in _errors(events)]}, {len(_utts(events))} utterances")
+    print(f"\nafter ray.kill of the model replica: {[e.code for e in _errors(events)]}, "
+          f"{len(_utts(events))} utterances")
     assert code == 1000
     reported = _utts(events) + [e for e in _errors(events) if e.code in ("analysis_failed", "analysis_timeout")]
     assert len(reported) == 2 * len(refs), events

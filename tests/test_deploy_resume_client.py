@@ -109,8 +109,8 @@ def _kept_events(stream_id: str, url: str = WS) -> list:
 def test_client_resumes_a_dropped_connection_every_event_once(service, recording, tmp_path):  # noqa: F811
     """``python -m deploy.client --realtime``: the test cuts the client's TCP connection after its first utterance,
     mid-stream. The client reconnects (``stream_in_use`` if the server is still finishing the first connection's
-    audio: retried with backoff), resumes after its last utterance id and sends the rest of the file. Every utterance the
-    server produced reaches the output exactly once, ids 0..n-1 in order, and no line is printed twice (the
+    audio: retried with backoff), resumes after its last utterance id and sends the rest of the file. Every utterance
+    the server produced reaches the output exactly once, ids 0..n-1 in order, and no line is printed twice (the
     ``speech_started`` the resume sends again are dropped)."""
     from deploy.client import main
 

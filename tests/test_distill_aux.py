@@ -1,5 +1,5 @@
-"""The auxiliary-head distillation (`egmf_core.research.distill_aux`): the fit, its metrics, and a checkpoint whose answers
-stay exactly the same."""
+"""The auxiliary-head distillation (`egmf_core.research.distill_aux`): the fit, its metrics, and a checkpoint whose
+answers stay exactly the same."""
 
 from __future__ import annotations
 

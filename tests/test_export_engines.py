@@ -78,7 +78,8 @@ def test_export_succeeds_with_progress_per_step(built: SimpleNamespace) -> None:
 def test_onnx_graph_signature(built: SimpleNamespace) -> None:
     onnx.checker.check_model(str(built.out / "fusion.onnx"))
     graph = onnx.load(str(built.out / "fusion.onnx")).graph
-    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim] for v in [*graph.input, *graph.output]}
+    dims = {v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in [*graph.input, *graph.output]}
     assert dims == {
         "text_embeds": ["batch", "text_len", 576], "text_valid": ["batch", "text_len"],
         "audio": ["batch", "audio_len", 384], "audio_valid": ["batch", "audio_len"],

@@ -55,8 +55,8 @@ def test_default_profile_shapes() -> None:
 
 def test_custom_profile_and_text_caps() -> None:
     f = FusionConfig(max_text_tokens=32)
-    p = compute_profiles(f, 640, ProfileConfig(min_batch=2, opt_batch=4, max_batch=16, min_seconds=1.0, opt_seconds=20.0,
-                                               max_seconds=25.0))
+    p = compute_profiles(f, 640, ProfileConfig(min_batch=2, opt_batch=4, max_batch=16, min_seconds=1.0,
+                                               opt_seconds=20.0, max_seconds=25.0))
     assert p["text_embeds"].opt == (4, 32, 640)  # 70 tokens capped at max_text_tokens
     assert p["audio"].min == (2, 50, 384) and p["audio"].max == (16, 1250, 384)
     p2 = compute_profiles(f, 640, ProfileConfig(opt_text_tokens=5))
@@ -179,7 +179,8 @@ class _FakeTRT:
 def test_build_engine_sets_profiles_and_fp16(tmp_path) -> None:
     profiles = compute_profiles(FusionConfig(), 576)
     trt = _FakeTRT(list(INPUTS))
-    result = build_engine(tmp_path / "fusion.onnx", tmp_path / "fusion.plan", profiles, fp16=True, workspace_gib=1, trt=trt)
+    result = build_engine(tmp_path / "fusion.onnx", tmp_path / "fusion.plan", profiles, fp16=True, workspace_gib=1,
+                          trt=trt)
     assert (tmp_path / "fusion.plan").read_bytes() == b"PLAN" and result.bytes == 4 and result.fp16
     assert trt.calls["flags"] == ["fp16"] and trt.calls["pool"] == ("workspace", 1 << 30)
     assert trt.calls["network_flags"] == 0  # explicit batch is implicit from TensorRT 10

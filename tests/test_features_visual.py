@@ -94,7 +94,8 @@ def test_bad_frames_and_timestamps_are_rejected(extractor: FaceFeatureExtractor)
 
 def test_pose_from_matrices_recovers_angles() -> None:
     yaw, pitch, roll = 0.3, -0.2, 0.1
-    cy, sy, cp, sp, cr, sr = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll), math.sin(roll)
+    cy, sy, cp, sp, cr, sr = (math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch), math.cos(roll),
+                              math.sin(roll))
     ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
     rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
     rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])

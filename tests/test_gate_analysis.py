@@ -1,4 +1,5 @@
-"""`python -m egmf_core.research.gate_analysis`: its files, statistics that agree with the raw alphas, and each break flag."""
+"""`python -m egmf_core.research.gate_analysis`: its files, statistics that agree with the raw alphas, and each break
+flag."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ LABELS = ["anger", "joy"]
 def out_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("gate")
     limits = [a for name, n in LIMITS.items() for a in ("--limit", f"{name}={n}")]
-    assert gate_analysis.main(["--checkpoint", "default", "--datasets", "meld", "ravdess", *limits, "--out-dir", str(out)]) == 0
+    assert gate_analysis.main(["--checkpoint", "default", "--datasets", "meld", "ravdess", *limits, "--out-dir",
+                               str(out)]) == 0
     return out
 
 
@@ -68,7 +70,8 @@ def test_statistics_agree_with_the_raw_alphas(out_dir):
 def _gate(alpha: np.ndarray, outputs: np.ndarray | None = None) -> dict:
     rng = np.random.default_rng(1)
     outputs = rng.normal(size=(len(alpha), 3, 16)) if outputs is None else outputs
-    return gate_statistics(alpha, outputs, ["anger"] * (len(alpha) // 2) + ["joy"] * (len(alpha) - len(alpha) // 2), LABELS)
+    return gate_statistics(alpha, outputs, ["anger"] * (len(alpha) // 2) + ["joy"] * (len(alpha) - len(alpha) // 2),
+                           LABELS)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

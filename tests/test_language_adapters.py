@@ -64,7 +64,8 @@ def runs(tmp_path_factory) -> SimpleNamespace:
     # + a "zh" adapter: first an exact copy of "en", then perturbed
     model.add_language_adapter("zh", init_from="en")
     en_state, zh_state = model.lora_state("en"), model.lora_state("zh")
-    r.copied_exactly = en_state.keys() == zh_state.keys() and all(torch.equal(v, zh_state[k]) for k, v in en_state.items())
+    r.copied_exactly = (en_state.keys() == zh_state.keys()
+                        and all(torch.equal(v, zh_state[k]) for k, v in en_state.items()))
     r.zh_copied, r.mixed_copied = model.score([zh])[0], model.score(mixed)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():

@@ -3,8 +3,8 @@
 The layers are deploy -> streaming -> egmf_core and export -> egmf_core. A small AST check (stdlib `ast`, no new
 dependency) reads every `.py` under egmf_core/, streaming/, export/ and deploy/ and collects every import: module
 level and inside functions or `if` blocks (a lazy import is a dependency too), absolute and relative
-(`from . import x`, `from ..research.evaluate import y`), and `importlib.import_module("...")` / `__import__("...")` with a
-literal name. Rules:
+(`from . import x`, `from ..research.evaluate import y`), and `importlib.import_module("...")` / `__import__("...")`
+with a literal name. Rules:
 
 - egmf_core imports none of streaming, export, deploy;
 - export imports neither streaming nor deploy;

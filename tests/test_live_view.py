@@ -1,6 +1,6 @@
 """Training and evaluating on live cuts: RAVDESS clips as the live segmenter cuts and frames them
-(`egmf_core.features.live_cut.live_cut`), their Whisper features through the cache (`whisper_audio_lookup("live")`), in audio
-packs, in train configs (`data.ravdess_audio`) and in `python -m egmf_core.research.evaluate --audio live`."""
+(`egmf_core.features.live_cut.live_cut`), their Whisper features through the cache (`whisper_audio_lookup("live")`), in
+audio packs, in train configs (`data.ravdess_audio`) and in `python -m egmf_core.research.evaluate --audio live`."""
 
 from __future__ import annotations
 

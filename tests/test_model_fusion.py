@@ -158,7 +158,8 @@ def test_audio_statistics_block_starts_as_a_no_op_and_ignores_padding(real_audio
 
     plain = make_stack()
     torch.manual_seed(0)
-    with_stats = FusionStack(dataclasses.replace(FusionConfig(), audio_stats=True), AblationConfig(), LLM_HIDDEN, EMBED_RMS)
+    with_stats = FusionStack(dataclasses.replace(FusionConfig(), audio_stats=True), AblationConfig(), LLM_HIDDEN,
+                             EMBED_RMS)
     with_stats.load_state_dict(plain.state_dict(), strict=False)
     with_stats.eval()
     x = inputs(real_audio[0])

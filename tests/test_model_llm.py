@@ -47,7 +47,8 @@ def test_lora_rank_alpha_and_only_lora_and_fusion_train(model):
     cfg = model.cfg.lora
     lora_a = [m for n, m in model.llm.named_modules() if n.endswith("lora_A.default")]
     assert lora_a and all(m.weight.shape[0] == cfg.r for m in lora_a)
-    scalings = {m.scaling["default"] for _, m in model.llm.named_modules() if isinstance(getattr(m, "scaling", None), dict)}
+    scalings = {m.scaling["default"] for _, m in model.llm.named_modules()
+                if isinstance(getattr(m, "scaling", None), dict)}
     assert scalings == {cfg.alpha / cfg.r}
     targets = {n.split(".")[-1] for n, m in model.llm.named_modules() if hasattr(m, "lora_A")}
     assert targets == set(cfg.target_modules)

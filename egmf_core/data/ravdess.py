@@ -63,7 +63,8 @@ class RavdessConfig:
 
 
 class RavdessDataset(LoadedSplit):
-    """One actor-independent RAVDESS split (`split="all"`: every actor of every configured split), ordered by actor then file name."""
+    """One actor-independent RAVDESS split (`split="all"`: every actor of every configured split), ordered by actor then
+    file name."""
 
     name = "ravdess"
 

@@ -19,7 +19,8 @@ from egmf_core.features.audio import frame_utterance
 from egmf_core.features.loudness import scaled_loudness
 from egmf_core.features.segmenter import SegmenterConfig, SpeechSegment, VADSegmenter
 
-__all__ = ["LINE_NOISE_BELOW_DB", "LIVE_CUT_VERSION", "LIVE_WINDOW_S", "TRAINING_FRAME_S", "LiveCut", "live_cut", "utterance_audio"]
+__all__ = ["LINE_NOISE_BELOW_DB", "LIVE_CUT_VERSION", "LIVE_WINDOW_S", "TRAINING_FRAME_S", "LiveCut", "live_cut",
+           "utterance_audio"]
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ def live_cut(audio: np.ndarray, segmenter: SegmenterConfig | None = None, frame_
              noise_below_db: float = LINE_NOISE_BELOW_DB) -> LiveCut:
     """Cut a recorded clip (float32 mono 16 kHz) as a live line would: the clip framed by ``lead_s`` of faint noise
     (white, ``noise_below_db`` under the clip's integrated loudness; a live line is never digitally silent),
-    segmented by :class:`VADSegmenter` (``segmenter``, default the live settings), and the speech framed by :func:`utterance_audio` (``frame_s`` of room tone, within
-    the recognizer's ``window_s``). One implementation for the live-cut benchmark
-    (``benchmarks/bench_live_segments.py``) and for training and evaluating on live cuts
+    segmented by :class:`VADSegmenter` (``segmenter``, default the live settings), and the speech framed by
+    :func:`utterance_audio` (``frame_s`` of room tone, within the recognizer's ``window_s``). One implementation for the
+    live-cut benchmark (``benchmarks/bench_live_segments.py``) and for training and evaluating on live cuts
     (``egmf_core.research.evaluate.whisper_audio_lookup(view="live")``). Deterministic: the noise has a fixed seed."""
 
     cfg = segmenter or SegmenterConfig()

@@ -55,7 +55,8 @@ def normalize_loudness(audio: np.ndarray, target_lufs: float, sample_rate: int =
     The measurement is made on a copy first scaled to a fixed RMS (-20 dBFS): BS.1770's absolute gate (-70 LUFS)
     would otherwise drop different blocks of the same utterance at different levels, so a -20 dB copy would not come
     out exactly like the original. With the pre-scaling the result does not depend on the input level at all (up to
-    the gain cap). Digital silence is returned unchanged. Samples may exceed [-1, 1] afterwards: they feed the encoder's log-mel as floats, never a DAC."""
+    the gain cap). Digital silence is returned unchanged. Samples may exceed [-1, 1] afterwards: they feed the encoder's
+    log-mel as floats, never a DAC."""
     x = np.asarray(audio, np.float32)
     loudness = scaled_loudness(x, sample_rate)
     if not math.isfinite(loudness):

@@ -2,11 +2,12 @@
 
 The paper's ablation study (modalities, experts, gating, LoRA) as test-time ablations: each variant is the same
 trained checkpoint reloaded with one switch of its config changed (`load_checkpoint(path, overrides=...)`) and scored
-with `egmf_core.research.evaluate`'s code on the same examples. That measures how much a trained model relies on each part.
-The paper's own numbers come from variants retrained without the part (`egmf_core.research.ablate_retrained`); given such
-checkpoints (one `--checkpoint` each, `--variants full`), this command tabulates them side by side. Writes a Markdown table and, beside it, the
-raw numbers (full reports and every utterance's prediction) as JSON. The MMSA sentiment benchmarks (`--datasets
-mosei`, ...) are tabulated with MMSA's regression metrics instead of emotion F1 and accuracy.
+with `egmf_core.research.evaluate`'s code on the same examples. That measures how much a trained model relies on each
+part. The paper's own numbers come from variants retrained without the part (`egmf_core.research.ablate_retrained`);
+given such checkpoints (one `--checkpoint` each, `--variants full`), this command tabulates them side by side. Writes a
+Markdown table and, beside it, the raw numbers (full reports and every utterance's prediction) as JSON. The MMSA
+sentiment benchmarks (`--datasets mosei`, ...) are tabulated with MMSA's regression metrics instead of emotion F1 and
+accuracy.
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def not_applicable(cfg: EGMFConfig, overrides: dict) -> str | None:
 # set's report has (MOSI/MOSEI: has-0 and non-0 Acc-2, Acc-5, Acc-7; SIMS: Acc-2/3/5 and F1).
 REGRESSION_COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("mae", "MAE", 3), ("corr", "Corr", 3),
-    ("acc2_has0", "Acc-2 has-0", 2), ("f1_has0", "F1 has-0", 2), ("acc2_non0", "Acc-2 non-0", 2), ("f1_non0", "F1 non-0", 2),
+    ("acc2_has0", "Acc-2 has-0", 2), ("f1_has0", "F1 has-0", 2), ("acc2_non0", "Acc-2 non-0", 2),
+    ("f1_non0", "F1 non-0", 2),
     ("acc2", "Acc-2", 2), ("acc3", "Acc-3", 2), ("acc5", "Acc-5", 2), ("acc7", "Acc-7", 2), ("f1", "F1", 2),
 )
 
@@ -166,7 +168,8 @@ def run_ablations(
             reason = not_applicable(cfg, overrides)
             if reason:
                 progress(f"[{k}/{total}] {ckpt} {variant.label}: skipped ({reason})")
-                rows.append({"variant": variant.name, "label": variant.label, "overrides": overrides, "skipped": reason})
+                rows.append({"variant": variant.name, "label": variant.label, "overrides": overrides,
+                             "skipped": reason})
                 continue
             t0 = time.perf_counter()
             model = load_checkpoint(ckpt, overrides=overrides)
@@ -238,13 +241,14 @@ def render_markdown(result: dict, command: str) -> str:
                 rows.append(cells)
         present = info["modalities_present"]
         counts = ", ".join(f"{m} {n}" for m, n in present.items())
-        parts += [f"## {dataset_title(info)}", "", f"Modalities present (utterances): {counts}.{_absent_note(present)}", "",
-                  markdown_table(header, rows), ""]
+        parts += [f"## {dataset_title(info)}", "", f"Modalities present (utterances): {counts}.{_absent_note(present)}",
+                  "", markdown_table(header, rows), ""]
     parts.append("Scores in percent; (+/-x) is the difference to the full model of the same checkpoint. The gate "
                  "entropy's maximum is ln 3 = 1.099 nats (equal weights). Raw numbers: the JSON file beside this one.")
     if any(info["dataset"] in MMSA_DATASETS for info in result["datasets"].values()):
         parts.append("MMSA data sets: MMSA's metrics of the predicted sentiment score against the gold label on the "
-                     "data set's own scale; MAE (lower is better) in label units and Corr (Pearson r) are not percentages.")
+                     "data set's own scale; MAE (lower is better) in label units and Corr (Pearson r) are not "
+                     "percentages.")
     return "\n".join(parts) + "\n"
 
 

@@ -1,9 +1,9 @@
 """`python -m egmf_core.research.ablate_retrained --config configs/ablation_fusion.yaml [--variants ...] [--seeds 0 1]`.
 
 The paper's ablation study as the paper runs it: every variant is trained from scratch without the part (same
-recipe, data, seed and number of steps, selected on dev as `egmf_core.research.train` does), then scored on the test split.
-`egmf_core.research.ablate` answers a different question (how much one trained checkpoint relies on each part, removed at
-inference); the two tables are complementary.
+recipe, data, seed and number of steps, selected on dev as `egmf_core.research.train` does), then scored on the test
+split. `egmf_core.research.ablate` answers a different question (how much one trained checkpoint relies on each part,
+removed at inference); the two tables are complementary.
 
 The recipe is the config's, and its `train.lm_weight` decides how the variants are scored:
 - answer loss (lm_weight > 0, e.g. configs/default.yaml): LoRA + fusion trained jointly, scored by the LLM's answers
@@ -16,8 +16,8 @@ The recipe is the config's, and its `train.lm_weight` decides how the variants a
 Each run keeps its checkpoint and scores in `<runs-dir>/<variant>/seed<N>/`; running the sweep again reuses finished
 runs (an interrupted sweep continues where it stopped) unless `--fresh`. `--reuse <earlier report>.json` also counts
 the runs an earlier report recorded (same recipe, variant and seed) as finished, so that adding seeds to a committed
-table does not retrain the seeds it already has when the runs folder is gone. Variants that cannot differ from one already
-trained (a modality no example has) are not trained, and the table says why.
+table does not retrain the seeds it already has when the runs folder is gone. Variants that cannot differ from one
+already trained (a modality no example has) are not trained, and the table says why.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ def test_datasets(cfg: RunConfig, ravdess_audio: Sequence[str] = ()) -> list[Dat
 
 
 @torch.inference_mode()
-def aux_predictions(model: EGMFModel, examples: Sequence[Example], batch_size: int = 32) -> tuple[list[str], np.ndarray, np.ndarray]:
+def aux_predictions(model: EGMFModel, examples: Sequence[Example],
+                    batch_size: int = 32) -> tuple[list[str], np.ndarray, np.ndarray]:
     """The auxiliary head's label for each example (argmax over the dataset's own labels, as the LLM's answer is
     constrained to them), with the gate weights (N, 3) and the experts' outputs (N, 3, d_h)."""
     label_set = examples[0].input.label_set
@@ -195,7 +196,8 @@ def recorded_runs(reports: Sequence[Path]) -> dict[tuple[str, int], RecordedRun]
                 for run in row.get("runs", []):
                     out[(row["variant"], run["seed"])] = RecordedRun(run, Path(path), report["datasets"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"--reuse {path}: not a report of python -m egmf_core.research.ablate_retrained ({exc})") from exc
+            raise ConfigError(f"--reuse {path}: not a report of python -m egmf_core.research.ablate_retrained "
+                              f"({exc})") from exc
     return out
 
 
@@ -226,7 +228,8 @@ def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int]
     if not datasets:
         raise ConfigError("the config trains on no dataset that evaluate can score (meld, ravdess, extra, mmsa)")
     mmsa = base.data.mmsa
-    sets = ExampleSets("test", {d.name: limit for d in datasets}, {mmsa.dataset: mmsa.folder} if mmsa and mmsa.folder else None)
+    sets = ExampleSets("test", {d.name: limit for d in datasets},
+                       {mmsa.dataset: mmsa.folder} if mmsa and mmsa.folder else None)
     fusion_only = not base.train.lm_weight
     present: set[str] = set()
     trained: dict[frozenset[str], str] = {}  # modalities removed -> the variant trained that way
@@ -398,7 +401,8 @@ def _metric_columns(full_scores: dict) -> list[tuple[str, str, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.ablate_retrained", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.ablate_retrained",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/ablation_fusion.yaml", help="the training recipe every variant uses")
     ap.add_argument("--variants", nargs="+", choices=VARIANT_NAMES, default=list(VARIANT_NAMES),
                     help="variants to train, in this order (default: all); the full model always is, and comes first")
@@ -414,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="count the runs these earlier reports recorded as finished (same recipe, variant, seed and "
                     "test sets), e.g. the committed benchmarks/results/ablations_retrained.json when adding seeds")
     add_machine_args(ap)
-    ap.add_argument("--out", default="benchmarks/results/ablations_retrained.md", help="Markdown; the JSON goes beside it")
+    ap.add_argument("--out", default="benchmarks/results/ablations_retrained.md",
+                    help="Markdown; the JSON goes beside it")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

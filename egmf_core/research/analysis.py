@@ -1,9 +1,9 @@
 """Shared plumbing of the analysis commands (`egmf_core.research.ablate`, `egmf_core.research.gate_analysis`).
 
-Both score checkpoints on several datasets with exactly `egmf_core.research.evaluate`'s code, so their numbers are the ones
-`python -m egmf_core.research.evaluate` prints. What lives here is what they have in common beyond that: the dataset and
-limit options, building each dataset's examples once (tokenized turns and audio features, the slow part to load)
-for every model scored on them, and Markdown tables. The MMSA sentiment benchmarks (mosi, mosei, sims, simsv2) are
+Both score checkpoints on several datasets with exactly `egmf_core.research.evaluate`'s code, so their numbers are the
+ones `python -m egmf_core.research.evaluate` prints. What lives here is what they have in common beyond that: the
+dataset and limit options, building each dataset's examples once (tokenized turns and audio features, the slow part to
+load) for every model scored on them, and Markdown tables. The MMSA sentiment benchmarks (mosi, mosei, sims, simsv2) are
 scored like `evaluate --dataset mosei`: from a converted folder, with MMSA's regression metrics.
 """
 
@@ -70,9 +70,10 @@ class DatasetSpec:
 
 def add_dataset_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--datasets", nargs="+", type=DatasetSpec.parse, default=[DatasetSpec(d) for d in DEFAULT_DATASETS],
-                    metavar="NAME[:LABEL_SET]", help=f"datasets to score (default: {' '.join(DEFAULT_DATASETS)}); any of "
-                    f"{', '.join(EVAL_DATASETS)}, optionally with a label set as in evaluate's --label-set (iemocap:iemocap6), "
-                    f"or the MMSA sentiment benchmarks {', '.join(MMSA_DATASETS)}")
+                    metavar="NAME[:LABEL_SET]",
+                    help=f"datasets to score (default: {' '.join(DEFAULT_DATASETS)}); any of "
+                    f"{', '.join(EVAL_DATASETS)}, optionally with a label set as in evaluate's --label-set "
+                    f"(iemocap:iemocap6), or the MMSA sentiment benchmarks {', '.join(MMSA_DATASETS)}")
     ap.add_argument("--mmsa-folder", action="append", default=[], metavar="NAME=PATH",
                     help="converted MMSA folder of one data set (repeatable; PATH alone when one MMSA data set is "
                     "scored, as evaluate's --mmsa-folder); default <data dir>/mmsa/<name>")
@@ -97,7 +98,8 @@ def parse_limits(values: Sequence[str], datasets: Sequence[DatasetSpec]) -> dict
         elif name in names:
             per[name] = int(number)
         else:
-            raise ValueError(f"--limit {value!r}: {name!r} is not one of the datasets scored ({', '.join(sorted(names))})")
+            raise ValueError(f"--limit {value!r}: {name!r} is not one of the datasets scored "
+                             f"({', '.join(sorted(names))})")
     return {name: per.get(name, default) for name in names}
 
 
@@ -157,8 +159,8 @@ class ExampleSets:
     def get(self, model: EGMFModel, spec: DatasetSpec) -> list[Example]:
         cfg = model.cfg
         prompt_key = json.dumps(
-            {"backbone": cfg.backbone.name, "prompt": dataclasses.asdict(cfg.prompt), "task": dataclasses.asdict(cfg.task),
-             "loudness_lufs": cfg.fusion.audio_loudness_lufs},
+            {"backbone": cfg.backbone.name, "prompt": dataclasses.asdict(cfg.prompt),
+             "task": dataclasses.asdict(cfg.task), "loudness_lufs": cfg.fusion.audio_loudness_lufs},
             sort_keys=True,
         )
         key = (spec.key, prompt_key)

@@ -42,7 +42,8 @@ def _decode(data: io.BytesIO) -> np.ndarray:
     return np.concatenate(chunks).astype(np.float32) / 32768.0
 
 
-def codec_roundtrip(audio: np.ndarray, container: str, codec: str, rate: int, bit_rate: int | None = None) -> np.ndarray:
+def codec_roundtrip(audio: np.ndarray, container: str, codec: str, rate: int,
+                    bit_rate: int | None = None) -> np.ndarray:
     """``audio`` (float32 mono 16 kHz) encoded with FFmpeg's ``codec`` at ``rate`` Hz and decoded back to 16 kHz,
     trimmed or zero-padded to its original length (codecs add priming delay and padding)."""
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)

@@ -99,7 +99,8 @@ def regression_report(examples: Sequence[Example], preds: Sequence[Prediction]) 
     (the labels exactly as stored, `meta["label"]`, not the [-1, 1] sentiment scaled back)."""
     dataset = examples[0].record.dataset
     if dataset not in MMSA_SCORING:
-        raise ValueError(f"sentiment-only scoring is defined for the MMSA benchmarks {tuple(MMSA_SCORING)}, not {dataset!r}")
+        raise ValueError(f"sentiment-only scoring is defined for the MMSA benchmarks {tuple(MMSA_SCORING)}, not "
+                         f"{dataset!r}")
     gold = [float(e.record.meta["label"]) for e in examples]
     return MMSA_SCORING[dataset].report([p.sentiment_score for p in preds], gold)
 
@@ -119,8 +120,10 @@ def emotion_report(model: EGMFModel, examples: Sequence[Example], preds: Sequenc
     with_sent = [(e, p) for e, p in zip(examples, preds) if e.input.sentiment is not None]
     if with_sent:
         s_gold = [model.prompts.sentiment_label(e.input.sentiment) for e, _ in with_sent]
-        out["sentiment"] = classification_report(s_gold, [p.sentiment_label for _, p in with_sent], model.cfg.task.sentiments)
-        out["sentiment_score"] = score_report([e.input.sentiment for e, _ in with_sent], [p.sentiment_score for _, p in with_sent])
+        out["sentiment"] = classification_report(s_gold, [p.sentiment_label for _, p in with_sent],
+                                                 model.cfg.task.sentiments)
+        out["sentiment_score"] = score_report([e.input.sentiment for e, _ in with_sent],
+                                              [p.sentiment_score for _, p in with_sent])
     return out
 
 
@@ -181,11 +184,11 @@ def check_mmsa_model(cfg: EGMFConfig, ds: MmsaDataset) -> None:
     name, bound = ds.name, ds.label_bound
     scale = cfg.task.score_tasks.get(name)
     if scale is None:
-        raise ConfigError(f"model.task.score_tasks has no {name!r} entry: {name} is answered by a sentiment score alone, "
-                          f"e.g. task.score_tasks.{name}: {{score_min: {-bound}, score_max: {bound}}}")
+        raise ConfigError(f"model.task.score_tasks has no {name!r} entry: {name} is answered by a sentiment score "
+                          f"alone, e.g. task.score_tasks.{name}: {{score_min: {-bound}, score_max: {bound}}}")
     if (scale.score_min, scale.score_max) != (-bound, bound):
-        raise ConfigError(f"model.task.score_tasks.{name} spans [{scale.score_min}, {scale.score_max}], but {name} labels "
-                          f"lie in [{-bound}, {bound}]: answers are on the data set's own scale")
+        raise ConfigError(f"model.task.score_tasks.{name} spans [{scale.score_min}, {scale.score_max}], but {name} "
+                          f"labels lie in [{-bound}, {bound}]: answers are on the data set's own scale")
     dims = {"audio_dim": cfg.fusion.audio_dim, "visual_dim": cfg.fusion.visual_dim}
     if dims != ds.fusion_dims:
         raise ConfigError(f"model.fusion takes {dims} but {name}'s features in {ds.folder} have {ds.fusion_dims}: "
@@ -239,7 +242,8 @@ def live_encoder_states(audio: np.ndarray, frontend) -> np.ndarray:
 
 def degradation_of(name: str | None, key: str):
     """The degradation named `name` for the clip `key`: a benchmark condition (`egmf_core.research.degrade.CONDITIONS`),
-    `random:<k>` (training copy k's random chain, `egmf_core.research.degrade.random_chain`), or None (the clip as recorded)."""
+    `random:<k>` (training copy k's random chain, `egmf_core.research.degrade.random_chain`), or None (the clip as
+    recorded)."""
     from .degrade import CONDITIONS, random_chain
 
     if name is None:
@@ -314,11 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "convert) for mosi/mosei/sims/simsv2; default <data dir>/mmsa/<dataset>")
     ap.add_argument("--split", default="test")
     ap.add_argument("--audio", choices=AUDIO_VIEWS, default="clip",
-                    help="datasets with audio files: the whole clip (default, as the checkpoint was trained) or the clip "
-                    "as the live segmenter cuts and frames it (what the model gets live)")
+                    help="datasets with audio files: the whole clip (default, as the checkpoint was trained) or the "
+                    "clip as the live segmenter cuts and frames it (what the model gets live)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate only the first N utterances")
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--out", default=None, help="JSON report path (default benchmarks/results/eval_<dataset>_<split>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON report path (default benchmarks/results/eval_<dataset>_<split>.json)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -353,8 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_regression(args.dataset, args.split, result["sentiment_regression"])
     else:
         _print_emotion(args.dataset, args.split, result)
-    print(f"  gate alpha mean {np.round(result['gate']['alpha_mean'], 3).tolist()} entropy {result['gate']['entropy_mean']:.3f}"
-          f" expert cosine {result['expert_cosine']:.3f}")
+    print(f"  gate alpha mean {np.round(result['gate']['alpha_mean'], 3).tolist()} entropy "
+          f"{result['gate']['entropy_mean']:.3f} expert cosine {result['expert_cosine']:.3f}")
     print(f"  report: {out}")
     return 0
 
@@ -392,8 +397,9 @@ def _print_emotion(dataset: str, split: str, result: dict) -> None:
     print(f"  ECE (15 bins) {cal['calibrated']['ece']:.3f} calibrated ({temperatures(cal)}), "
           f"{cal['uncalibrated']['ece']:.3f} uncalibrated; mean confidence {cal['calibrated']['mean_confidence']:.3f}")
     if "sentiment" in result:
-        print(f"  sentiment acc {result['sentiment']['accuracy']:.2f} weighted F1 {result['sentiment']['weighted_f1']:.2f}"
-              f" score MAE {result['sentiment_score']['mae']:.3f} r {result['sentiment_score']['pearson']:.3f}")
+        print(f"  sentiment acc {result['sentiment']['accuracy']:.2f} weighted F1 "
+              f"{result['sentiment']['weighted_f1']:.2f} score MAE {result['sentiment_score']['mae']:.3f} r "
+              f"{result['sentiment_score']['pearson']:.3f}")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def build_examples(
     """Records (in dialogue order) -> examples whose context holds only earlier turns of the same dialogue.
 
     `audio` encodes a record's audio file and `visual` its video's faces; `features` instead gives precomputed audio
-    and visual frames (MMSA's files, in the data set's own feature dimensions). A record's sentiment ([-1, 1]) becomes the target on the
-    label set's answer scale (a sentiment-only task's own range, e.g. MOSEI's [-3, 3]).
+    and visual frames (MMSA's files, in the data set's own feature dimensions). A record's sentiment ([-1, 1]) becomes
+    the target on the label set's answer scale (a sentiment-only task's own range, e.g. MOSEI's [-3, 3]).
     """
     out: list[Example] = []
     for dialogue in group_dialogues(records):

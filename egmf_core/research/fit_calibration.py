@@ -72,7 +72,8 @@ def _softmax_t(log_probs: np.ndarray, t: float | np.ndarray) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_calibration", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_calibration",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the calibrated checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--meld-dev", type=int, default=None, help="first N MELD dev utterances (default all 1,109)")
@@ -112,15 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    lines = ["# Calibration fit (dev data)", "", f"`python -m egmf_core.research.fit_calibration --checkpoint {args.checkpoint} "
+    lines = ["# Calibration fit (dev data)", "",
+             f"`python -m egmf_core.research.fit_calibration --checkpoint {args.checkpoint} "
              f"--out {args.out}`; temperatures {calibration.emotion_temperature}.", "",
-             "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | accuracy |",
+             "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | "
+             "accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in report["sets"].items():
         b, a = r["before"], r["after"]
         temps = " / ".join(f"{t:.2f}" for t in r["temperature"])
         lines.append(f"| {name} | {b['n']} | {temps} | {b['ece']:.3f} | {a['ece']:.3f} | {b['nll']:.3f} | "
-                     f"{a['nll']:.3f} | {b['mean_confidence']:.3f} / {a['mean_confidence']:.3f} | {b['accuracy']:.3f} |")
+                     f"{a['nll']:.3f} | {b['mean_confidence']:.3f} / {a['mean_confidence']:.3f} | "
+                     f"{b['accuracy']:.3f} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[4:]))
     print(f"calibrated checkpoint: {out}")

@@ -8,9 +8,9 @@ unfamiliar voice from its words, face and context instead (`AudioPrior.familiar`
 1. The subspace: the top `--components` principal directions of the prior's own training pool (actors 01-10 live
    cuts, clean and the channel-degraded copies training made), in the prior's standardized coordinates.
 2. The threshold: the largest mean squared residual outside that subspace among the development actors 11-12 (never
-   trained on) under every benchmark channel condition (`egmf_core.research.degrade.CONDITIONS`: level, limiter, loudness,
-   phone, MP3, noise): no held-out RAVDESS speaker under a condition a user has is called unfamiliar. The test actors
-   13-16 and the real recordings in ../shared/data/media play no part.
+   trained on) under every benchmark channel condition (`egmf_core.research.degrade.CONDITIONS`: level, limiter,
+   loudness, phone, MP3, noise): no held-out RAVDESS speaker under a condition a user has is called unfamiliar. The test
+   actors 13-16 and the real recordings in ../shared/data/media play no part.
 
 The written checkpoint is a copy of `--checkpoint` with the prior's domain added (tensors, calibration and the rest
 of the prior unchanged). The report (`--report`, JSON + markdown) gives the residuals per group.
@@ -47,7 +47,8 @@ def residuals(prior: AudioPrior, states: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_voice_domain", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_voice_domain",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--components", type=int, default=32, help="principal directions of the familiar subspace")
@@ -60,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prior = read_audio_prior(args.checkpoint)
     if prior is None:
-        raise SystemExit(f"{args.checkpoint}: no voice prior to add a domain to (python -m egmf_core.research.fit_audio_prior)")
+        raise SystemExit(f"{args.checkpoint}: no voice prior to add a domain to (python -m "
+                         "egmf_core.research.fit_audio_prior)")
     model = load_checkpoint(args.checkpoint)
     lufs = model.cfg.fusion.audio_loudness_lufs
 

@@ -2,8 +2,8 @@
 
 Does the hierarchical gate route? The paper's case for expert-guided fusion breaks when the gate weights alpha
 collapse onto one expert, when the experts compute the same thing, or when alpha hardly changes with the input. This
-scores each dataset once with `egmf_core.research.evaluate`'s code and reports, per dataset and per gold emotion, the mean
-weight of each expert and the gate's entropy, the experts' mean pairwise output cosine, the across-utterance spread
+scores each dataset once with `egmf_core.research.evaluate`'s code and reports, per dataset and per gold emotion, the
+mean weight of each expert and the gate's entropy, the experts' mean pairwise output cosine, the across-utterance spread
 of alpha and a rank test of alpha across gold emotions, with a flag for each break condition. The MMSA sentiment
 benchmarks (`--datasets mosei`, ...) have no emotion labels: there the groups are the sign of the gold sentiment score
 (negative / neutral / positive), and the report says so. Writes gate_analysis.md, gate_analysis.json and
@@ -144,14 +144,15 @@ def plot_histograms(alphas: dict[str, np.ndarray], path: Path) -> Path:
 def render_markdown(result: dict, command: str, image: str) -> str:
     parts = [
         "# Gate analysis", "",
-        f"Checkpoint `{result['checkpoint']}` (model `{result.get('model_version', '?')}`). Command: `{command}` ({result['seconds']:.0f} s).", "",
+        f"Checkpoint `{result['checkpoint']}` (model `{result.get('model_version', '?')}`). Command: `{command}` "
+        f"({result['seconds']:.0f} s).", "",
         "Break conditions of expert-guided fusion, per dataset: **collapsed** = mean of the largest gate weight > "
         f"{COLLAPSE_MAX_ALPHA} (one expert does all the work); **redundant** = experts' mean pairwise output cosine > "
-        f"{REDUNDANT_COSINE}; **static** = every expert's weight has an across-utterance std < {STATIC_STD} (alpha does "
-        "not depend on the input); **group-dependent** = a Kruskal-Wallis test of an expert's weight across the groups "
-        f"gives p < {SIGNIFICANCE} / (active experts), with epsilon^2 = H / (n - 1) as the effect size. The groups are "
-        "the gold emotions; the MMSA sentiment data sets have no emotion labels, so there they are the sign of the gold "
-        "sentiment score (negative < 0, neutral = 0, positive > 0). "
+        f"{REDUNDANT_COSINE}; **static** = every expert's weight has an across-utterance std < {STATIC_STD} (alpha "
+        "does not depend on the input); **group-dependent** = a Kruskal-Wallis test of an expert's weight across the "
+        f"groups gives p < {SIGNIFICANCE} / (active experts), with epsilon^2 = H / (n - 1) as the effect size. The "
+        "groups are the gold emotions; the MMSA sentiment data sets have no emotion labels, so there they are the sign "
+        "of the gold sentiment score (negative < 0, neutral = 0, positive > 0). "
         "Entropy is per utterance, in nats, relative to its maximum ln 3 (equal weights).", "",
     ]
     header = ["dataset", "n", "alpha mean (E1 / E2 / E3)", "alpha std", "entropy / ln 3", "mean max alpha",
@@ -162,11 +163,13 @@ def render_markdown(result: dict, command: str, image: str) -> str:
         g = d["gate"]
         by = g["grouped_by"]
         tests = g[f"kruskal_wallis_by_gold_{by}"]
-        rows.append([key, g["n"], fmt_triple(g["alpha_mean"]), fmt_triple(g["alpha_std"]), f"{g['entropy_relative']:.3f}",
+        rows.append([key, g["n"], fmt_triple(g["alpha_mean"]), fmt_triple(g["alpha_std"]),
+                     f"{g['entropy_relative']:.3f}",
                      f"{g['max_alpha_mean']:.3f}", fmt_triple(g["argmax_share"]), f"{g['expert_cosine']:.3f}",
                      GROUPINGS[by].split(" (")[0], " / ".join(_num(t["p"], ".2g") for t in tests),
                      " / ".join(_num(t["epsilon_squared"], ".3f") for t in tests),
-                     *("yes" if g["flags"][f] else "no" for f in ("collapsed", "redundant", "static", f"{by}_dependent"))])
+                     *("yes" if g["flags"][f] else "no"
+                       for f in ("collapsed", "redundant", "static", f"{by}_dependent"))])
     parts += ["## Break conditions", "", markdown_table(header, rows), "",
               f"![gate weight histograms per expert and dataset]({image})", ""]
     for d in result["datasets"].values():
@@ -213,13 +216,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 gate = gate_statistics(alpha, outputs, sentiment_signs(info["gold_score"]), SENTIMENT_SIGNS,
                                        by="sentiment_sign")
             else:
-                gate = gate_statistics(alpha, outputs, info["gold_emotion"], model.prompts.label_sets[info["label_set"]])
+                gate = gate_statistics(alpha, outputs, info["gold_emotion"],
+                                       model.prompts.label_sets[info["label_set"]])
             results[spec.key] = {**info, "gate": gate, "alpha": np.round(alpha, 6).tolist()}
             alphas[spec.key] = alpha
             flags = ", ".join(f for f, on in gate["flags"].items() if on) or "none"
-            progress(f"{spec.key}: n={gate['n']} grouped by {GROUPINGS[gate['grouped_by']]}: alpha mean {fmt_triple(gate['alpha_mean'], 3)} entropy/ln3 "
-                     f"{gate['entropy_relative']:.3f} expert cosine {gate['expert_cosine']:.3f} flags: {flags} "
-                     f"({time.perf_counter() - t0:.1f} s)")
+            progress(f"{spec.key}: n={gate['n']} grouped by {GROUPINGS[gate['grouped_by']]}: alpha mean "
+                     f"{fmt_triple(gate['alpha_mean'], 3)} entropy/ln3 {gate['entropy_relative']:.3f} expert cosine "
+                     f"{gate['expert_cosine']:.3f} flags: {flags} ({time.perf_counter() - t0:.1f} s)")
     except (CheckpointError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -235,7 +239,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out_dir / "gate_analysis.json").write_text(json.dumps(result))
-    (out_dir / "gate_analysis.md").write_text(render_markdown(result, command_line("egmf_core.research.gate_analysis", argv), image.name))
+    (out_dir / "gate_analysis.md").write_text(render_markdown(result,
+                                                              command_line("egmf_core.research.gate_analysis", argv),
+                                                              image.name))
     progress(f"report: {out_dir / 'gate_analysis.md'}, {out_dir / 'gate_analysis.json'}, {image}")
     return 0
 

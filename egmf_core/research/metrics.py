@@ -29,7 +29,8 @@ def score_report(targets: Sequence[float], scores: Sequence[float]) -> dict:
     ok = np.isfinite(s)
     t, s = t[ok], s[ok]
     corr = float(np.corrcoef(t, s)[0, 1]) if len(t) > 1 and t.std() > 0 and s.std() > 0 else float("nan")
-    return {"n": int(ok.sum()), "unparsed": int((~ok).sum()), "mae": float(np.abs(t - s).mean()) if len(t) else float("nan"), "pearson": corr}
+    return {"n": int(ok.sum()), "unparsed": int((~ok).sum()),
+            "mae": float(np.abs(t - s).mean()) if len(t) else float("nan"), "pearson": corr}
 
 
 def gate_report(alphas: np.ndarray) -> dict:

@@ -67,7 +67,8 @@ class ExtraDataset:
     def __post_init__(self) -> None:
         if self.name not in DATASETS or self.name in ("meld", "ravdess"):
             others = [d for d in DATASETS if d not in ("meld", "ravdess")]
-            raise ConfigError(f"data.extra.name must be one of {others} (meld and ravdess have their own switches), got {self.name!r}")
+            raise ConfigError(f"data.extra.name must be one of {others} (meld and ravdess have their own switches), "
+                              f"got {self.name!r}")
         if self.repeat < 1:
             raise ConfigError(f"data.extra.repeat must be >= 1, got {self.repeat}")
 
@@ -104,12 +105,13 @@ class DataConfig:
     ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
     ravdess_limit: int | None = None  # the first N clips of each RAVDESS split (smoke runs), None = all
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
-    # Which audio the RAVDESS clips give (egmf_core.research.evaluate.whisper_audio_lookup): "clip", the whole file as the
-    # shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the model gets live).
+    # Which audio the RAVDESS clips give (egmf_core.research.evaluate.whisper_audio_lookup): "clip", the whole file as
+    # the shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the model gets
+    # live).
     ravdess_audio: str = "clip"
-    # Extra copies of every RAVDESS training clip, each through its own random channel chain (egmf_core.research.degrade.
-    # random_chain: room, gain or limiter, noise, phone line or codec), so the audio branch learns the voice rather
-    # than one studio's level and room. 0 = the clips as recorded only.
+    # Extra copies of every RAVDESS training clip, each through its own random channel chain
+    # (egmf_core.research.degrade.random_chain: room, gain or limiter, noise, phone line or codec), so the audio branch
+    # learns the voice rather than one studio's level and room. 0 = the clips as recorded only.
     ravdess_degraded_copies: int = 0
     data_dir: str | None = None
     extra: list[ExtraDataset] = field(default_factory=list)  # the paper's benchmarks, where the user has them
@@ -210,7 +212,8 @@ def load_splits(
                  else whisper_audio_lookup(d.ravdess_audio, loudness))
         if d.audio_pack and audio.view != d.ravdess_audio:
             raise ConfigError(f"data.audio_pack holds features of {audio.view} audio but data.ravdess_audio is "
-                              f"{d.ravdess_audio!r} (python -m egmf_core.research.pack_audio --audio {d.ravdess_audio})")
+                              f"{d.ravdess_audio!r} (python -m egmf_core.research.pack_audio --audio "
+                              f"{d.ravdess_audio})")
         rcfg = RavdessConfig(
             data_dir=d.data_dir,
             splits={"train": tuple(d.ravdess_train_actors), "dev": tuple(d.ravdess_dev_actors)},
@@ -233,8 +236,8 @@ def load_splits(
                                     audio=degraded, label_set="ravdess")
             print(f"RAVDESS degraded copy {k + 1}/{d.ravdess_degraded_copies}: features in "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-        dev["ravdess"] = build_examples(list(RavdessDataset("dev", rcfg))[: d.ravdess_limit], model.prompts, audio=audio,
-                                        label_set="ravdess")
+        dev["ravdess"] = build_examples(list(RavdessDataset("dev", rcfg))[: d.ravdess_limit], model.prompts,
+                                        audio=audio, label_set="ravdess")
     # one recognizer for every extra data set
     audio = whisper_audio_lookup("clip", model.cfg.fusion.audio_loudness_lufs) if d.extra else None
     for extra in d.extra:
@@ -243,11 +246,13 @@ def load_splits(
         labelled = [e for e in build_examples(records, model.prompts, audio=audio, label_set=extra.label_set)
                     if e.input.emotion is not None]  # unlabelled turns stay as context only
         if not labelled:
-            raise ConfigError(f"data.extra {extra.name!r}: no {extra.train_split} utterance has a label in {extra.label_set!r}")
+            raise ConfigError(f"data.extra {extra.name!r}: no {extra.train_split} utterance has a label in "
+                              f"{extra.label_set!r}")
         train += labelled * extra.repeat
         if extra.dev_split:
             dev_records = list(load_dataset(extra.name, extra.dev_split, d.data_dir))[: cfg.train.dev_limit]
-            dev[extra.name] = [e for e in build_examples(dev_records, model.prompts, audio=audio, label_set=extra.label_set)
+            dev[extra.name] = [e for e in build_examples(dev_records, model.prompts, audio=audio,
+                                                         label_set=extra.label_set)
                                if e.input.emotion is not None]
     if mmsa:
         train += mmsa_examples(model, mmsa["train"], d.mmsa.train_limit) * d.mmsa.repeat
@@ -320,7 +325,8 @@ def _summary(results: dict) -> str:
         return f"{accs} (selection {results['selection_score']:.2f})"
     out = []
     if "meld" in results:
-        out.append(f"MELD dev wF1 {results['meld']['emotion']['weighted_f1']:.2f} sentiment wF1 {results['meld']['sentiment']['weighted_f1']:.2f}")
+        out.append(f"MELD dev wF1 {results['meld']['emotion']['weighted_f1']:.2f} sentiment wF1 "
+                   f"{results['meld']['sentiment']['weighted_f1']:.2f}")
     if "ravdess" in results:
         out.append(f"RAVDESS dev acc8 {results['ravdess']['emotion']['accuracy']:.2f}")
     out += [_dev_summary(name, r) for name, r in results.items() if name not in ("meld", "ravdess", "selection_score")]
@@ -415,8 +421,8 @@ class Trainer:
         budget = t.time_budget_minutes * 60 if t.time_budget_minutes else None
         start = self._start = time.perf_counter()
         print(
-            f"training on {len(self.train_set)} examples ({self.steps_per_epoch} steps/epoch, {self.total_steps} steps), "
-            f"dev {', '.join(f'{k}={len(v)}' for k, v in self.dev.items())}; "
+            f"training on {len(self.train_set)} examples ({self.steps_per_epoch} steps/epoch, {self.total_steps} "
+            f"steps), dev {', '.join(f'{k}={len(v)}' for k, v in self.dev.items())}; "
             f"{sum(p.numel() for _, p in self.model.trainable_parameters()):,} trainable parameters",
             flush=True,
         )
@@ -446,8 +452,8 @@ class Trainer:
                     sps = (time.perf_counter() - t_log) / len(running)
                     eta = sps * (self.total_steps - self.step)
                     print(
-                        f"epoch {self.epoch + 1}/{t.epochs} step {self.step}/{self.total_steps} loss {np.mean(running):.4f} "
-                        f"{sps:.2f} s/step elapsed {el / 60:.1f} min eta {eta / 60:.1f} min",
+                        f"epoch {self.epoch + 1}/{t.epochs} step {self.step}/{self.total_steps} loss "
+                        f"{np.mean(running):.4f} {sps:.2f} s/step elapsed {el / 60:.1f} min eta {eta / 60:.1f} min",
                         flush=True,
                     )
                     running, t_log = [], time.perf_counter()
@@ -474,7 +480,8 @@ class Trainer:
             save_checkpoint(
                 self.model,
                 self.out / "best.safetensors",
-                extra={"epoch": self.epoch, "step": self.step, "dev": _compact(results), "train_config": asdict(self.cfg.train)},
+                extra={"epoch": self.epoch, "step": self.step, "dev": _compact(results),
+                       "train_config": asdict(self.cfg.train)},
             )
             print(f"  new best checkpoint: {self.out / 'best.safetensors'}", flush=True)
 
@@ -485,7 +492,8 @@ def _compact(results: dict) -> dict:
         if name in results and "aux_accuracy" in results[name]:
             out[name] = {"aux_accuracy": results[name]["aux_accuracy"]}
         elif name in results:
-            out[name] = {"emotion_wf1": results[name]["emotion"]["weighted_f1"], "emotion_acc": results[name]["emotion"]["accuracy"]}
+            out[name] = {"emotion_wf1": results[name]["emotion"]["weighted_f1"],
+                         "emotion_acc": results[name]["emotion"]["accuracy"]}
     for name, r in results.items():
         if isinstance(r, dict) and "sentiment_regression" in r:
             reg = r["sentiment_regression"]
@@ -494,9 +502,11 @@ def _compact(results: dict) -> dict:
 
 
 def add_machine_args(ap: argparse.ArgumentParser) -> None:
-    """The options that fit a recipe to a machine without editing its YAML (shared with `egmf_core.research.ablate_retrained`)."""
+    """The options that fit a recipe to a machine without editing its YAML (shared with
+    `egmf_core.research.ablate_retrained`)."""
     ap.add_argument("--device", default=None, help="override model.backbone.device (e.g. cuda)")
-    ap.add_argument("--audio-pack", default=None, help="override data.audio_pack (see python -m egmf_core.research.pack_audio)")
+    ap.add_argument("--audio-pack", default=None,
+                    help="override data.audio_pack (see python -m egmf_core.research.pack_audio)")
     ap.add_argument("--time-budget-minutes", type=float, default=None, help="override train.time_budget_minutes")
 
 
