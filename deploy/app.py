@@ -386,7 +386,7 @@ class Ingress:
             try:
                 for ev in analyzer.run(source):
                     if isinstance(ev, ErrorEvent) and ev.code == "analysis_failed":
-                        ev = remote.public_error(ev, t_base)
+                        ev = remote.public_error(ev)  # on this connection's clock: emit rebases it
                     post(ev)
             except Exception:
                 log.exception("stream %s: analysis stopped", stream_id)

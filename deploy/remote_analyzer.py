@@ -180,13 +180,13 @@ class RemoteAnalyzer:
     def commit(self, conversation: Conversation, result: AnalysisResult) -> bool:
         return conversation.add(*result.pending)
 
-    def public_error(self, event: ErrorEvent, t_base: float = 0.0) -> ErrorEvent:
+    def public_error(self, event: ErrorEvent) -> ErrorEvent:
         """The pipeline's ``analysis_failed`` event (whose message carries the exception's text) as the client sees
         it: the failure's stable code (``analysis_timeout``, ``analysis_failed``) and the utterance's span."""
         if not self.failures:  # not raised by analyze (cannot happen with the pipeline as it is): say nothing more
             return ErrorEvent(event.stream_id, event.code, "an utterance could not be analyzed (the details are in "
-                              "the server log)")
+                              "the server log)", start=event.start, end=event.end)
         f = self.failures.popleft()
         seg = f.segment
-        return ErrorEvent(event.stream_id, f.failure.code, f"utterance {seg.start_s + t_base:.2f}-"
-                          f"{seg.end_s + t_base:.2f} s ({seg.speaker}): {f.failure.message}")
+        return ErrorEvent(event.stream_id, f.failure.code, f"utterance ({seg.speaker}): {f.failure.message}",
+                          start=round(seg.start_s, 6), end=round(seg.end_s, 6))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from deploy.start import StartError
 from egmf_core.conversation import Conversation
-from streaming.events import Event, SpeechStartedEvent, UtteranceEvent
+from streaming.events import ErrorEvent, Event, SpeechStartedEvent, UtteranceEvent
 
 
 @dataclass
@@ -61,4 +61,6 @@ def rebase(ev: Event, id_base: int, t_base: float) -> Event:
                        end=round(ev.end + t_base, 6))
     if isinstance(ev, SpeechStartedEvent):
         return replace(ev, start=round(ev.start + t_base, 6))
+    if isinstance(ev, ErrorEvent) and ev.start is not None:  # an utterance's error: its span
+        return replace(ev, start=round(ev.start + t_base, 6), end=round(ev.end + t_base, 6))
     return ev

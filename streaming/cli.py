@@ -113,7 +113,8 @@ def format_event(ev: Event) -> str:
                 f"{ev.emotion.label} {ev.emotion.confidence:.2f} | {ev.sentiment.label} {ev.sentiment.score:+.1f}")
     if isinstance(ev, SpeechStartedEvent):
         return f"[{format_time(ev.start)}-     ] {ev.speaker}: ..."
-    return f"error ({ev.code}{', ' + ev.field if ev.field else ''}): {ev.message}"
+    span = "" if ev.start is None else f"[{format_time(ev.start)}-{format_time(ev.end)}] "
+    return f"{span}error ({ev.code}{', ' + ev.field if ev.field else ''}): {ev.message}"
 
 
 def _emit(ev: Event, as_json: bool, show_starts: bool, out: TextIO, err: TextIO) -> None:

@@ -403,7 +403,10 @@ class SpeechStartedEvent:
 class ErrorEvent:
     """An error for one stream. ``code`` is a stable machine-readable token (``"source_error"``,
     ``"analysis_failed"``, ``"invalid_input"``, ...), ``message`` one human-readable line, ``field`` the input field
-    at fault when there is one (for example the field of a client message that failed validation)."""
+    at fault when there is one (for example the field of a client message that failed validation). ``start`` and
+    ``end``: the span (seconds of stream time) of the utterance an utterance-level error (``analysis_failed``,
+    ``analysis_timeout``, ``invalid_analysis``) cost, as fields rather than only in the message, so that a resumed
+    connection can put them on the stream's clock like its utterance events."""
 
     TYPE: ClassVar[str] = "error"
 
@@ -411,6 +414,8 @@ class ErrorEvent:
     code: str
     message: str
     field: str | None = None
+    start: float | None = None
+    end: float | None = None
     type: str = dc_field(default="error", init=False)
 
     def __post_init__(self) -> None:
@@ -419,11 +424,18 @@ class ErrorEvent:
         _str(self.message, "message")
         if self.field is not None:
             _str(self.field, "field")
+        if (self.start is None) != (self.end is None):
+            raise EventValidationError("start" if self.start is None else "end", "expected start and end together")
+        if self.start is not None:
+            object.__setattr__(self, "start", _float(self.start, "start", 0.0))
+            object.__setattr__(self, "end", _float(self.end, "end", self.start))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": self.type, "stream_id": self.stream_id, "code": self.code, "message": self.message}
         if self.field is not None:
             d["field"] = self.field
+        if self.start is not None:
+            d["start"], d["end"] = self.start, self.end
         return d
 
     def to_json(self) -> str:
@@ -438,6 +450,8 @@ class ErrorEvent:
             code=_str(_require(d, "code", ""), "code", allow_empty=False),
             message=_str(_require(d, "message", ""), "message"),
             field=None if f is None else _str(f, "field"),
+            start=d.get("start") if isinstance(d, Mapping) else None,
+            end=d.get("end") if isinstance(d, Mapping) else None,
         )
 
 

@@ -411,8 +411,8 @@ class StreamAnalyzer:
             log.error("stream %s: analysis of %.2f-%.2f s failed: %s: %s", self.stream_id, seg.start_s, seg.end_s,
                       type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
             self._out.append(ErrorEvent(self.stream_id, "analysis_failed",
-                                        f"utterance {seg.start_s:.2f}-{seg.end_s:.2f} s ({seg.speaker}): "
-                                        f"{type(e).__name__}: {e}"))
+                                        f"utterance ({seg.speaker}): {type(e).__name__}: {e}",
+                                        start=_r(seg.start_s), end=_r(seg.end_s)))
             return
         arrived = self._arrival_wall(seg.end_s)
         latency_ms = max(0.0, (time.monotonic() - arrived) * 1000.0) if arrived is not None else 0.0
@@ -422,8 +422,8 @@ class StreamAnalyzer:
             log.error("stream %s: analyzer returned an invalid result for %.2f-%.2f s: %s", self.stream_id,
                       seg.start_s, seg.end_s, e)
             self._out.append(ErrorEvent(self.stream_id, "invalid_analysis",
-                                        f"utterance {seg.start_s:.2f}-{seg.end_s:.2f} s ({seg.speaker}): "
-                                        f"analyzer result: {e}", getattr(e, "field", None)))
+                                        f"utterance ({seg.speaker}): analyzer result: {e}",
+                                        getattr(e, "field", None), start=_r(seg.start_s), end=_r(seg.end_s)))
             return
         self._next_utterance_id += 1
         self.latencies_ms.append(latency_ms)

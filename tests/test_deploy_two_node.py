@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -55,7 +54,6 @@ MODEL_TIMEOUT_S = 10.0  # model_timeout_s: an utterance waiting for a model repl
 OUTAGE_S = 15.0  # how long the model node stays down before a new one starts
 SPEED = 2.0  # the clients send audio at twice real time
 REPORTED = ("analysis_failed", "analysis_timeout", "invalid_analysis")  # a failed utterance, with its span
-_SPAN = re.compile(r"utterance (\d+\.\d+)-(\d+\.\d+) s")
 
 # The head's GCS health checks of the nodes: a killed node is declared dead after about 3 s, not 15 s.
 _FAST_NODE_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
@@ -199,9 +197,8 @@ def _reported_spans(client: _Client) -> list[tuple[float, float]]:
     spans = [(u.start, u.end) for u in client.utts()]
     for _, e in client.errors():
         if e.code in REPORTED:
-            m = _SPAN.search(e.message)
-            assert m, e
-            spans.append((float(m.group(1)), float(m.group(2))))
+            assert e.start is not None, e
+            spans.append((e.start, e.end))
     return sorted(spans)
 
 

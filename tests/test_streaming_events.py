@@ -130,3 +130,22 @@ def test_sentiment_label_for():
     assert sentiment_label_for(-0.7) == "negative"
     assert sentiment_label_for(0.05) == "neutral"
     assert sentiment_label_for(0.5) == "positive"
+
+
+def test_an_utterance_error_carries_its_span_and_a_resumed_connection_rebases_it():
+    """``invalid_analysis`` on a resumed connection used to name its span on that connection's clock (in the
+    message only); the span is now two fields that ``deploy.resume.rebase`` puts on the stream's clock."""
+    from deploy.resume import rebase
+    from streaming.events import EventValidationError
+
+    e = ErrorEvent("call-7", "invalid_analysis", "utterance (Speaker): analyzer result: ...", "emotion.confidence",
+                   start=1.25, end=3.5)
+    assert parse_event(e.to_json()) == e and e.to_dict()["start"] == 1.25 and e.to_dict()["end"] == 3.5
+    moved = rebase(e, 4, 60.0)
+    assert (moved.start, moved.end, moved.code, moved.field) == (61.25, 63.5, e.code, e.field)
+    plain = ErrorEvent("call-7", "idle_timeout", "no message for 30 s")
+    assert rebase(plain, 4, 60.0) == plain and "start" not in plain.to_dict()
+    with pytest.raises(EventValidationError, match="end"):
+        ErrorEvent("call-7", "invalid_analysis", "x", start=2.0, end=1.0)
+    with pytest.raises(EventValidationError, match="end"):
+        ErrorEvent("call-7", "invalid_analysis", "x", start=2.0)

@@ -123,11 +123,13 @@ def best_strength(llm_lp: np.ndarray, prior_lp: np.ndarray, gold: np.ndarray) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_audio_prior", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m egmf_core.research.fit_audio_prior",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--degraded-copies", type=int, default=2,
-                    help="channel-degraded copies of each training clip (egmf_core.research.degrade.random_chain k), 0 = none")
+                    help="channel-degraded copies of each training clip "
+                         "(egmf_core.research.degrade.random_chain k), 0 = none")
     ap.add_argument("--refit-all-actors", action="store_true",
                     help="step 4: refit the checkpoint's prior on actors 01-12, keeping its strengths, domain and "
                          "calibration (run after fit_voice_domain and fit_calibration)")

@@ -99,8 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if voiced.any():
         temps["default" + VOICED] = fit_temperature(lp[voiced], y[voiced])
     calibration = Calibration({k: round(v, 4) for k, v in temps.items()},
-                              f"MELD dev ({len(sets['MELD dev (default labels)'][1])}) + RAVDESS dev actors 11-12 live "
-                              f"cuts ({len(r8_y)}), temperature scaling, NLL; '+voice': the rows the voice prior guided")
+                              f"MELD dev ({len(sets['MELD dev (default labels)'][1])}) + RAVDESS dev actors 11-12 "
+                              f"live cuts ({len(r8_y)}), temperature scaling, NLL; '+voice': the rows the voice prior "
+                              "guided")
     out = write_calibrated(args.checkpoint, args.out, calibration)
     report = {"checkpoint": str(args.checkpoint), "out": str(out), "temperatures": calibration.emotion_temperature,
               "fitted_on": calibration.fitted_on, "sets": {}}
