@@ -36,7 +36,7 @@ for p in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_support import cpu_model, percentile  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import cpu_flag_table, cpu_model, percentile  # noqa: E402  (benchmarks/ is on the path above)
 
 SR = 16000
 FRAME = 1600
@@ -173,7 +173,8 @@ def main() -> int:
 
     x, refs = recording(a.clips)
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-    result: dict = {"machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "loadavg_before": os.getloadavg()[0],
+    result: dict = {"machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "cpu_flags": cpu_flag_table(),
+                    "loadavg_before": os.getloadavg()[0],
                     "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config,
                     "command": " ".join(["python benchmarks/bench_serve_streams.py", *sys.argv[1:]])}
     proc = None
@@ -183,6 +184,7 @@ def main() -> int:
             proc, startup, answer = start_service(a.config, "http://127.0.0.1:8000")
             result["startup_to_healthy_s"] = round(startup, 1)
             result["model_version"] = answer.get("model_version")
+            result["llm_precision"] = answer.get("deployments", {}).get("ModelServer", {}).get("llm_precision")
             result["pss_idle_gib"] = round(cluster_pss_gib(), 2)
         result["levels"] = []
         for kind in a.offsets.split(","):
@@ -208,8 +210,10 @@ def main() -> int:
         rows.append(f"| {r['streams']} | {r['offsets']} | {r['utterances']} | {r['lost']} | {f(r['p50_ms'])} | "
                     f"{f(r['p95_ms'])} | "
                     f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
-    head = (f"Serve streams benchmark ({result['machine']}, load before {result['loadavg_before']:.1f}); "
-            f"model {result.get('model_version', '-')}; recording {result['recording_s']} s with {len(refs)} "
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in result["cpu_flags"].items())
+    head = (f"Serve streams benchmark ({result['machine']}: {flags}; load before {result['loadavg_before']:.1f}); "
+            f"model {result.get('model_version', '-')}, LLM projections {result.get('llm_precision', '-')}; "
+            f"recording {result['recording_s']} s with {len(refs)} "
             "utterances per stream, real-time pace. "
             f"Startup to healthy: {result.get('startup_to_healthy_s', '-')} s; cluster PSS idle "
             f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "

@@ -30,6 +30,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: The CPU features the LLM's number format and the matmul speed depend on (``egmf_core.precision``), reported by
+#: every benchmark whose numbers they move.
+CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx512f", "avx2")
+
+
+def cpu_flag_table() -> dict[str, bool]:
+    """Which of ``CPU_FLAGS`` this CPU has (from /proc/cpuinfo; all False where it cannot be read)."""
+    from egmf_core.precision import cpu_flags
+
+    have = cpu_flags()
+    return {f: f in have for f in CPU_FLAGS}
+
+
 def proc_stat_busy_s() -> float | None:
     """Busy CPU seconds of the whole machine since boot (all cores; idle and iowait excluded)."""
     try:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import subprocess
 import sys
 import tempfile
 import threading
@@ -65,7 +64,8 @@ for p in (ROOT, ROOT / "benchmarks", ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_support import MachineLoad, cpu_model, latency_stats, write_table_report  # noqa: E402  (on the path)
+from bench_support import (MachineLoad, cpu_flag_table, cpu_model, latency_stats,  # noqa: E402  (on the path)
+                           write_table_report)
 from latency.inputs import GAP_S, SR, build_stream, conversation_order, make_pool  # noqa: E402
 from latency.measure import prompt_tokens  # noqa: E402
 from latency.run import load_analyzer, run_benchmark  # noqa: E402
@@ -73,7 +73,6 @@ from latency.stream import BLOCK, block_wall, push_blocks  # noqa: E402
 
 N_RAVDESS = N_ESPEAK = 12  # the pool latency.run.run_benchmark builds (its defaults)
 ORDER = ("live", "naive", "naive", "live")
-CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx512f", "avx2")
 
 
 def say(*args: Any) -> None:
@@ -212,21 +211,6 @@ def run_naive(naive: NaivePipeline, n: int, warm: bool = True) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------------ report
-
-
-def cpu_flags() -> dict[str, bool]:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        flags = next((ln.split(":", 1)[1].split() for ln in out.splitlines() if ln.startswith("Flags")), [])
-    except (OSError, subprocess.CalledProcessError):
-        flags = []
-    if not flags:  # lscpu missing or without a Flags line: /proc/cpuinfo
-        try:
-            flags = next(ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                         if ln.startswith("flags"))
-        except (OSError, StopIteration):
-            pass
-    return {f: f in flags for f in CPU_FLAGS}
 
 
 def _pooled(rows: list[dict]) -> dict[str, Any]:
@@ -440,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "benchmark": "live pipeline vs the naive pipeline with the same weights: end of speech -> event latency",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(), **machine},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flag_table(), **machine},
         "model_version": loaded[0].version, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "live_llm_precision": loaded[0].predictor.llm_precision, "utterances": n, "order": list(ORDER),
         "naive": {"max_new_tokens": naive.max_new_tokens, "whisper_window_s": 30.0, "context": "whole conversation",

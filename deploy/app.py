@@ -65,6 +65,8 @@ CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # bad or unauthorized start message, start timeout
 CLOSE_INTERNAL = 1011  # the stream's analysis stopped (stream_failed)
 CLOSE_TRY_AGAIN = 1013  # busy, stream_in_use, unavailable
+#: Least time the once-per-ingress service-information calls (model version, languages) get.
+INFO_TIMEOUT_FLOOR_S = 5.0
 CLOSE_IDLE = 4408  # no message for idle_timeout_s
 
 
@@ -116,9 +118,13 @@ class Ingress:
         """The model version and the recognizer's languages, asked once; :class:`ServiceFailure` ``unavailable``
         when the deployments do not answer within their timeouts."""
         if self._info is None:
+            # Metadata, not an utterance: a replica-call timeout set for analysis (model_timeout_s may be far below a
+            # second) must not refuse streams because this first call met a busy machine.
+            model_s, asr_s = (max(t, INFO_TIMEOUT_FLOOR_S)
+                              for t in (self.args.model_timeout_s, self.args.asr_timeout_s))
             try:
-                version = await asyncio.wait_for(_awaitable(self.model.version.remote()), self.args.model_timeout_s)
-                languages = await asyncio.wait_for(_awaitable(self.asr.languages.remote()), self.args.asr_timeout_s)
+                version = await asyncio.wait_for(_awaitable(self.model.version.remote()), model_s)
+                languages = await asyncio.wait_for(_awaitable(self.asr.languages.remote()), asr_s)
             except Exception as e:
                 log.error("the model deployments did not answer: %s: %s", type(e).__name__, e)
                 raise ServiceFailure("unavailable", "the analysis service is starting or unavailable: retry later") \
