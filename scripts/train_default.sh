@@ -50,7 +50,7 @@ python -m egmf_core.research.fit_voice_domain --checkpoint runs/stage7/best.safe
     --report runs/stage7/voice_domain_fit
 python -m egmf_core.research.fit_calibration --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/calibration_fit
-# Last, the prior's classifier refit on every allowed actor (01-12), its strengths, domain and temperatures kept
+# Then the prior's classifier refit on every allowed actor (01-12), its strengths, domain and temperatures kept
 # (they were fitted where the dev actors were unheard).
 python -m egmf_core.research.fit_audio_prior --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --refit-all-actors --report runs/stage7/audio_prior_refit
