@@ -2,7 +2,7 @@
 
 The LLM's softmax over the labels' first answer tokens is sharp: before calibration the shipped model said 0.9+
 about utterances it got right well under 90 % of the time, so 0.99 carried no meaning. Temperature scaling (Guo et
-al., 2017) divides those logits by one temperature per label set, fitted on dev data by `python -m
+al., 2017) divides those logits by a temperature per label set, fitted on dev data by `python -m
 egmf_core.research.fit_calibration` (held-out NLL); it never changes which label wins, only how sure the answer says it
 is. `load_checkpoint` attaches the file's calibration to the model, and `EGMFModel.score` applies it, so the CLI, the
 service, evaluation and every benchmark report the same calibrated probabilities.

@@ -97,7 +97,7 @@ def learning_curve(pool: Sequence[Example], folds: Sequence[Sequence[str]], c: f
     for i, held in enumerate(folds):
         test = design([e for e in clean if actor_of(e) in held])
         dropped = folds[(i + 1) % len(folds)]
-        for n_out, out in ((len(held) + len(dropped), set(held) | set(dropped)), (len(held), set(held))):
+        for out in (set(held) | set(dropped), set(held)):
             train = [e for e in pool if actor_of(e) not in out]
             n_actors = len({actor_of(e) for e in train})
             curve.setdefault(f"{n_actors} actors", []).append(prior_accuracy(fit_prior(*design(train), c, labels),
