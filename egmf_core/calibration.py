@@ -20,8 +20,10 @@ confidence to calibrate.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 __all__ = ["METADATA_KEY", "VOICED", "Calibration"]
@@ -46,10 +48,19 @@ class Calibration:
             if not (isinstance(t, (int, float)) and 0.05 <= t <= 20.0):
                 raise ValueError(f"calibration.emotion_temperature.{name}: expected a number in [0.05, 20], got {t!r}")
 
+    @staticmethod
+    def key(label_set: str, voiced: bool = False) -> str:
+        """The ``emotion_temperature`` entry of `label_set`'s rows, voice-guided (`voiced`) or not."""
+        return label_set + VOICED if voiced else label_set
+
     def temperature(self, label_set: str, voiced: bool = False) -> float:
         """The temperature of `label_set`'s rows; `voiced`: a row whose logits the voice prior guided."""
         own = float(self.emotion_temperature.get(label_set, 1.0))
-        return float(self.emotion_temperature.get(label_set + VOICED, own)) if voiced else own
+        return float(self.emotion_temperature.get(self.key(label_set, True), own)) if voiced else own
+
+    def row_temperatures(self, label_set: str, voiced: Sequence[bool]) -> np.ndarray:
+        """(N,) the temperature each of N rows of `label_set` was divided by (evaluation and fitting reports)."""
+        return np.array([self.temperature(label_set, bool(v)) for v in voiced], float)
 
     def emotion_probs(self, logits: torch.Tensor, label_set: str, voiced: bool = False) -> torch.Tensor:
         """Calibrated probabilities from the labels' first-answer-token logits (last dimension)."""

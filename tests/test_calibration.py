@@ -77,6 +77,8 @@ def test_voice_guided_rows_have_their_own_temperature() -> None:
     assert cal.temperature("default") == 2.0 and cal.temperature("default", voiced=True) == 4.0
     assert cal.temperature("ravdess", voiced=True) == 3.0  # no "+voice" entry: the label set's own
     assert cal.temperature("iemocap6", voiced=True) == 1.0
+    assert Calibration.key("default", voiced=True) == "default+voice" and Calibration.key("default") == "default"
+    np.testing.assert_array_equal(cal.row_temperatures("default", [True, False]), [4.0, 2.0])
 
 
 @pytest.mark.slow

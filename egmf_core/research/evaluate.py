@@ -132,7 +132,7 @@ def emotion_calibration(model: EGMFModel, label_set: str, gold: Sequence[str], p
     the model's calibration (`egmf_core.calibration`: what every user sees) and without it (its temperature undone,
     the LLM's raw softmax): the before/after of the checkpoint's temperature scaling."""
     labels = model.prompts.label_sets[label_set]
-    t = np.array([model.calibration.temperature(label_set, p.voice_prior) for p in preds])
+    t = model.calibration.row_temperatures(label_set, [p.voice_prior for p in preds])
     probs = np.array([[p.emotion_probs[lab] for lab in labels] for p in preds], float)
     y = [labels.index(g) for g in gold]
     raw = np.log(np.clip(probs, 1e-300, 1.0)) * t[:, None]

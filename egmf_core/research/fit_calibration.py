@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..calibration import METADATA_KEY, VOICED, Calibration
+from ..calibration import METADATA_KEY, Calibration
 from ..checkpoint import load_checkpoint, read_file, write_file
 from .evaluate import dataset_examples, predict_examples
 from .examples import Example
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     r8_lp, r8_y, _ = sets["RAVDESS dev live cuts (ravdess labels)"]
     temps = {"default": fit_temperature(lp[~voiced], y[~voiced]), "ravdess": fit_temperature(r8_lp, r8_y)}
     if voiced.any():
-        temps["default" + VOICED] = fit_temperature(lp[voiced], y[voiced])
+        temps[Calibration.key("default", voiced=True)] = fit_temperature(lp[voiced], y[voiced])
     calibration = Calibration({k: round(v, 4) for k, v in temps.items()},
                               f"MELD dev ({len(sets['MELD dev (default labels)'][1])}) + RAVDESS dev actors 11-12 "
                               f"live cuts ({len(r8_y)}), temperature scaling, NLL; '+voice': the rows the voice prior "
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"checkpoint": str(args.checkpoint), "out": str(out), "temperatures": calibration.emotion_temperature,
               "fitted_on": calibration.fitted_on, "sets": {}}
     for name, (lp, y, voiced) in sets.items():
-        t = np.array([calibration.temperature(label_set[name], bool(v)) for v in voiced])
+        t = calibration.row_temperatures(label_set[name], voiced)
         before, after = calibration_report(np.exp(lp), y), calibration_report(_softmax_t(lp, t[:, None]), y)
         report["sets"][name] = {"temperature": sorted(set(t.tolist())), "voiced_rows": int(voiced.sum()),
                                 "before": before, "after": after}
