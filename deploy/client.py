@@ -4,7 +4,7 @@
 Decodes the input locally (any file FFmpeg reads, or the microphone), streams 16 kHz float32 PCM in binary frames
 after a JSON start message, and prints the events the service sends with the same readable lines (or ``--json``
 lines) as ``python -m streaming``. A file with a video track also gets its frames sent (10 fps, JPEG, in the framing
-of ``deploy/protocol.py``) so that the service analyzes the face too, unless ``--no-video``. Files are sent as fast
+of ``deploy/protocol/``) so that the service analyzes the face too, unless ``--no-video``. Files are sent as fast
 as the server takes them unless ``--realtime``.
 
 A dropped connection is resumed (:class:`ResumingStream`): the client reconnects with its ``stream_id`` and the last

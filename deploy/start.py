@@ -2,7 +2,7 @@
 
 :func:`parse_start` validates the JSON text message against the service's settings (the token, the limits, the
 recognizer's languages) and returns a :class:`StartMessage`, or raises :class:`StartError` naming the field at fault
-(its ``code`` and ``field`` go into the error event). The binary messages that follow are ``deploy/protocol.py``'s.
+(its ``code`` and ``field`` go into the error event). The binary messages that follow are ``deploy/protocol/``'s.
 Nothing here imports Ray, so the unit tests load it cheaply.
 """
 
@@ -35,7 +35,7 @@ class StartMessage:
     language: str | None
     speakers: list[str] | None
     stream_id: str | None
-    #: The client will send JPEG video frames; every binary message then carries a tag (deploy/protocol.py).
+    #: The client will send JPEG video frames; every binary message then carries a tag (deploy/protocol/).
     video: bool = False
     #: Resume: the last utterance id the client received on this ``stream_id`` (-1: none); the events after it are
     #: sent again first.

@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from egmf_core.research import ablate, ablate_retrained
 from egmf_core.research.ablate_retrained import differs_only_in_modalities, same_as, variant_config
-from egmf_core.research.train import RunConfig
+from egmf_core.research.run_config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANT = {v.name: v for v in ablate.VARIANTS}

@@ -229,7 +229,7 @@ def test_training_on_iemocap_with_its_six_class_label_set(root: Path, tmp_path: 
 
 def test_training_config_names_an_unknown_extra_dataset(tmp_path: Path) -> None:
     from egmf_core.config import ConfigError
-    from egmf_core.research.train import RunConfig
+    from egmf_core.research.run_config import RunConfig
 
     path = tmp_path / "bad.yaml"
     path.write_text("data:\n  extra:\n    - name: mosei_typo\n")

@@ -32,8 +32,9 @@ from egmf_core.features import FaceFeatureExtractor, FeatureCache, WhisperFronte
 from egmf_core.model import EGMFModel
 from egmf_core.model_io import ModelInput
 from export import parity as P
-from export.cli import STEPS, Progress, StepFailed, main
+from export.cli import main
 from export.manifest import verify_files
+from export.progress import STEPS, Progress, StepFailed
 from export.runner import EngineError, FusionEngine, load_engine_model, read_manifest, use_engines
 
 pytestmark = pytest.mark.slow

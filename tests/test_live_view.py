@@ -68,7 +68,8 @@ def test_live_view_features_are_the_live_encoder_states_and_cached(records, tmp_
 
 def test_audio_pack_records_its_view_and_train_checks_it(records, tmp_path) -> None:
     from egmf_core.config import ConfigError
-    from egmf_core.research.train import RunConfig, Trainer
+    from egmf_core.research.run_config import RunConfig
+    from egmf_core.research.train import Trainer
 
     live = whisper_audio_lookup("live")
     pack = AudioFeaturePack.write(tmp_path / "live.safetensors", {feature_key(r): live(r) for r in records}, "live")

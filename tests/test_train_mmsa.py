@@ -35,7 +35,9 @@ from egmf_core.research.evaluate import mmsa_examples, open_mmsa, predict_exampl
 from egmf_core.research.metrics import sims_regression_report
 from egmf_core.model import EGMFModel
 from egmf_core.prompt import format_score
-from egmf_core.research.train import RunConfig, Trainer, open_mmsa_splits
+from egmf_core.research.run_config import RunConfig
+from egmf_core.research.train import Trainer
+from egmf_core.research.training_data import open_mmsa_splits
 from egmf_core.research.train import main as train_main
 
 pytestmark = pytest.mark.slow

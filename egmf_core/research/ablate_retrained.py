@@ -44,7 +44,8 @@ from .evaluate import AUDIO_VIEWS, predict_examples, report
 from .examples import Example
 from .metrics import classification_report, expert_similarity, gate_report
 from ..model import EGMFModel
-from .train import RunConfig, Trainer, add_machine_args, apply_machine_args
+from .run_config import RunConfig
+from .train import Trainer, add_machine_args, apply_machine_args
 
 MODALITIES: tuple[str, ...] = ("audio", "video", "text")
 _SWITCH = {"audio": "use_audio", "video": "use_video", "text": "use_text"}

@@ -1,4 +1,4 @@
-"""Voice-activity segmentation of a 16 kHz stream into utterances with exact stream-time boundaries.
+"""One channel's voice-activity segmentation into utterances with exact stream-time boundaries.
 
 :class:`VADSegmenter` runs webrtcvad (package ``webrtcvad-wheels``) on fixed 30 ms frames and turns its per-frame
 decisions into utterances:
@@ -29,127 +29,22 @@ decisions into utterances:
 Chunks of any size (not multiples of a frame) are accepted: leftover samples wait for the next chunk, so the result
 does not depend on how the stream was chunked. Per-chunk work (int16 conversion, frame energies) is vectorized;
 only the webrtcvad call itself runs once per 30 ms frame.
-
-:class:`ChannelSegmenter` runs one :class:`VADSegmenter` per channel (call-center stereo: one speaker per channel)
-and releases segments ordered by start time, holding a finished segment back only while another channel has an
-utterance in progress that started earlier. Overlapping speech on two channels gives two overlapping segments.
 """
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from egmf_core.features.vad_gain import VADGain, VADGainConfig
+from egmf_core.features.segmenter.config import SegmenterConfig
+from egmf_core.features.segmenter.segments import SpeechSegment, SpeechStart, SpeechStartCallback
+from egmf_core.features.vad_gain import VADGain
 
-__all__ = ["SegmenterConfig", "SpeechSegment", "SpeechStart", "VADSegmenter", "ChannelSegmenter"]
+__all__ = ["VADSegmenter"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SegmenterConfig:
-    """Segmentation settings (see the module docstring for what each stage is for)."""
-
-    sample_rate: int = 16000
-    #: webrtcvad mode 0 (least aggressive about filtering out non-speech) .. 3 (most).
-    aggressiveness: int = 2
-    #: webrtcvad accepts 10, 20 or 30 ms frames; 30 gives the most reliable decisions.
-    frame_ms: int = 30
-    onset_window_frames: int = 5
-    onset_voiced_frames: int = 3
-    pre_roll_ms: int = 1000
-    hangover_ms: int = 300
-    #: Every millisecond of post-roll is latency (the analysis waits for it); the room tone the model wants after
-    #: the speech is added without waiting (streaming.analyzer.utterance_audio). 60 ms: benchmarks/results/
-    #: live_segments.md.
-    post_roll_ms: int = 60
-    min_speech_ms: int = 250
-    max_utterance_s: float = 8.0
-    split_search_s: float = 1.5
-    #: Trailing voiced frames more than this many dB below the utterance's loudest frame are not counted as speech:
-    #: webrtcvad keeps calling the reverberant decay after the last word "speech" for 100-150 ms, which would make
-    #: ``end_s`` (and the end-of-speech -> event latency measured from it) late. None disables the refinement.
-    end_trim_db: float | None = 35.0
-    #: Gain in front of the VAD for quiet lines (``egmf_core.features.vad_gain``; the VAD's input only, inactive at
-    #: ordinary levels); None: the VAD hears the audio as it is.
-    vad_gain: VADGainConfig | None = field(default_factory=VADGainConfig)
-    #: A gap in chunk timestamps up to this long is filled with silence; a longer one ends the utterance in progress
-    #: and re-anchors the clock (a dropped network stream that came back).
-    max_gap_fill_s: float = 2.0
-
-    def validate(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"SegmenterConfig.{name}: {why}, got {getattr(self, name)!r}")
-
-        if self.sample_rate not in (8000, 16000, 32000, 48000):
-            raise bad("sample_rate", "webrtcvad supports 8000, 16000, 32000 or 48000 Hz")
-        if self.aggressiveness not in (0, 1, 2, 3):
-            raise bad("aggressiveness", "must be 0, 1, 2 or 3")
-        if self.frame_ms not in (10, 20, 30):
-            raise bad("frame_ms", "webrtcvad supports 10, 20 or 30 ms frames")
-        if not 1 <= self.onset_voiced_frames <= self.onset_window_frames:
-            raise bad("onset_voiced_frames", "must be between 1 and onset_window_frames")
-        for name in ("pre_roll_ms", "post_roll_ms", "min_speech_ms"):
-            if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
-        if self.hangover_ms < self.frame_ms:
-            raise bad("hangover_ms", f"must be at least one frame ({self.frame_ms} ms)")
-        if self.post_roll_ms > self.hangover_ms:
-            raise bad("post_roll_ms", "cannot exceed hangover_ms (the audio after the hangover has not arrived yet)")
-        if not self.max_utterance_s * 1000 > max(self.min_speech_ms, 2 * self.frame_ms):
-            raise bad("max_utterance_s", "must be longer than min_speech_ms")
-        if not 0 < self.split_search_s < self.max_utterance_s:
-            raise bad("split_search_s", "must be > 0 and < max_utterance_s")
-        if self.max_gap_fill_s < 0:
-            raise bad("max_gap_fill_s", "must be >= 0")
-        if self.vad_gain is not None:
-            self.vad_gain.validate()
-
-
-@dataclass(frozen=True)
-class SpeechSegment:
-    """One utterance.
-
-    ``start_s``/``end_s``: the detected speech span in stream seconds (frame-exact: multiples of the frame length
-    after the stream origin, or the split point). ``audio``: float32 mono samples from ``audio_start_s`` (pre-roll
-    before ``start_s``) to ``audio_end_s`` (post-roll after ``end_s``). ``split``: this segment was cut at the
-    maximum length and the turn continues in the next segment of the same channel.
-    """
-
-    start_s: float
-    end_s: float
-    audio: np.ndarray
-    channel: int = 0
-    speaker: str = ""
-    audio_start_s: float = 0.0
-    split: bool = False
-    sample_rate: int = 16000
-
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
-    @property
-    def audio_end_s(self) -> float:
-        return self.audio_start_s + len(self.audio) / self.sample_rate
-
-
-@dataclass(frozen=True)
-class SpeechStart:
-    """Payload of the speech-start callback: an utterance reached the minimum length on ``channel``."""
-
-    start_s: float
-    channel: int
-    speaker: str
-
-
-SpeechStartCallback = Callable[[SpeechStart], None]
 
 
 class VADSegmenter:
@@ -469,79 +364,3 @@ class VADSegmenter:
         v = self._voiced[f - self._buf_f0:self._n_frames - self._buf_f0]
         idx = np.flatnonzero(v)
         return f + int(idx[0]) if len(idx) else None
-
-
-class ChannelSegmenter:
-    """Channel diarization: one :class:`VADSegmenter` per channel, one speaker per channel.
-
-    ``feed()`` takes ``(n,)`` (one channel) or ``(n, channels)`` chunks and returns segments ordered by start time.
-    A segment is released once no other channel can still produce one that starts earlier (see
-    :attr:`VADSegmenter.earliest_pending_start`), so the event order is the conversation order even when one
-    speaker's long turn ends after the other speaker's short reply.
-    """
-
-    def __init__(self, channels: int = 1, config: SegmenterConfig | None = None, *,
-                 speakers: Sequence[str] | None = None, on_speech_start: SpeechStartCallback | None = None):
-        if channels < 1:
-            raise ValueError(f"channels must be >= 1, got {channels}")
-        if speakers is None:
-            speakers = ["Speaker"] if channels == 1 else [f"Speaker {i + 1}" for i in range(channels)]
-        if len(speakers) != channels:
-            raise ValueError(f"need one speaker name per channel ({channels}), got {len(speakers)}")
-        self.channels = channels
-        self.speakers = list(speakers)
-        self.segmenters = [VADSegmenter(config, channel=i, speaker=self.speakers[i], on_speech_start=on_speech_start)
-                           for i in range(channels)]
-        self._held: list[tuple[float, int, int, SpeechSegment]] = []
-        self._seq = 0
-
-    @property
-    def in_speech(self) -> bool:
-        return any(s.in_speech for s in self.segmenters)
-
-    @property
-    def earliest_pending_start(self) -> float:
-        return min(s.earliest_pending_start for s in self.segmenters)
-
-    @property
-    def tentative(self) -> SpeechSegment | None:
-        """The segment that :meth:`feed` would return next if the utterance in progress on some channel ended now
-        (its tentative end, see :attr:`VADSegmenter.tentative`), or None: it must start before every held segment
-        and before anything another channel could still produce."""
-        held = self._held[0][0] if self._held else math.inf
-        best = None
-        for i, seg in enumerate(self.segmenters):
-            t = seg.tentative
-            if t is None or (best is not None and t.start_s >= best.start_s):
-                continue
-            others = [s.earliest_pending_start for j, s in enumerate(self.segmenters) if j != i]
-            if t.start_s < held and t.start_s <= min(others, default=math.inf):
-                best = t
-        return best
-
-    def _hold(self, segs: list[SpeechSegment]) -> None:
-        for s in segs:
-            heapq.heappush(self._held, (s.start_s, s.channel, self._seq, s))
-            self._seq += 1
-
-    def _release(self, everything: bool = False) -> list[SpeechSegment]:
-        bound = math.inf if everything else self.earliest_pending_start
-        out = []
-        while self._held and self._held[0][0] <= bound:
-            out.append(heapq.heappop(self._held)[3])
-        return out
-
-    def feed(self, chunk: np.ndarray, start_s: float | None = None) -> list[SpeechSegment]:
-        x = np.asarray(chunk)
-        if x.ndim == 1:
-            x = x[:, None]
-        if x.ndim != 2 or x.shape[1] != self.channels:
-            raise ValueError(f"expected chunks of shape (n, {self.channels}), got {np.asarray(chunk).shape}")
-        for c, seg in enumerate(self.segmenters):
-            self._hold(seg.feed(np.ascontiguousarray(x[:, c]), start_s))
-        return self._release()
-
-    def flush(self) -> list[SpeechSegment]:
-        for seg in self.segmenters:
-            self._hold(seg.flush())
-        return self._release(everything=True)
