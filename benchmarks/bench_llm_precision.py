@@ -1,15 +1,15 @@
-"""bfloat16 vs fp32 LLM projections on CPU: `python benchmarks/bench_llm_precision.py`.
+"""bfloat16 and int8 vs fp32 LLM projections on CPU: `python benchmarks/bench_llm_precision.py`.
 
 Issue 27 (2): a faster LLM pass chosen by what the CPU has (`egmf_core.precision`), with the fp32 answers kept.
-Both precisions are loaded in one process, as `EGMFPredictor.load` serves them (LoRA merged, projections transposed),
-and compared on:
+Every precision of ``--precisions`` is loaded in one process, as `EGMFPredictor.load` serves it (LoRA merged,
+projections transposed; int8 smoothed on its calibration call), and compared with fp32 on:
 
 - agreement: MELD test (the first ``--meld`` utterances, words and context) and RAVDESS test actors 13-16 as the live
   pipeline cuts them (voice): emotion and sentiment label agreement with fp32, the largest and mean absolute
   difference of the emotion probabilities and of the sentiment score, and each precision's accuracy;
-- timing: one utterance at a time (the live path's batch), the two precisions interleaved on the same utterances so
-  that machine noise falls on both: median and p95 of the scoring pass (fusion + the LLM's prompt and answer passes),
-  and the ratio;
+- timing: one utterance at a time (the live path's batch), the precisions interleaved on the same utterances so
+  that machine noise falls on all: median and p95 of the scoring pass (fusion + the LLM's prompt and answer passes),
+  and the ratios to fp32;
 - the floor: each precision's plain-matmul throughput on these cores at the prompt pass's shapes (GFLOP/s), and the
   prompt pass's FLOPs at that rate, so the headroom left is visible.
 
@@ -39,30 +39,36 @@ from egmf_core.precision import BF16_FLAGS, cpu_flags  # noqa: E402
 from egmf_core.predictor import EGMFPredictor  # noqa: E402
 from egmf_core.research.evaluate import dataset_examples, predict_examples  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 MATMUL_FLAGS = sorted(BF16_FLAGS | {"avx512f", "avx512_vnni", "amx_tile", "amx_int8", "avx2"})
 
 
 def agreement(models: dict, examples: list, batch_size: int) -> dict:
-    """Labels and probabilities of each precision on `examples`, against fp32 and against the gold labels."""
+    """Per precision other than fp32: its labels and probabilities on `examples` against fp32's; and every
+    precision's accuracy against the gold labels."""
     preds = {name: predict_examples(m, examples, batch_size, progress=True) for name, m in models.items()}
-    ref, low = preds["fp32"], preds["bf16"]
+    gold = [e.input.emotion for e in examples]
+    accuracy = {name: float(np.mean([p.emotion == g for p, g in zip(ps, gold)])) for name, ps in preds.items()}
+    return {name: {**compare(preds["fp32"], ps), "accuracy": accuracy}
+            for name, ps in preds.items() if name != "fp32"}
+
+
+def compare(ref: list, low: list) -> dict:
+    """Label agreement and probability differences of `low`'s predictions against `ref`'s."""
     labels = sorted(ref[0].emotion_probs)
     p_ref = np.array([[p.emotion_probs[k] for k in labels] for p in ref])
     p_low = np.array([[p.emotion_probs[k] for k in labels] for p in low])
     s_ref = np.array([p.sentiment_score for p in ref], float)
     s_low = np.array([p.sentiment_score for p in low], float)
-    gold = [e.input.emotion for e in examples]
     same_emotion = sum(a.emotion == b.emotion for a, b in zip(ref, low))
     same_sentiment = sum(a.sentiment_label == b.sentiment_label for a, b in zip(ref, low))
     return {
-        "n": len(examples),
-        "emotion_agree": same_emotion, "emotion_agreement": same_emotion / len(examples),
-        "sentiment_agree": same_sentiment, "sentiment_agreement": same_sentiment / len(examples),
+        "n": len(ref),
+        "emotion_agree": same_emotion, "emotion_agreement": same_emotion / len(ref),
+        "sentiment_agree": same_sentiment, "sentiment_agreement": same_sentiment / len(ref),
         "prob_abs_diff_max": float(np.abs(p_ref - p_low).max()),
         "prob_abs_diff_mean": float(np.abs(p_ref - p_low).mean()),
         "sentiment_score_abs_diff_max": float(np.abs(s_ref - s_low).max()),
-        "accuracy": {name: float(np.mean([p.emotion == g for p, g in zip(ps, gold)])) for name, ps in preds.items()},
     }
 
 
@@ -87,28 +93,32 @@ def timing(predictors: dict, examples: list, repeats: int) -> dict:
                         "stage_p50_ms": {k: float(np.median(v)) for k, v in stages[name].items()}}
                  for name, t in times.items()}
     out["encoded_tokens_p50"] = int(np.median(encoded)) if encoded else None
-    out["speedup_p50"] = out["fp32"]["p50_ms"] / out["bf16"]["p50_ms"]
-    out["speedup_p95"] = out["fp32"]["p95_ms"] / out["bf16"]["p95_ms"]
+    out["speedup"] = {name: {"p50": out["fp32"]["p50_ms"] / out[name]["p50_ms"],
+                             "p95": out["fp32"]["p95_ms"] / out[name]["p95_ms"]}
+                      for name in predictors if name != "fp32"}
     return out
 
 
-def matmul_floor(model, tokens: int, repeats: int = 20) -> dict:
-    """Plain-matmul GFLOP/s per precision at the decoder's projection shapes for a `tokens`-row prompt, and the
-    projections' time at that rate: the floor of a prompt pass of that length."""
+def matmul_floor(model, tokens: int, precisions: tuple[str, ...], repeats: int = 20) -> dict:
+    """Plain-matmul GFLOP/s (int8: GOP/s of ``torch._int_mm``) per precision at the decoder's projection shapes for
+    a `tokens`-row prompt, and the projections' time at that rate: the floor of a prompt pass of that length."""
     cfg = model.llm.config
     d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
     shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, f), (d, f), (f, d)]  # q k v o gate up down
     flops = 2 * tokens * sum(i * o for i, o in shapes) * layers
     out = {"tokens": tokens, "projection_gflop": flops / 1e9}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        mats = [(torch.randn(tokens, i).to(dtype), torch.randn(i, o).to(dtype)) for i, o in shapes]
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
+    for name in precisions:
+        dtype = dtypes[name]
+        matmul = torch._int_mm if dtype == torch.int8 else torch.matmul
+        mats = [(torch.randn(tokens, i).mul(20).to(dtype), torch.randn(i, o).mul(20).to(dtype)) for i, o in shapes]
         for x, w in mats:
-            torch.matmul(x, w)
+            matmul(x, w)
         t0 = time.perf_counter()
         for _ in range(repeats):
             for x, w in mats:
-                torch.matmul(x, w)
+                matmul(x, w)
         seconds = (time.perf_counter() - t0) / repeats
         gflops = 2 * tokens * sum(i * o for i, o in shapes) / seconds / 1e9
         out[name] = {"gflops": gflops, "projections_floor_ms": flops / (gflops * 1e9) * 1000}
@@ -119,34 +129,39 @@ def write_report(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     m = result["machine"]
-    lines = ["# LLM projections: bfloat16 vs fp32 (CPU)", "",
+    precisions = result["precisions"]
+    lines = ["# LLM projections: bfloat16 and int8 vs fp32 (CPU)", "",
              f"`{result['command']}` on {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; "
              f"flags: {', '.join(m['flags']) or 'none of ' + ', '.join(MATMUL_FLAGS)}; {result['date']}; "
-             f"model {result['model']}. Both precisions loaded once, in one process.", ""]
+             f"model {result['model']}. Every precision loaded once, in one process.", ""]
     if result.get("agreement"):
         lines += ["## Agreement with fp32", "",
-                  "| set | n | emotion labels equal | sentiment labels equal | max abs prob diff | mean abs prob diff "
-                  "| max abs sentiment score diff | accuracy fp32 / bf16 |", "|---|---|---|---|---|---|---|---|"]
-        for name, a in result["agreement"].items():
-            acc = a["accuracy"]
-            lines.append(f"| {name} | {a['n']} | {a['emotion_agree']} ({100 * a['emotion_agreement']:.1f} %) | "
-                         f"{a['sentiment_agree']} ({100 * a['sentiment_agreement']:.1f} %) | "
-                         f"{a['prob_abs_diff_max']:.4f} | {a['prob_abs_diff_mean']:.5f} | "
-                         f"{a['sentiment_score_abs_diff_max']:.4f} | "
-                         f"{100 * acc['fp32']:.2f} / {100 * acc['bf16']:.2f} |")
+                  "| set | precision | n | emotion labels equal | sentiment labels equal | max abs prob diff "
+                  "| mean abs prob diff | max abs sentiment score diff | accuracy fp32 / this |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, per_precision in result["agreement"].items():
+            for precision, a in per_precision.items():
+                acc = a["accuracy"]
+                lines.append(f"| {name} | {precision} | {a['n']} | {a['emotion_agree']} "
+                             f"({100 * a['emotion_agreement']:.1f} %) | "
+                             f"{a['sentiment_agree']} ({100 * a['sentiment_agreement']:.1f} %) | "
+                             f"{a['prob_abs_diff_max']:.4f} | {a['prob_abs_diff_mean']:.5f} | "
+                             f"{a['sentiment_score_abs_diff_max']:.4f} | "
+                             f"{100 * acc['fp32']:.2f} / {100 * acc[precision]:.2f} |")
         lines.append("")
     t = result["timing"]
     lines += ["## Scoring pass per utterance (batch 1, interleaved)", "",
               "| precision | n | p50 ms | p95 ms | stages p50 ms |", "|---|---|---|---|---|"]
     lines += [f"| {p} | {t[p]['n']} | {t[p]['p50_ms']:.1f} | {t[p]['p95_ms']:.1f} | "
-              + ", ".join(f"{k} {v:.1f}" for k, v in t[p]["stage_p50_ms"].items()) + " |" for p in PRECISIONS]
-    lines += ["", f"bf16 is {t['speedup_p50']:.2f}x faster at p50, {t['speedup_p95']:.2f}x at p95 "
-              f"(median prompt pass: {t['encoded_tokens_p50']} encoded tokens).", ""]
+              + ", ".join(f"{k} {v:.1f}" for k, v in t[p]["stage_p50_ms"].items()) + " |" for p in precisions]
+    lines += [""] + [f"{p} is {r['p50']:.2f}x as fast as fp32 at p50, {r['p95']:.2f}x at p95." for p, r in
+                     t["speedup"].items()]
+    lines += [f"Median prompt pass: {t['encoded_tokens_p50']} encoded tokens.", ""]
     f = result["floor"]
     lines += [f"## Floor: the decoder projections of a {f['tokens']}-token prompt pass ({f['projection_gflop']:.1f} "
               "GFLOP) at the plain-matmul rate of these cores", "",
-              "| precision | plain matmul GFLOP/s | projections at that rate, ms |", "|---|---|---|"]
-    lines += [f"| {p} | {f[p]['gflops']:.1f} | {f[p]['projections_floor_ms']:.1f} |" for p in PRECISIONS]
+              "| precision | plain matmul GFLOP/s (int8: GOP/s) | projections at that rate, ms |", "|---|---|---|"]
+    lines += [f"| {p} | {f[p]['gflops']:.1f} | {f[p]['projections_floor_ms']:.1f} |" for p in precisions]
     lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
 
@@ -154,6 +169,8 @@ def write_report(result: dict, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="default")
+    ap.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                    help="compared with fp32, which is always loaded")
     ap.add_argument("--meld", type=int, default=600, help="first N MELD test utterances for the agreement")
     ap.add_argument("--ravdess", type=int, default=None, help="first N RAVDESS test clips (default all 240)")
     ap.add_argument("--timing-utterances", type=int, default=40, help="MELD test utterances timed one at a time")
@@ -164,12 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="benchmarks/results/llm_precision")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    predictors = {p: EGMFPredictor.load(args.checkpoint, device="cpu", llm_precision=p) for p in PRECISIONS}
+    precisions = ("fp32",) + tuple(p for p in PRECISIONS if p in args.precisions and p != "fp32")
+    predictors = {p: EGMFPredictor.load(args.checkpoint, device="cpu", llm_precision=p) for p in precisions}
     models = {p: pr.model for p, pr in predictors.items()}
     ref = models["fp32"]
     result: dict = {
         "command": "python benchmarks/bench_llm_precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": predictors["fp32"].version,
+        "precisions": list(precisions),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads,
                     "flags": sorted(set(MATMUL_FLAGS) & cpu_flags()), "loadavg_before": os.getloadavg()[0]},
         "agreement": {},
@@ -183,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         result["agreement"]["RAVDESS test actors 13-16, live cuts"] = agreement(models, ravdess, args.batch_size)
     print("timing ...", file=sys.stderr, flush=True)
     result["timing"] = timing(predictors, meld[: args.timing_utterances], args.repeats)
-    result["floor"] = matmul_floor(ref, result["timing"]["encoded_tokens_p50"] or 100)
+    result["floor"] = matmul_floor(ref, result["timing"]["encoded_tokens_p50"] or 100, precisions)
     write_report(result, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())
     return 0

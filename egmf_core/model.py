@@ -24,7 +24,7 @@ import dataclasses
 import logging
 import time
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -167,15 +167,18 @@ class EGMFModel(nn.Module):
         self._merged = True
         return True
 
-    def use_transposed_linear_weights(self, dtype: torch.dtype = torch.float32) -> int:
+    def use_transposed_linear_weights(self, dtype: torch.dtype = torch.float32,
+                                      calibration: Callable[[], object] | None = None) -> int:
         """Serving on CPU: replace the decoder layers' linear projections by `serving.TransposedLinear` with weights
         in ``dtype`` (fp32: same outputs within float rounding, faster few-row matmuls; bfloat16: see
-        `egmf_core.precision`). Only for a model whose LoRA is merged (or that has none): adapters kept apart (several
-        languages) need peft's layers, so such a model is left as it is. Returns how many layers were replaced."""
+        `egmf_core.precision`), or by `serving.Int8Linear` for ``torch.int8``, smoothed by the activations seen while
+        ``calibration()`` runs this model in fp32. Only for a model whose LoRA is merged (or that has none): adapters
+        kept apart (several languages) need peft's layers, so such a model is left as it is. Returns how many layers
+        were replaced."""
         if isinstance(self.llm, PeftModel) and not self._merged:
             return 0
         base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        n = transpose_linear_weights(base.get_decoder(), dtype)
+        n = transpose_linear_weights(base.get_decoder(), dtype, calibration)
         self._kv.clear()
         return n
 

@@ -9,6 +9,9 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
 
 - ``"fp32"``: the reference; training and evaluation always use it.
 - ``"bf16"``: bfloat16 projections, whatever the CPU (slow where emulated: for checks, not for serving).
+- ``"int8"``: int8 projections (`serving.Int8Linear`: per-channel weights, per-token inputs, smoothed on a short
+  calibration call at load), the fastest on CPUs without native bf16, but not exact: its labels differ from fp32's
+  on a few percent of utterances (`benchmarks/results/llm_precision_int8.md`), so only a user who asks gets it.
 - ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16, else fp32. What the CLI and the service use.
 """
 
@@ -19,7 +22,7 @@ from typing import Literal, get_args
 
 __all__ = ["PRECISIONS", "LlmPrecision", "cpu_has_bf16", "resolve_precision"]
 
-LlmPrecision = Literal["auto", "fp32", "bf16"]
+LlmPrecision = Literal["auto", "fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(LlmPrecision)
 
 #: /proc/cpuinfo flags of native bfloat16 dot products (Intel Cooper Lake+/Sapphire Rapids+, AMD Zen 4+).
@@ -44,7 +47,7 @@ def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 
 def resolve_precision(requested: str, device_type: str = "cpu",
-                      cpuinfo: str | Path = "/proc/cpuinfo") -> Literal["fp32", "bf16"]:
+                      cpuinfo: str | Path = "/proc/cpuinfo") -> Literal["fp32", "bf16", "int8"]:
     """The precision to run: ``requested`` with ``"auto"`` decided by the CPU. Off the CPU (``device_type`` "cuda")
     the LLM keeps its fp32 weights here: a GPU is served by the exported engines (`python -m export`).
 

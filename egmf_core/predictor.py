@@ -35,6 +35,19 @@ from .prompt import Turn
 
 log = logging.getLogger(__name__)
 
+#: The made-up call that int8 serving calibrates on (`EGMFPredictor.calibration_pass`): speakers, lengths and moods
+#: of an ordinary support call, none of it from an evaluation set.
+INT8_CALIBRATION_LINES: tuple[tuple[str, str], ...] = (
+    ("Agent", "Thank you for calling, my name is Sam. How can I help you today?"),
+    ("Caller", "Hi. I was charged twice for my subscription this month and I would like a refund."),
+    ("Agent", "I'm sorry about that. Let me pull up your account, it will only take a moment."),
+    ("Caller", "This is the third time this has happened! I am really fed up with it."),
+    ("Agent", "I completely understand. I can see both charges, and I have started the refund now."),
+    ("Caller", "Oh, great, thanks. That was much easier than I expected."),
+    ("Agent", "Is there anything else I can do for you?"),
+    ("Caller", "No, that's all. Have a nice day."),
+)
+
 
 @dataclass(frozen=True)
 class PendingTurn:
@@ -50,7 +63,7 @@ class EGMFPredictor:
     def __init__(self, model: EGMFModel, version: str, llm_precision: str = "fp32"):
         self.model = model
         self.version = version
-        #: The number format of the LLM's projections as loaded ("fp32" or "bf16"; `egmf_core.precision`).
+        #: The number format of the LLM's projections as loaded ("fp32", "bf16" or "int8"; `egmf_core.precision`).
         self.llm_precision = llm_precision
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
         # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
@@ -75,8 +88,9 @@ class EGMFPredictor:
         the LLM in memory (`EGMFModel.merge_lora_for_inference`), and on CPU its linear layers keep their weights
         transposed (`EGMFModel.use_transposed_linear_weights`), so the model this returns is for inference only.
 
-        ``llm_precision`` ("fp32", "bf16" or "auto": `egmf_core.precision`): the number format of those layers on
-        CPU. fp32, the reference, is the default here (evaluation, tests); the CLI and the service ask for "auto"."""
+        ``llm_precision`` ("fp32", "bf16", "int8" or "auto": `egmf_core.precision`): the number format of those
+        layers on CPU. fp32, the reference, is the default here (evaluation, tests); the CLI and the service ask for
+        "auto". int8 first runs `calibration_pass` in fp32 to smooth its layers by."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
@@ -86,11 +100,29 @@ class EGMFPredictor:
         model.eval()
         model.merge_lora_for_inference()
         precision = resolve_precision(llm_precision, model.device.type)
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        if model.device.type == "cpu" and model.use_transposed_linear_weights(dtype) == 0:
+        dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
+        calibrator = cls(model, version) if precision == "int8" else None
+        try:
+            replaced = model.device.type == "cpu" and model.use_transposed_linear_weights(
+                dtype, calibrator.calibration_pass if calibrator is not None else None)
+        finally:
+            if calibrator is not None and calibrator._primer is not None:
+                calibrator._primer.shutdown(wait=True)  # no background pass may run while the layers are swapped
+        if not replaced:
             precision = "fp32"  # adapters kept apart (several languages): peft's layers, in fp32
         log.info("EGMF model %s: LLM projections in %s (requested %s)", version, precision, llm_precision)
         return cls(model, version, precision)
+
+    def calibration_pass(self) -> None:
+        """A short made-up call (`INT8_CALIBRATION_LINES`, with and without audio features) through this predictor,
+        whose conversation is then discarded: the activations `serving.Int8Linear` is smoothed by. Outlier channels
+        are a property of the LLM's weights, not of the words, so a few lines of ordinary conversation find them."""
+        conversation = self.new_conversation()
+        silence = np.zeros((100, self.model.cfg.fusion.audio_dim), np.float32)
+        for i, (speaker, text) in enumerate(INT8_CALIBRATION_LINES):
+            self.predict(conversation, text=text, speaker=speaker, audio_features=silence if i % 2 else None)
+        if self._primer is not None:  # the background KV passes of those lines are part of the calibration too
+            self._primer.submit(lambda: None).result()
 
     def warm_up(self) -> None:
         """Score one throw-away utterance (1 s of zero audio features, a short text): the first pass pays for lazy

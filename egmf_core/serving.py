@@ -1,14 +1,19 @@
-"""Inference-only rewrites of the LLM for CPU serving: linear layers with their weight stored transposed, in fp32 or
-bfloat16 (`egmf_core.precision`).
+"""Inference-only rewrites of the LLM for CPU serving: linear layers with their weight stored transposed, in fp32,
+bfloat16 or int8 (`egmf_core.precision`).
 
-In fp32 they change the speed, not the answers (same outputs within float rounding); in bfloat16 the answers agree
-with fp32 as `benchmarks/results/llm_precision.md` reports.
+In fp32 they change the speed, not the answers (same outputs within float rounding); in bfloat16 and int8 the answers
+agree with fp32 as `benchmarks/results/llm_precision.md` reports.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
+
+#: SmoothQuant's migration strength: 0.5 shares an outlier channel's range evenly between input and weight.
+SMOOTH_ALPHA = 0.5
 
 
 class TransposedLinear(nn.Module):
@@ -30,15 +35,85 @@ class TransposedLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def transpose_linear_weights(decoder: nn.Module, dtype: torch.dtype = torch.float32) -> int:
-    """Replace every plain `nn.Linear` projection of `decoder`'s layers (a merged peft layer: its base, which holds
-    W + BA) by a `TransposedLinear` with its weight in ``dtype``. Returns how many were replaced."""
-    n = 0
+class Int8Linear(nn.Module):
+    """`nn.Linear` for CPU inference in int8: the weight quantized once, symmetric per output channel; the input
+    quantized on every call, symmetric per row (per token, so that one loud token does not coarsen the others); the
+    int8 x int8 -> int32 product by ``torch._int_mm`` (oneDNN; VNNI dot products where the CPU has them), rescaled to
+    the input's dtype. The weight is a buffer: nothing here trains.
+
+    ``input_absmax`` (in,): the largest input magnitude per channel seen on calibration prompts. The LLM's
+    activations have outlier channels (10-20x the median channel), which per-row int8 alone rounds the other channels
+    away on; with it the layer is smoothed as SmoothQuant does (Xiao et al., 2023): each input channel j divided by
+    s_j = absmax_j^alpha / max_i |W_ij|^(1 - alpha) and the weight's column multiplied by it, the same product with
+    the range shared between the two operands."""
+
+    def __init__(self, linear: nn.Linear, input_absmax: torch.Tensor | None = None, alpha: float = SMOOTH_ALPHA):
+        super().__init__()
+        w = linear.weight.detach().float()
+        smooth = None
+        if input_absmax is not None:
+            smooth = (input_absmax.float().clamp_min(1e-5).pow(alpha)
+                      / w.abs().amax(dim=0).clamp_min(1e-5).pow(1 - alpha)).clamp(1e-2, 1e2)
+            w = w * smooth[None, :]
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        self.register_buffer("weight_t", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).t()
+                             .contiguous())
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("input_divisor", None if smooth is None else smooth)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1]).float()
+        if self.input_divisor is not None:
+            rows = rows / self.input_divisor
+        row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
+        q = torch.round(rows / row_scale).to(torch.int8)
+        y = (torch._int_mm(q, self.weight_t).float() * row_scale * self.weight_scale).to(x.dtype)
+        y = y.reshape(*x.shape[:-1], y.shape[-1])
+        return y if self.bias is None else y + self.bias
+
+
+def projections(decoder: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """Every plain `nn.Linear` projection of `decoder`'s layers as (parent, attribute name, linear); for a merged peft
+    layer, its base (which holds W + BA)."""
+    found = []
     for layer in decoder.layers:
         for parent in layer.children():
             for name, child in list(parent.named_children()):
-                linear = getattr(child, "base_layer", child)  # a merged peft layer: its base holds W + BA
+                linear = getattr(child, "base_layer", child)
                 if type(linear) is nn.Linear:
-                    setattr(parent, name, TransposedLinear(linear, dtype))
-                    n += 1
-    return n
+                    found.append((parent, name, linear))
+    return found
+
+
+def input_absmax(decoder: nn.Module, run: Callable[[], object]) -> dict[nn.Linear, torch.Tensor]:
+    """The largest input magnitude per channel of each projection (`projections`) while ``run()`` runs the model:
+    what `Int8Linear` smooths by."""
+    seen: dict[nn.Linear, torch.Tensor] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:
+        m = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
+        seen[module] = m if module not in seen else torch.maximum(seen[module], m)
+
+    hooks = [linear.register_forward_pre_hook(record) for _, _, linear in projections(decoder)]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def transpose_linear_weights(decoder: nn.Module, dtype: torch.dtype = torch.float32,
+                             calibration: Callable[[], object] | None = None) -> int:
+    """Replace every projection of `decoder`'s layers (`projections`) by a `TransposedLinear` with its weight in
+    ``dtype``, or for ``torch.int8`` by an `Int8Linear` smoothed by the inputs seen while ``calibration()`` runs the
+    model (None: unsmoothed). Returns how many were replaced."""
+    absmax = input_absmax(decoder, calibration) if dtype == torch.int8 and calibration is not None else {}
+    found = projections(decoder)
+    for parent, name, linear in found:
+        rewritten = (Int8Linear(linear, absmax.get(linear)) if dtype == torch.int8
+                     else TransposedLinear(linear, dtype))
+        setattr(parent, name, rewritten)
+    return len(found)
