@@ -172,7 +172,7 @@ def model_rows(checkpoint: str, test: Split, pop: Population, rng: np.random.Gen
     each next to the same clips unmapped."""
     import dataclasses
 
-    from egmf_core.research.ablate_retrained import aux_predictions
+    from egmf_core.research.retrained_scoring import aux_predictions
     from egmf_core.checkpoint import load_checkpoint
     from egmf_core.research.evaluate import dataset_examples, predict_examples
 
