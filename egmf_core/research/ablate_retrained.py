@@ -42,7 +42,7 @@ from .analysis import DatasetSpec, ExampleSets, command_line, progress
 from ..checkpoint import CheckpointError
 from ..config import ConfigError
 from ..data import DatasetError
-from .evaluate import AUDIO_VIEWS
+from .feature_lookup import AUDIO_VIEWS
 from .retrained_plan import (
     RecordedRun,
     RunPlan,
