@@ -51,7 +51,7 @@ class Split:
 
 def load_split(split: str, limit: int | None) -> Split:
     from egmf_core.data import load_dataset
-    from egmf_core.research.evaluate import whisper_audio_lookup
+    from egmf_core.research.feature_lookup import whisper_audio_lookup
 
     lookup = whisper_audio_lookup("clip")
     records = list(load_dataset("ravdess", split))[:limit]
@@ -172,9 +172,10 @@ def model_rows(checkpoint: str, test: Split, pop: Population, rng: np.random.Gen
     each next to the same clips unmapped."""
     import dataclasses
 
-    from egmf_core.research.ablate_retrained import aux_predictions
+    from egmf_core.research.retrained_scoring import aux_predictions
     from egmf_core.checkpoint import load_checkpoint
-    from egmf_core.research.evaluate import dataset_examples, predict_examples
+    from egmf_core.research.eval_examples import dataset_examples
+    from egmf_core.research.evaluate import predict_examples
 
     model = load_checkpoint(checkpoint)
     examples = dataset_examples(model, "ravdess", "test", limit)

@@ -85,7 +85,7 @@ def run(settings: list[Setting], limit: int | None, split: str = "dev") -> dict:
     import torch
 
     from egmf_core.data import load_dataset
-    from egmf_core.research.evaluate import dataset_examples
+    from egmf_core.research.eval_examples import dataset_examples
     from egmf_core.features.audio import load_audio
     from egmf_core.research.metrics import word_error_rate
     from streaming.analyzer import EGMFAnalyzerConfig, EGMFUtteranceAnalyzer

@@ -5,9 +5,9 @@ Three parts (issue 25), one report (`benchmarks/results/real_speech.{json,md}`):
 (a) RAVDESS test actors 13-16 (240 clips, speakers never trained on) under each channel condition of
     `egmf_core.research.degrade.CONDITIONS` (clean, -20 dB, +12 dB through a limiter, loudness-normalized to
     -16 LUFS, phone band G.711 mu-law, MP3 32 kbit/s, white noise at 10 dB SNR), each clip degraded as recorded, then
-    cut and encoded as the live pipeline does (`egmf_core.research.evaluate.whisper_audio_lookup("live")`: VAD cut,
-    1 s room-tone framing, the checkpoint's loudness normalization, the 10 s window) with the clip's known sentence
-    as the text: 8-class accuracy, macro F1 and ECE per condition, and the worst drop from clean.
+    cut and encoded as the live pipeline does (`egmf_core.research.feature_lookup.whisper_audio_lookup("live")`: VAD
+    cut, 1 s room-tone framing, the checkpoint's loudness normalization, the 10 s window) with the clip's known
+    sentence as the text: 8-class accuracy, macro F1 and ECE per condition, and the worst drop from clean.
 (b) The real recordings in ../shared/data/media with sound (5 talking-head interview / speech clips, the MEAD clips
     with audio) through the CLI's own path (`streaming.cli.main --file ... --json`: VAD, recognizer, face features,
     predictor): every utterance's label and calibrated confidence.
@@ -38,12 +38,9 @@ from bench_support import cpu_model, write_report_files  # noqa: E402  (benchmar
 
 from egmf_core.checkpoint import checkpoint_version, load_checkpoint  # noqa: E402
 from egmf_core.research.degrade import CONDITIONS  # noqa: E402
-from egmf_core.research.evaluate import (  # noqa: E402
-    dataset_examples,
-    emotion_calibration,
-    predict_examples,
-    whisper_audio_lookup,
-)
+from egmf_core.research.eval_examples import dataset_examples  # noqa: E402
+from egmf_core.research.evaluate import emotion_calibration, predict_examples  # noqa: E402
+from egmf_core.research.feature_lookup import whisper_audio_lookup  # noqa: E402
 from egmf_core.research.fit_calibration import as_default_label_set  # noqa: E402
 from egmf_core.research.metrics import classification_report  # noqa: E402
 

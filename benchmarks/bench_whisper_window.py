@@ -38,7 +38,7 @@ ACTORS = {"train": "actors 01-10", "dev": "actors 11-12", "test": "actors 13-16"
 def run(windows: list[float], limit: int | None, batch: int = 8, split: str = "dev") -> dict:
     import torch
 
-    from egmf_core.research.evaluate import dataset_examples
+    from egmf_core.research.eval_examples import dataset_examples
     from egmf_core.data import load_dataset
     from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
     from egmf_core.research.metrics import word_error_rate

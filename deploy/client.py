@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from deploy.protocol import VIDEO_TAG, audio_message, encode_jpeg, video_message
-from streaming.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, _emit
+from streaming.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, print_event
 from streaming.events import ErrorEvent, Event, EventValidationError, UtteranceEvent, parse_event
 from streaming.sources import (
     SAMPLE_RATE,
@@ -311,7 +311,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
                      ("stream_id", args.stream_id)):
         if val is not None:
             start[key] = val
-    stream = ResumingStream(args.url, start, lambda ev: _emit(ev, args.json, args.speech_started, out, err),
+    stream = ResumingStream(args.url, start, lambda ev: print_event(ev, args.json, args.speech_started, out, err),
                             retry=RetryPolicy(retries=args.retries, backoff_s=args.backoff),
                             log=lambda line: print(f"client: {line}", file=err, flush=True))
     try:

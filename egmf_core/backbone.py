@@ -106,19 +106,20 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: ``backbone.dtype`` -> the torch dtype the LLM loads in (the engines loader in export/runner.py uses it too).
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_backbone(cfg: BackboneConfig) -> LoadedBackbone:
-    if cfg.dtype not in _DTYPES:
-        raise ConfigError(f"backbone.dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+    if cfg.dtype not in TORCH_DTYPES:
+        raise ConfigError(f"backbone.dtype must be one of {sorted(TORCH_DTYPES)}, got {cfg.dtype!r}")
     folder = resolve_folder(cfg.name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # A local folder loads in about a second: no "Loading weights" progress bar on stderr (logs stay quiet).
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=_DTYPES[cfg.dtype]).to(cfg.device)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[cfg.dtype]).to(cfg.device)
     finally:
         if bar:
             hf_logging.enable_progress_bar()

@@ -337,7 +337,7 @@ def load_engine_model(
     """
     from transformers import AutoTokenizer
 
-    from egmf_core.backbone import _DTYPES, LoadedBackbone
+    from egmf_core.backbone import TORCH_DTYPES, LoadedBackbone
     from egmf_core.model import EGMFModel
 
     engines_dir = Path(engines_dir)
@@ -352,7 +352,7 @@ def load_engine_model(
     tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    llm = _load_llm(llm_dir, _DTYPES[dtype], device)
+    llm = _load_llm(llm_dir, TORCH_DTYPES[dtype], device)
     graph = manifest["fusion"]
     backbone = LoadedBackbone(cfg.backbone.name, llm, tokenizer, graph["llm_hidden"], graph["embed_rms"])
     model = EGMFModel(cfg, backbone)

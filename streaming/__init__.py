@@ -30,15 +30,17 @@ __all__ = [
     "EGMFUtteranceAnalyzer", "EGMFAnalyzerConfig",
 ]  # fmt: skip
 
+#: Public name -> the module that defines it. The segmenter lives in egmf_core (training's live cuts use it too).
 _WHERE = {
     **dict.fromkeys(["EMOTION_LABELS", "SENTIMENT_LABELS", "EventValidationError", "UtteranceEvent",
                      "SpeechStartedEvent", "ErrorEvent", "EmotionResult", "SentimentResult", "Modalities",
-                     "parse_event"], "events"),
+                     "parse_event"], "streaming.events"),
     **dict.fromkeys(["SourceError", "AudioChunk", "VideoFrame", "MicrophoneSource", "AVFileSource", "AVSourceConfig",
-                     "PushSource", "MergedSource"], "sources"),
-    **dict.fromkeys(["SegmenterConfig", "SpeechSegment", "VADSegmenter", "ChannelSegmenter"], "segmenter"),
-    **dict.fromkeys(["AnalysisResult", "UtteranceAnalyzer", "StreamConfig", "StreamAnalyzer"], "pipeline"),
-    **dict.fromkeys(["EGMFUtteranceAnalyzer", "EGMFAnalyzerConfig"], "analyzer"),
+                     "PushSource", "MergedSource"], "streaming.sources"),
+    **dict.fromkeys(["SegmenterConfig", "SpeechSegment", "VADSegmenter", "ChannelSegmenter"],
+                    "egmf_core.features.segmenter"),
+    **dict.fromkeys(["AnalysisResult", "UtteranceAnalyzer", "StreamConfig", "StreamAnalyzer"], "streaming.pipeline"),
+    **dict.fromkeys(["EGMFUtteranceAnalyzer", "EGMFAnalyzerConfig"], "streaming.analyzer"),
 }
 
 
@@ -49,6 +51,6 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'streaming' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f"streaming.{mod}"), name)
+    value = getattr(importlib.import_module(mod), name)
     globals()[name] = value
     return value

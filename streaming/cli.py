@@ -37,7 +37,7 @@ from .sources import (
     SourceError,
 )
 
-__all__ = ["main", "build_parser", "format_event", "format_time"]
+__all__ = ["main", "build_parser", "format_event", "format_time", "print_event"]
 
 log = logging.getLogger("streaming")
 
@@ -117,7 +117,10 @@ def format_event(ev: Event) -> str:
     return f"{span}error ({ev.code}{', ' + ev.field if ev.field else ''}): {ev.message}"
 
 
-def _emit(ev: Event, as_json: bool, show_starts: bool, out: TextIO, err: TextIO) -> None:
+def print_event(ev: Event, as_json: bool, show_starts: bool, out: TextIO, err: TextIO) -> None:
+    """Print one event as ``python -m streaming`` does (the service client prints the same way): with ``as_json``
+    every event as one JSON line on ``out``; otherwise errors as a readable line on ``err``, utterances on ``out``,
+    and speech starts on ``out`` only when ``show_starts``."""
     if as_json:
         print(ev.to_json(), file=out, flush=True)
     elif isinstance(ev, ErrorEvent):
@@ -244,7 +247,7 @@ def _main(argv: Sequence[str] | None, analyzer_factory: AnalyzerFactory | None, 
     n = 0
     try:
         for ev in stream.run(source):
-            _emit(ev, args.json, args.speech_started, out, err)
+            print_event(ev, args.json, args.speech_started, out, err)
             n += isinstance(ev, UtteranceEvent)
     except SourceError as e:
         print(f"error: {e}", file=err)

@@ -11,7 +11,7 @@ import yaml
 from safetensors import safe_open
 
 from egmf_core.research import ablate, ablate_retrained
-from egmf_core.research.ablate_retrained import differs_only_in_modalities, same_as, variant_config
+from egmf_core.research.retrained_plan import differs_only_in_modalities, same_as, variant_config
 from egmf_core.research.run_config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_ravdess_is_scored_on_the_audio_views_asked_for():
     the other; each view is its own table section and JSON key, so runs scored on another view are never reused."""
     import argparse
 
-    from egmf_core.research.ablate_retrained import test_datasets
+    from egmf_core.research.retrained_plan import test_datasets
     from egmf_core.research.analysis import DatasetSpec
 
     clips = RunConfig.from_yaml(REPO / "configs" / "ablation_fusion.yaml")

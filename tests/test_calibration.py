@@ -9,7 +9,7 @@ from safetensors import safe_open
 
 from egmf_core.calibration import METADATA_KEY, Calibration
 from egmf_core.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint, read_calibration
-from egmf_core.research.evaluate import dataset_examples
+from egmf_core.research.eval_examples import dataset_examples
 from egmf_core.research.fit_calibration import write_calibrated
 from egmf_core.research.metrics import calibration_report, fit_temperature
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from egmf_core.research import distill_aux
 from egmf_core.checkpoint import load_checkpoint, resolve
 from egmf_core.research.distill_aux import HEAD_KEYS, DistillConfig, Pool, fit, hit_rates, write_checkpoint
-from egmf_core.research.evaluate import dataset_examples
+from egmf_core.research.eval_examples import dataset_examples
 from test_streaming_support import needs_espeak
 
 

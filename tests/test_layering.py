@@ -13,6 +13,9 @@ with a literal name. Rules:
   the research area `egmf_core.research` (training, evaluation, ablations, calibration fitting, distillation,
   analysis, feature packing).
 
+A second check keeps private names private: no module imports a name starting with `_` (`from x import _y`,
+dunder names aside) from another module of the project; what another module needs is public, with a docstring.
+
 A failure lists each violation as `file:line: importer imports imported (rule)`.
 """
 
@@ -150,6 +153,34 @@ def test_no_upward_or_research_imports() -> None:
     )
 
 
+def private_imports_of(path: Path, root: Path = REPO) -> list[str]:
+    """`file:line: importer imports module._name (private name)` for each `from module import _name` in one file that
+    takes a private name (one leading underscore, not a dunder) from another module of the project (egmf_core,
+    streaming, export, deploy). A package importing its own private submodule (`from . import _x` in an
+    `__init__.py`) is its own business and not reported."""
+    tree = ast.parse((root / path).read_text(encoding="utf-8"), filename=str(path))
+    importer = module_name(path)
+    is_package = path.name == "__init__.py"
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = resolve_relative(importer, is_package, node.level, node.module) if node.level else (node.module or "")
+        if base.split(".")[0] not in PACKAGES or base == importer:
+            continue
+        found.extend(
+            f"{path}:{node.lineno}: {importer} imports {base}.{alias.name} (private name)"
+            for alias in node.names
+            if alias.name.startswith("_") and not alias.name.startswith("__")
+        )
+    return found
+
+
+def test_no_private_names_across_modules() -> None:
+    found = [line for path in source_files() for line in private_imports_of(path)]
+    assert not found, "private names imported from another module (make them public):\n" + "\n".join(found)
+
+
 # --- the checker itself, on synthetic sources -------------------------------------------------------------------
 
 
@@ -212,3 +243,24 @@ def test_relative_names() -> None:
     assert resolve_relative("egmf_core.predictor", False, 1, None) == "egmf_core"
     assert module_name(Path("streaming/__init__.py")) == "streaming"
     assert module_name(Path("egmf_core/features/cache.py")) == "egmf_core.features.cache"
+
+
+def test_private_name_checker(tmp_path: Path) -> None:
+    files = {
+        "deploy/client.py": (
+            "from __future__ import annotations\nfrom numpy import _private\n"  # not the project: fine
+            "from streaming.cli import EXIT_OK, _emit\n"  # private, absolute
+            "def f():\n    from .app import __version__, _helper\n"  # dunder fine, lazy relative private reported
+        ),
+        "egmf_core/features/__init__.py": "from . import _native\nfrom .cache import _key\n",  # own submodule fine
+        "export/runner.py": "from egmf_core.backbone import TORCH_DTYPES, LoadedBackbone\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    found = [line for name in sorted(files) for line in private_imports_of(Path(name), root=tmp_path)]
+    assert found == [
+        "deploy/client.py:3: deploy.client imports streaming.cli._emit (private name)",
+        "deploy/client.py:5: deploy.client imports deploy.app._helper (private name)",
+        "egmf_core/features/__init__.py:2: egmf_core.features imports egmf_core.features.cache._key (private name)",
+    ]

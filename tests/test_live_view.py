@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from egmf_core.data import RavdessConfig, RavdessDataset
-from egmf_core.research.evaluate import whisper_audio_lookup
+from egmf_core.research.feature_lookup import whisper_audio_lookup
 from egmf_core.research.examples import AudioFeaturePack, feature_key
 from egmf_core.features import WhisperFrontend, WhisperFrontendConfig, load_audio
 from egmf_core.features.cache import CACHE_DIR_ENV
@@ -106,12 +106,12 @@ def test_evaluate_on_live_cuts(tmp_path, shipped_model_version) -> None:
 
 def test_evaluate_live_view_on_text_only_data_opens_no_recognizer(tmp_path, monkeypatch) -> None:
     """MELD has no audio files: `--audio live` is accepted and the (costly) live recognizer is never opened."""
-    from egmf_core.research import evaluate
+    from egmf_core.research import eval_examples, evaluate
 
     def refuse(view: str = "clip"):
         raise AssertionError(f"opened the {view} recognizer for a dataset without audio")
 
-    monkeypatch.setattr(evaluate, "whisper_audio_lookup", refuse)
+    monkeypatch.setattr(eval_examples, "whisper_audio_lookup", refuse)  # where dataset_examples looks it up
     out = tmp_path / "eval.json"
     assert evaluate.main(["--checkpoint", "default", "--dataset", "meld", "--split", "dev", "--limit", "3",
                           "--audio", "live", "--out", str(out)]) == 0

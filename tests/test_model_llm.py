@@ -9,7 +9,7 @@ import torch
 from egmf_core.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from egmf_core.config import EGMFConfig
 from egmf_core.data import load_dataset
-from egmf_core.research.evaluate import whisper_audio_lookup
+from egmf_core.research.feature_lookup import whisper_audio_lookup
 from egmf_core.research.examples import build_examples
 from egmf_core.model import EGMFModel
 

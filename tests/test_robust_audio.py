@@ -77,7 +77,7 @@ def test_frontend_normalizes_before_the_encoder(clip, monkeypatch) -> None:
 def test_training_lookup_and_live_recognizer_share_the_normalization(clip, tmp_path, monkeypatch) -> None:
     """The same function object normalizes in training's feature lookup and in the live recognizer's pass, with the
     same target, and both give the same encoder states for the same live cut."""
-    from egmf_core.research.evaluate import whisper_audio_lookup
+    from egmf_core.research.feature_lookup import whisper_audio_lookup
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path / "cache"))
     calls: list[float] = []

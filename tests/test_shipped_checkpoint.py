@@ -7,7 +7,9 @@ import pytest
 
 from egmf_core.checkpoint import DEFAULT_CHECKPOINT, read_metadata
 from egmf_core.data import load_dataset
-from egmf_core.research.evaluate import dataset_examples, predict_examples, report, whisper_audio_lookup
+from egmf_core.research.eval_examples import dataset_examples
+from egmf_core.research.evaluate import predict_examples, report
+from egmf_core.research.feature_lookup import whisper_audio_lookup
 from egmf_core.research.examples import build_examples
 from egmf_core.research.metrics import classification_report
 from egmf_core.predictor import EGMFPredictor

@@ -31,7 +31,8 @@ from egmf_core.checkpoint import load_checkpoint, read_metadata
 from egmf_core.config import ConfigError, EGMFConfig, build_dataclass
 from egmf_core.data.mmsa import MmsaConfig, MmsaDataset, convert_mmsa_pickle
 from egmf_core.research.evaluate import main as evaluate_main
-from egmf_core.research.evaluate import mmsa_examples, open_mmsa, predict_examples, regression_report
+from egmf_core.research.eval_examples import mmsa_examples, open_mmsa
+from egmf_core.research.evaluate import predict_examples, regression_report
 from egmf_core.research.metrics import sims_regression_report
 from egmf_core.model import EGMFModel
 from egmf_core.prompt import format_score

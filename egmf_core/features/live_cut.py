@@ -51,7 +51,7 @@ def utterance_audio(segment: SpeechSegment, frame_s: float, window_s: float) -> 
 
 
 #: Bump when :func:`live_cut` or the segmenter's cut change the audio they give for the same settings: features
-#: cached for live cuts (``egmf_core.research.evaluate.whisper_audio_lookup(view="live")``) are keyed on it.
+#: cached for live cuts (``egmf_core.research.feature_lookup.whisper_audio_lookup(view="live")``) are keyed on it.
 LIVE_CUT_VERSION = 3  # 3: the segmenter's VAD gain for quiet lines; 2: line noise relative to the clip (1: -70 dBFS)
 
 #: How far below the clip's integrated loudness the cut's line noise sits (dB). Relative, so that the cut of a clip
@@ -83,7 +83,8 @@ def live_cut(audio: np.ndarray, segmenter: SegmenterConfig | None = None, frame_
     segmented by :class:`VADSegmenter` (``segmenter``, default the live settings), and the speech framed by
     :func:`utterance_audio` (``frame_s`` of room tone, within the recognizer's ``window_s``). One implementation for the
     live-cut benchmark (``benchmarks/bench_live_segments.py``) and for training and evaluating on live cuts
-    (``egmf_core.research.evaluate.whisper_audio_lookup(view="live")``). Deterministic: the noise has a fixed seed."""
+    (``egmf_core.research.feature_lookup.whisper_audio_lookup(view="live")``). Deterministic: the noise has a fixed
+    seed."""
 
     cfg = segmenter or SegmenterConfig()
     audio = np.asarray(audio, np.float32)

@@ -18,200 +18,48 @@ runs (an interrupted sweep continues where it stopped) unless `--fresh`. `--reus
 the runs an earlier report recorded (same recipe, variant and seed) as finished, so that adding seeds to a committed
 table does not retrain the seeds it already has when the runs folder is gone. Variants that cannot differ from one
 already trained (a modality no example has) are not trained, and the table says why.
+
+The sweep and the command are here; the plan (variants' recipes, reuse of finished runs) is in
+`egmf_core.research.retrained_plan`, the scoring in `egmf_core.research.retrained_scoring` and the Markdown report in
+`egmf_core.research.retrained_report`.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
-from .ablate import REGRESSION_COLUMNS, VARIANT_NAMES, VARIANTS, Variant, not_applicable, scores, scores_line
-from .analysis import DatasetSpec, ExampleSets, command_line, fmt_triple, markdown_table, progress
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..config import ConfigError, EGMFConfig, build_dataclass
+from .ablate import VARIANT_NAMES, VARIANTS, Variant, scores_line
+from .analysis import DatasetSpec, ExampleSets, command_line, progress
+from ..checkpoint import CheckpointError
+from ..config import ConfigError
 from ..data import DatasetError
-from .evaluate import AUDIO_VIEWS, predict_examples, report
-from .examples import Example
-from .metrics import classification_report, expert_similarity, gate_report
-from ..model import EGMFModel
+from .feature_lookup import AUDIO_VIEWS
+from .retrained_plan import (
+    RecordedRun,
+    RunPlan,
+    config_json,
+    differs_only_in_modalities,
+    modalities_present,
+    recorded_runs,
+    removed_modalities,
+    run_recipe,
+    same_as,
+    test_datasets,
+    variant_config,
+)
+from .retrained_report import render_markdown
+from .retrained_scoring import score_run
 from .run_config import RunConfig
 from .train import Trainer, add_machine_args, apply_machine_args
-
-MODALITIES: tuple[str, ...] = ("audio", "video", "text")
-_SWITCH = {"audio": "use_audio", "video": "use_video", "text": "use_text"}
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """One variant x seed: its run config and where its results live."""
-
-    variant: Variant
-    seed: int
-    cfg: RunConfig
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.cfg.train.out_dir)
-
-
-def variant_config(base: RunConfig, variant: Variant, seed: int, runs_dir: Path) -> RunConfig | str:
-    """The base recipe with the variant's part removed and its own seed and folder, or why it cannot be trained."""
-    overrides = variant.overrides(base.model)
-    reason = not_applicable(base.model, overrides)
-    if reason:
-        return reason
-    if "lora" in overrides and not base.train.lm_weight:
-        return "the fusion-only recipe trains no LoRA and never runs the LLM"
-    cfg = copy.deepcopy(base)
-    merged = cfg.model.to_dict()
-    for section, values in overrides.items():
-        merged[section].update(values)
-    cfg.model = EGMFConfig.from_dict(merged)
-    if "lora" in overrides:
-        cfg.train.train_lora = False
-    cfg.train.seed = seed
-    cfg.train.out_dir = str(runs_dir / variant.name / f"seed{seed}")
-    return cfg
-
-
-def removed_modalities(cfg: EGMFConfig) -> frozenset[str]:
-    return frozenset(m for m in MODALITIES if not getattr(cfg.ablation, _SWITCH[m]))
-
-
-def differs_only_in_modalities(cfg: EGMFConfig, base: EGMFConfig) -> bool:
-    """True when `cfg` is `base` with (at most) some modalities removed: no expert, gate or LoRA change."""
-    rest, base_rest = cfg.to_dict(), base.to_dict()
-    for d in (rest, base_rest):
-        for m in MODALITIES:
-            d["ablation"][_SWITCH[m]] = True
-    return rest == base_rest
-
-
-def same_as(cfg: EGMFConfig, base: EGMFConfig, present: set[str], trained: dict[frozenset[str], str]) -> str | None:
-    """The label of an already trained variant this one cannot differ from, or None.
-
-    Removing a modality that no training or test example has changes nothing, so a variant that differs from the
-    base only in removed modalities is the same run as the one that removed just the present ones."""
-    if not differs_only_in_modalities(cfg, base):
-        return None
-    return trained.get(removed_modalities(cfg) & present)
-
-
-def modalities_present(examples: Sequence[Example]) -> set[str]:
-    xs = [e.input for e in examples]
-    found = {
-        "audio": any(x.audio is not None and len(x.audio) > 0 for x in xs),
-        "video": any(x.visual is not None and len(x.visual) > 0 for x in xs),
-        "text": any(x.current.text.strip() for x in xs),
-    }
-    return {m for m, ok in found.items() if ok}
-
-
-def test_datasets(cfg: RunConfig, ravdess_audio: Sequence[str] = ()) -> list[DatasetSpec]:
-    """The datasets the recipe trains on that `egmf_core.research.evaluate` can score: their test splits are the table.
-    RAVDESS is scored on each audio view in `ravdess_audio` (default: the one the recipe trains on)."""
-    specs = [DatasetSpec("meld")] if cfg.data.meld else []
-    if cfg.data.ravdess:
-        specs += [DatasetSpec("ravdess", audio=view) for view in (ravdess_audio or [cfg.data.ravdess_audio])]
-    specs += [DatasetSpec(x.name, None if x.label_set == "default" else x.label_set) for x in cfg.data.extra]
-    if cfg.data.mmsa:
-        specs.append(DatasetSpec(cfg.data.mmsa.dataset))
-    return specs
-
-
-@torch.inference_mode()
-def aux_predictions(model: EGMFModel, examples: Sequence[Example],
-                    batch_size: int = 32) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The auxiliary head's label for each example (argmax over the dataset's own labels, as the LLM's answer is
-    constrained to them), with the gate weights (N, 3) and the experts' outputs (N, 3, d_h)."""
-    label_set = examples[0].input.label_set
-    labels = model.prompts.label_sets[label_set]
-    columns = torch.tensor([model.aux_labels.index(lab) for lab in labels], device=model.device)
-    preds, alphas, experts = [], [], []
-    for b in range(0, len(examples), batch_size):
-        fusion, _ = model.run_fusion([e.input for e in examples[b : b + batch_size]])
-        logits = model.fusion.aux_head(fusion.enhanced)[:, columns]
-        preds += [labels[i] for i in logits.argmax(-1).tolist()]
-        alphas.append(fusion.alpha.float().cpu().numpy())
-        experts.append(fusion.expert_outputs.float().cpu().numpy())
-    return preds, np.concatenate(alphas), np.concatenate(experts)
-
-
-def aux_report(model: EGMFModel, examples: Sequence[Example], batch_size: int = 32) -> dict:
-    """The auxiliary head's emotion classification plus the gate and expert checks, in `evaluate.report`'s layout."""
-    preds, alphas, experts = aux_predictions(model, examples, batch_size)
-    labels = model.prompts.label_sets[examples[0].input.label_set]
-    out = {"emotion": classification_report([e.input.emotion for e in examples], preds, labels)}
-    out["gate"] = gate_report(alphas)
-    out["expert_cosine"] = expert_similarity(experts)
-    return out
-
-
-def score_run(checkpoint: Path, fusion_only: bool, datasets: Sequence[DatasetSpec], sets: ExampleSets,
-              batch_size: int) -> tuple[dict, set[str]]:
-    """Test scores of one trained variant on every dataset (`ablate.scores`' keys, plus the mean gate weights), and
-    the modalities the test examples have."""
-    model = load_checkpoint(checkpoint)
-    out, present = {}, set()
-    for spec in datasets:
-        examples = sets.get(model, spec)
-        present |= modalities_present(examples)
-        if fusion_only:
-            rep = aux_report(model, examples, batch_size)
-        else:
-            rep = report(model, examples, predict_examples(model, examples, batch_size, progress=True))
-        out[spec.key] = {"scores": scores(rep), "alpha_mean": rep["gate"]["alpha_mean"], "n": len(examples)}
-    return out, present
-
-
-@dataclass(frozen=True)
-class RecordedRun:
-    """A finished run as an earlier report recorded it, with that report's test sets."""
-
-    run: dict
-    report: Path
-    tests: dict
-
-    def matches(self, cfg: RunConfig, tests: dict) -> bool:
-        """Whether this run is the one `cfg` would train, scored on the same `tests`."""
-        return self.tests == tests and _recipe(self.run["config"]) == _recipe(_config_json(cfg))
-
-
-def recorded_runs(reports: Sequence[Path]) -> dict[tuple[str, int], RecordedRun]:
-    """The runs earlier reports (this module's JSON) hold, by (variant, seed)."""
-    out: dict[tuple[str, int], RecordedRun] = {}
-    for path in reports:
-        try:
-            report = json.loads(Path(path).read_text())
-            for row in report["variants"]:
-                for run in row.get("runs", []):
-                    out[(row["variant"], run["seed"])] = RecordedRun(run, Path(path), report["datasets"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"--reuse {path}: not a report of python -m egmf_core.research.ablate_retrained "
-                              f"({exc})") from exc
-    return out
-
-
-def _config_json(cfg: RunConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))
-
-
-def _recipe(config: dict) -> dict:
-    """A run's config, as today's config classes read it, without its output folder: two runs with equal recipes
-    are the same run. Reading it back fills the fields added since the run with their defaults, which keep the old
-    behaviour (e.g. `data.ravdess_audio: clip`), so a recorded run stays reusable after the config grows."""
-    config = _config_json(build_dataclass(RunConfig, config))
-    return {**config, "train": {k: v for k, v in config["train"].items() if k != "out_dir"}}
 
 
 def run_sweep(base: RunConfig, variants: Sequence[Variant], seeds: Sequence[int], runs_dir: Path,
@@ -288,10 +136,10 @@ def _train_and_score(plan: RunPlan, fusion_only: bool, datasets: Sequence[Datase
     """One variant x seed: trained and scored, unless a finished run with the same config is in its folder or
     `recorded` (an earlier report's run with the same recipe and test sets) is given."""
     done = plan.out_dir / "ablation_run.json"
-    config = _config_json(plan.cfg)
+    config = config_json(plan.cfg)
     if not fresh and done.exists():
         previous = json.loads(done.read_text())
-        if _recipe(previous["config"]) == _recipe(config):
+        if run_recipe(previous["config"]) == run_recipe(config):
             progress(f"{plan.variant.label} seed {plan.seed}: reusing {done}")
             return previous
     if not fresh and recorded is not None:
@@ -329,76 +177,6 @@ def _aggregate(per_seed: Sequence[dict]) -> dict:
             "n": per_seed[0][key]["n"],
         }
     return out
-
-
-HEADER_FUSION = """\
-**Retrained ablations of the fusion stack.** Every row is trained from scratch without the part, with the same
-recipe, data, seeds and number of steps, selected on dev, and scored on the test split. Fusion-only recipe: the
-fusion stack learns through the auxiliary emotion head on f_enhanced (the vector the K pseudo tokens are projected
-from) and is scored by that head, so the table measures what each part adds to the fused representation; the LLM is
-not trained or run (the paper's own retrained variants also fine-tune the LLM; `--config` with `train.lm_weight > 0`
-runs that recipe, practical on a GPU). Complements `ablations.md`, which removes parts from the shipped checkpoint
-at inference."""
-
-HEADER_ANSWERS = """\
-**Retrained ablations.** Every row is trained from scratch without the part (LoRA + fusion, answer loss), with the
-same recipe, data, seeds and number of steps, selected on dev, and scored by the LLM's answers on the test split with
-`egmf_core.research.evaluate`'s code, as the paper's ablation table. Complements `ablations.md` (parts removed at inference)."""
-
-
-def render_markdown(result: dict, command: str) -> str:
-    seeds = result["seeds"]
-    runs = [r for row in result["variants"] for r in row.get("runs", [])]
-    reused = sorted({r["reused_from"] for r in runs if "reused_from" in r})
-    took = f"{result['seconds'] / 60:.0f} min"
-    if reused:
-        n = sum("reused_from" in r for r in runs)
-        took += (f" for the runs it trained; {n} of {len(runs)} runs reused as recorded in {', '.join(reused)}, "
-                 f"{sum(r['train_seconds'] for r in runs if 'reused_from' in r) / 60:.0f} min of training there")
-    parts = ["# Retrained ablations", "", HEADER_FUSION if result["fusion_only"] else HEADER_ANSWERS, "",
-             f"Command: `{command}` ({took}; seeds {', '.join(map(str, seeds))}; "
-             f"{result['train']['epochs']} epochs of batch {result['train']['batch_size']} per run).", ""]
-    full = next((r for r in result["variants"] if r["variant"] == "full" and "test" in r), None)
-    for key, info in result["datasets"].items():
-        n = full["test"][key]["n"] if full else "?"
-        metrics = _metric_columns(full["test"][key]["mean"] if full else {})
-        header = ["variant"] + [label for _, label, _ in metrics] + ["dev (selection)", "alpha mean (E1 / E2 / E3)",
-                                                                     "alpha entropy", "expert cosine"]
-        rows = []
-        for row in result["variants"]:
-            if "skipped" in row:
-                rows.append([row["label"], f"not trained: {row['skipped']}"] + [""] * (len(header) - 2))
-                continue
-            t = row["test"][key]
-            cells = [row["label"]]
-            for m, _, digits in metrics:
-                cell = f"{t['mean'][m]:.{digits}f}"
-                if t["std"][m] is not None:
-                    cell += f" ± {t['std'][m]:.{digits}f}"
-                if full and row is not full:
-                    cell += f" ({t['mean'][m] - full['test'][key]['mean'][m]:+.{digits}f})"
-                cells.append(cell)
-            dev = [r["dev_selection_score"] for r in row["runs"]]
-            cells += [f"{np.mean(dev):.2f}", fmt_triple(t["alpha_mean"]), f"{t['mean']['alpha_entropy']:.3f}",
-                      f"{t['mean']['expert_cosine']:.2f}"]
-            rows.append(cells)
-        limit = f"first {info['limit']}" if info["limit"] else "all"
-        title = key.replace("@live", " (live cuts: each clip as the live segmenter cuts and frames it)")
-        parts += [f"## {title}, test split ({limit}: n = {n})", "", markdown_table(header, rows), ""]
-    spread = "mean ± standard deviation over the seeds" if len(seeds) > 1 else "one seed"
-    parts.append(f"Scores in percent, {spread}; (+/-x) is the difference of the means to the full model. Dev: the "
-                 "selection score of the kept checkpoint. Gate entropy in nats (ln 3 = 1.099 is equal weights). Raw "
-                 "numbers and every run's config: the JSON file beside this one.")
-    return "\n".join(parts) + "\n"
-
-
-def _metric_columns(full_scores: dict) -> list[tuple[str, str, int]]:
-    if "mae" in full_scores:
-        return [c for c in REGRESSION_COLUMNS if c[0] in full_scores]
-    cols = [("emotion_accuracy", "acc", 2), ("emotion_weighted_f1", "wF1", 2)]
-    if "sentiment_weighted_f1" in full_scores:
-        cols.append(("sentiment_weighted_f1", "sentiment wF1", 2))
-    return cols
 
 
 def main(argv: Sequence[str] | None = None) -> int:

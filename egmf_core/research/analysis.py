@@ -19,14 +19,9 @@ from typing import Sequence
 
 from ..data import UtteranceRecord
 from ..data.mmsa import MMSA_DATASETS, MmsaDataset
-from .evaluate import (
-    AUDIO_VIEWS,
-    EVAL_DATASETS,
-    dataset_examples,
-    mmsa_examples,
-    open_mmsa,
-    whisper_audio_lookup,
-)
+from .eval_examples import dataset_examples, mmsa_examples, open_mmsa
+from .evaluate import EVAL_DATASETS
+from .feature_lookup import AUDIO_VIEWS, whisper_audio_lookup
 from .examples import AudioLookup, Example
 from ..model import EGMFModel
 

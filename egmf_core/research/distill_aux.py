@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, read_file, resolve, write_file
 from ..data import DatasetError
-from .evaluate import dataset_examples, live_encoder_states
+from .eval_examples import dataset_examples
+from .feature_lookup import live_encoder_states
 from .examples import Example, text_length
 from ..model import EGMFModel
 

@@ -5,6 +5,10 @@ per-class F1 / confusion matrix, sentiment accuracy / weighted F1 and score MAE 
 8-class accuracy, and the paper's sanity checks (gate weights: mean and entropy; experts' mean pairwise cosine).
 The MMSA sentiment benchmarks (`--dataset mosi|mosei|sims|simsv2`, a converted folder) get MMSA's regression
 metrics instead (`metrics.mosei_regression_report` / `sims_regression_report`) on the data set's own label scale.
+
+Scoring and the report are here (`predict_examples`, `report`, used by training's dev selection and the ablations
+too); the examples of a split are loaded by `egmf_core.research.eval_examples` and their audio and face features
+looked up by `egmf_core.research.feature_lookup`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import json
 import logging
 import sys
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +25,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..checkpoint import CheckpointError, checkpoint_version, load_checkpoint
-from ..features.live_cut import LIVE_CUT_VERSION, LIVE_WINDOW_S, TRAINING_FRAME_S, live_cut
-from ..config import ConfigError, EGMFConfig
-from ..data import DatasetError, UtteranceRecord, load_dataset
-from ..data.mmsa import MMSA_DATASETS, MmsaConfig, MmsaDataset, default_folder
-from .examples import AudioLookup, Example, VisualLookup, build_examples, text_length
+from ..data import DatasetError
+from ..data.mmsa import MMSA_DATASETS
+from .eval_examples import dataset_examples, mmsa_examples, open_mmsa
+from .examples import Example, text_length
+from .feature_lookup import AUDIO_VIEWS
 from .metrics import (
     calibration_report,
     classification_report,
@@ -40,7 +43,6 @@ from .metrics import (
 from ..model import EGMFModel
 from ..model_io import Prediction
 
-log = logging.getLogger(__name__)
 # Datasets with emotion labels to score (`egmf_core.data` also loads unlabelled media sets).
 EVAL_DATASETS: tuple[str, ...] = ("meld", "ravdess", "meld_raw", "iemocap", "cherma", "mead")
 
@@ -142,169 +144,6 @@ def emotion_calibration(model: EGMFModel, label_set: str, gold: Sequence[str], p
     return {"temperature": model.calibration.temperature(label_set),
             "temperature_voiced": model.calibration.temperature(label_set, voiced=True), "voiced_rows": voiced,
             "calibrated": calibration_report(probs, y), "uncalibrated": calibration_report(raw, y)}
-
-
-def dataset_examples(
-    model: EGMFModel,
-    dataset: str,
-    split: str,
-    limit: int | None = None,
-    audio: AudioLookup | None = None,
-    label_set: str | None = None,
-    visual: VisualLookup | None = None,
-    audio_view: str = "clip",
-) -> list[Example]:
-    """The labelled examples of a split. `label_set` defaults to RAVDESS's own for RAVDESS and MELD's seven
-    otherwise; IEMOCAP's benchmarks are `iemocap6`/`iemocap4`, for a checkpoint whose config lists them.
-    Without an `audio` lookup, records with audio files get Whisper's features in `audio_view` (`AUDIO_VIEWS`); the
-    recognizer is opened only if some record has audio.
-    Unlabelled records (no emotion in the label set) are context for their successors but are not scored."""
-    label_set = label_set or ("ravdess" if dataset == "ravdess" else "default")
-    model.prompts.check_label_set(label_set)
-    records: list[UtteranceRecord] = list(load_dataset(dataset, split))
-    if limit is not None:
-        records = records[:limit]  # a prefix keeps whole dialogues' past context intact
-    if audio is None and any(r.audio_path for r in records):
-        audio = whisper_audio_lookup(audio_view, model.cfg.fusion.audio_loudness_lufs)
-    if visual is None and any(r.video_path for r in records):
-        visual = face_visual_lookup()
-    examples = build_examples(records, model.prompts, audio=audio, label_set=label_set, visual=visual)
-    labelled = [e for e in examples if e.input.emotion is not None]
-    if not labelled:
-        raise DatasetError(f"{dataset} {split}: no utterance has a label in the label set {label_set!r}")
-    if len(labelled) < len(examples):
-        log.info("%s %s: %d unlabelled utterances kept as context only", dataset, split, len(examples) - len(labelled))
-    return labelled
-
-
-def check_mmsa_model(cfg: EGMFConfig, ds: MmsaDataset) -> None:
-    """Refuse a model that cannot answer `ds`: the answers are scores on the data set's own scale (its label set, a
-    `task.score_tasks` entry named after it), read from its features (the fusion stack's input dims) in its
-    language (an adapter and prompt template)."""
-    name, bound = ds.name, ds.label_bound
-    scale = cfg.task.score_tasks.get(name)
-    if scale is None:
-        raise ConfigError(f"model.task.score_tasks has no {name!r} entry: {name} is answered by a sentiment score "
-                          f"alone, e.g. task.score_tasks.{name}: {{score_min: {-bound}, score_max: {bound}}}")
-    if (scale.score_min, scale.score_max) != (-bound, bound):
-        raise ConfigError(f"model.task.score_tasks.{name} spans [{scale.score_min}, {scale.score_max}], but {name} "
-                          f"labels lie in [{-bound}, {bound}]: answers are on the data set's own scale")
-    dims = {"audio_dim": cfg.fusion.audio_dim, "visual_dim": cfg.fusion.visual_dim}
-    if dims != ds.fusion_dims:
-        raise ConfigError(f"model.fusion takes {dims} but {name}'s features in {ds.folder} have {ds.fusion_dims}: "
-                          f"the model must be built for this feature file")
-    languages = cfg.lora.languages or [cfg.prompt.language]
-    if ds.language not in languages:
-        raise ConfigError(f"{name} transcripts are {ds.language!r} but the model's prompt languages are {languages}: "
-                          f"set model.prompt.language: {ds.language}")
-
-
-def mmsa_examples(model: EGMFModel, ds: MmsaDataset, limit: int | None = None) -> list[Example]:
-    """A converted MMSA split as examples of its sentiment-only label set (named after the data set), with the
-    file's audio and visual features. `limit` keeps the first clips (whole videos' earlier clips as context)."""
-    check_mmsa_model(model.cfg, ds)
-    records = list(ds)[:limit]
-    return build_examples(records, model.prompts, label_set=ds.name, features=ds.features)
-
-
-def open_mmsa(dataset: str, split: str, folder: str | Path | None = None, data_dir: str | None = None) -> MmsaDataset:
-    """One split of a converted MMSA folder (default `<data dir>/mmsa/<dataset>`), checked to hold `dataset`."""
-    folder = folder or default_folder(dataset, data_dir)
-    return MmsaDataset(split, MmsaConfig(folder=str(folder), dataset=dataset))
-
-
-def face_visual_lookup() -> VisualLookup:
-    """Face features of a record's video file (FaceLandmarker at its configured fps) through the on-disk feature
-    cache; a video in which no frame shows a face gives None: a missing modality, never zeros."""
-    from ..features.cache import FeatureCache
-    from ..features.visual import FaceFeatureExtractor
-
-    extractor, cache = FaceFeatureExtractor(), FeatureCache()
-
-    def lookup(rec: UtteranceRecord) -> tuple[np.ndarray, np.ndarray] | None:
-        vf = extractor.extract_file(rec.video_path, cache)
-        return (vf.features, vf.valid) if len(vf) and bool(np.any(vf.valid)) else None
-
-    return lookup
-
-
-AUDIO_VIEWS: tuple[str, ...] = ("clip", "live")
-
-
-def live_encoder_states(audio: np.ndarray, frontend) -> np.ndarray:
-    """Whisper encoder states of a recorded clip (float32 mono 16 kHz) as the live pipeline encodes it: the VAD
-    segmenter's cut with the live defaults (`egmf_core.features.live_cut.live_cut`: 1 s of room tone each side) in
-    `frontend`'s window (a `WhisperFrontend` with the live window and the checkpoint's loudness normalization). Empty
-    (0 frames) when the VAD hears no speech."""
-    cut = live_cut(audio, None, TRAINING_FRAME_S, frontend.config.window_s)
-    return frontend.encoder_states(cut.audio) if cut.segments else np.zeros(0, np.float32)
-
-
-def degradation_of(name: str | None, key: str):
-    """The degradation named `name` for the clip `key`: a benchmark condition (`egmf_core.research.degrade.CONDITIONS`),
-    `random:<k>` (training copy k's random chain, `egmf_core.research.degrade.random_chain`), or None (the clip as
-    recorded)."""
-    from .degrade import CONDITIONS, random_chain
-
-    if name is None:
-        return None
-    if name.startswith("random:"):
-        return random_chain(key, int(name.split(":", 1)[1])).apply
-    if name not in CONDITIONS:
-        raise ValueError(f"degradation: expected one of {', '.join(CONDITIONS)} or random:<k>, got {name!r}")
-    return CONDITIONS[name]
-
-
-def whisper_audio_lookup(view: str = "clip", loudness_lufs: float | None = None,
-                         degradation: str | None = None) -> AudioLookup:
-    """Audio features of a record's file: Whisper encoder states through the on-disk feature cache.
-
-    `view` says which audio: `clip`, the whole file in Whisper's native 30 s window; `live`, the file as the live
-    pipeline analyzes it (`egmf_core.features.live_cut.live_cut`: the VAD segmenter's cut framed by 1 s of room tone,
-    encoded in the live 10 s window), so that a model can be trained and evaluated on the audio it gets live. A clip
-    in which the VAD hears no speech has no audio features in the live view (live, it would give no event).
-    `loudness_lufs`: the model's input normalization (`FusionConfig.audio_loudness_lufs`). `degradation`: a channel
-    condition applied to the file's audio first (`degradation_of`), as a phone line or a codec would."""
-    from ..features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
-    from ..features.cache import ExtractorId, FeatureCache
-    from ..features.segmenter import SegmenterConfig
-
-    if view not in AUDIO_VIEWS:
-        raise ValueError(f"audio view: expected one of {', '.join(AUDIO_VIEWS)}, got {view!r}")
-    degradation_of(degradation, "")  # refuse an unknown name before any work
-    cache = FeatureCache()
-    window = LIVE_WINDOW_S if view == "live" else WhisperFrontendConfig.window_s
-    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=window, loudness_lufs=loudness_lufs))
-    if view == "clip" and degradation is None:
-        return lambda rec: frontend.encoder_states_file(rec.audio_path, cache) if rec.audio_path else None
-
-    base = ExtractorId.of(frontend)
-    name, config = base.name, dict(base.config)
-    if view == "live":
-        name += "-live-cut"
-        config.update({"live_cut_version": LIVE_CUT_VERSION, "segmenter": dataclasses.asdict(SegmenterConfig()),
-                       "frame_s": TRAINING_FRAME_S})
-    if degradation is not None:
-        from .degrade import DEGRADE_VERSION
-
-        config.update({"degradation": degradation, "degrade_version": DEGRADE_VERSION})
-    extractor = ExtractorId(name, base.version, config)
-
-    def compute(path: str) -> dict[str, np.ndarray]:
-        audio = load_audio(path)
-        degrade = degradation_of(degradation, Path(path).name)
-        if degrade is not None:
-            audio = degrade(audio)
-        states = live_encoder_states(audio, frontend) if view == "live" else frontend.encoder_states(audio)
-        return {"encoder_states": states}
-
-    def lookup(rec: UtteranceRecord) -> np.ndarray | None:
-        if not rec.audio_path:
-            return None
-        states = cache.get_or_compute(rec.audio_path, extractor, lambda: compute(rec.audio_path))["encoder_states"]
-        return states if len(states) else None
-
-    return lookup
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -107,7 +107,7 @@ class AudioFeaturePack:
 
     def __init__(self, arrays: dict[str, np.ndarray], view: str = "clip"):
         self.arrays = arrays
-        self.view = view  # which audio the features are of (egmf_core.research.evaluate.AUDIO_VIEWS)
+        self.view = view  # which audio the features are of (egmf_core.research.feature_lookup.AUDIO_VIEWS)
 
     @staticmethod
     def write(path: str | Path, features: dict[str, np.ndarray], view: str = "clip") -> Path:

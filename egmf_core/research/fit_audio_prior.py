@@ -44,7 +44,8 @@ import numpy as np
 from ..audio_prior import METADATA_KEY, AudioPrior, voice_statistics
 from ..calibration import Calibration
 from ..checkpoint import load_checkpoint, read_audio_prior, read_file, write_file
-from .evaluate import dataset_examples, whisper_audio_lookup
+from .eval_examples import dataset_examples
+from .feature_lookup import whisper_audio_lookup
 from .examples import Example
 from .fit_calibration import RAVDESS_TO_DEFAULT, as_default_label_set, label_log_probs
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from ..calibration import METADATA_KEY, Calibration
 from ..checkpoint import load_checkpoint, read_file, write_file
-from .evaluate import dataset_examples, predict_examples
+from .eval_examples import dataset_examples
+from .evaluate import predict_examples
 from .examples import Example
 from .metrics import calibration_report, fit_temperature
 from ..model import EGMFModel

@@ -31,7 +31,8 @@ import numpy as np
 from ..audio_prior import METADATA_KEY, AudioPrior, voice_statistics
 from ..checkpoint import read_audio_prior, read_file, write_file
 from .degrade import CONDITIONS
-from .evaluate import dataset_examples, whisper_audio_lookup
+from .eval_examples import dataset_examples
+from .feature_lookup import whisper_audio_lookup
 from .fit_audio_prior import DEV_ACTORS, actor_of
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 from ..data import RavdessConfig, RavdessDataset
-from .evaluate import AUDIO_VIEWS, whisper_audio_lookup
+from .feature_lookup import AUDIO_VIEWS, whisper_audio_lookup
 from .examples import AudioFeaturePack, feature_key
 
 

@@ -74,9 +74,9 @@ class DataConfig:
     ravdess_repeat: int = 3  # oversampling: 600 clips vs ~10k MELD utterances
     ravdess_limit: int | None = None  # the first N clips of each RAVDESS split (smoke runs), None = all
     audio_pack: str | None = None  # precomputed features (AudioFeaturePack) instead of running Whisper
-    # Which audio the RAVDESS clips give (egmf_core.research.evaluate.whisper_audio_lookup): "clip", the whole file as
-    # the shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the model gets
-    # live).
+    # Which audio the RAVDESS clips give (egmf_core.research.feature_lookup.whisper_audio_lookup): "clip", the whole
+    # file as the shipped checkpoint learned; "live", the clip as the live segmenter cuts and frames it (what the
+    # model gets live).
     ravdess_audio: str = "clip"
     # Extra copies of every RAVDESS training clip, each through its own random channel chain
     # (egmf_core.research.degrade.random_chain: room, gain or limiter, noise, phone line or codec), so the audio branch

@@ -17,7 +17,8 @@ from ..config import ConfigError
 from ..data import MeldConfig, MeldDataset, RavdessConfig, RavdessDataset, load_dataset
 from ..data.mmsa import MmsaDataset
 from ..model import EGMFModel
-from .evaluate import AUDIO_VIEWS, check_mmsa_model, mmsa_examples, open_mmsa, whisper_audio_lookup
+from .eval_examples import check_mmsa_model, mmsa_examples, open_mmsa
+from .feature_lookup import AUDIO_VIEWS, whisper_audio_lookup
 from .examples import AudioFeaturePack, Example, build_examples, text_length
 from .run_config import RunConfig
 
