@@ -37,7 +37,8 @@ from bench_support import cpu_model  # noqa: E402  (benchmarks/ is on the path a
 
 from egmf_core.precision import BF16_FLAGS, cpu_flags  # noqa: E402
 from egmf_core.predictor import EGMFPredictor  # noqa: E402
-from egmf_core.research.evaluate import dataset_examples, predict_examples  # noqa: E402
+from egmf_core.research.eval_examples import dataset_examples  # noqa: E402
+from egmf_core.research.evaluate import predict_examples  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "int8")
 MATMUL_FLAGS = sorted(BF16_FLAGS | {"avx512f", "avx512_vnni", "amx_tile", "amx_int8", "avx2"})

@@ -67,7 +67,7 @@ def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dic
     from egmf_core.features.audio import load_audio
     from egmf_core.features.live_cut import live_cut
     from egmf_core.features.loudness import normalize_loudness
-    from egmf_core.research.evaluate import degradation_of, whisper_audio_lookup
+    from egmf_core.research.feature_lookup import degradation_of, whisper_audio_lookup
 
     lufs = load_checkpoint("default").cfg.fusion.audio_loudness_lufs
     egemaps = egemaps_extractor() if use_egemaps else None

@@ -73,7 +73,7 @@ def test_bf16_projection_stays_close_to_fp32() -> None:
 @pytest.mark.slow
 def test_bf16_gives_the_fp32_labels_on_real_utterances() -> None:
     from egmf_core.predictor import EGMFPredictor
-    from egmf_core.research.evaluate import dataset_examples
+    from egmf_core.research.eval_examples import dataset_examples
 
     torch.set_num_threads(1)
     ref = EGMFPredictor.load("default", device="cpu", llm_precision="fp32")
@@ -114,7 +114,7 @@ def test_int8_is_calibrated_at_load_and_stays_near_the_fp32_labels() -> None:
     """int8 is not exact (benchmarks/results/llm_precision_int8.md: ~97 % of MELD labels equal), so this pins its
     measured distance on the fixed sample, not equality: a regression in the smoothing shows as a drop here."""
     from egmf_core.predictor import EGMFPredictor
-    from egmf_core.research.evaluate import dataset_examples
+    from egmf_core.research.eval_examples import dataset_examples
 
     torch.set_num_threads(1)
     ref = EGMFPredictor.load("default", device="cpu", llm_precision="fp32")
