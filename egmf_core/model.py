@@ -1,7 +1,7 @@
 """EGMF: fusion stack -> pseudo tokens -> prompt -> LoRA-tuned LLM that answers "<emotion> <score>".
 
 Two inference paths share all preparation:
-- `generate`: plain greedy generation and parsing of the text (the paper's path);
+- `generate`: plain greedy generation and parsing of the text (the paper's path, in `egmf_core.generation`);
 - `score`: one forward pass over the prompt gives a probability for every emotion label (the first answer token
   of each label, renormalized over the closed label set); a second pass reads the rest of the answer, greedy and
   restricted to valid answers, by feeding the tree of valid continuations below the chosen first token on the
@@ -14,7 +14,8 @@ predictions have emotion "unknown", no label probabilities, and the score on the
 
 Language adapters (`lora.languages`, `egmf_core.adapters`): one LoRA adapter per utterance language, each prompted
 in its language's template. The I/O types are in `egmf_core.model_io`, the padded batch in `egmf_core.batching`, the
-choice of kept prompt caches in `egmf_core.cached_starts` and the CPU serving rewrites in `egmf_core.serving`.
+choice of kept prompt caches in `egmf_core.cached_starts`, the CPU serving rewrites in `egmf_core.serving` and the
+training losses in `egmf_core.training_loss`.
 """
 
 from __future__ import annotations
@@ -30,12 +31,11 @@ import numpy as np
 import torch
 from peft import PeftModel, get_peft_model
 from torch import nn
-from torch.nn import functional as F
 from transformers import DynamicCache
 
+from . import generation, training_loss
 from .adapters import (
     DEFAULT_ADAPTER,
-    active_adapter,
     adapter_name,
     adapter_state,
     add_adapter,
@@ -44,7 +44,7 @@ from .adapters import (
     per_row_adapters,
 )
 from .backbone import LoadedBackbone, load_backbone
-from .batching import IGNORE, PreparedBatch, PromptLayout, answer_labels, pad_media, pad_text
+from .batching import PreparedBatch, PromptLayout, answer_labels, pad_media, pad_text
 from .cached_starts import cached_start
 from .audio_prior import AudioPrior
 from .calibration import Calibration
@@ -111,7 +111,8 @@ class EGMFModel(nn.Module):
         add_adapter(self.llm, language, self.cfg.lora)
         self.train(self.training)  # its new dropout modules start in training mode: an eval model would sample them
 
-    def _adapter_name(self, language: str) -> str:
+    def adapter_of(self, language: str) -> str:
+        """The name of the LoRA adapter `language`'s utterances run through (`adapters.adapter_name`)."""
         return adapter_name(self.languages, language)
 
     def add_language_adapter(self, language: str, init_from: str | None = None) -> None:
@@ -131,11 +132,11 @@ class EGMFModel(nn.Module):
 
     def lora_state(self, language: str) -> dict[str, torch.Tensor]:
         """`language`'s LoRA weights under peft's adapter-independent keys (the checkpoint layout)."""
-        return adapter_state(self.llm, self._adapter_name(language))
+        return adapter_state(self.llm, self.adapter_of(language))
 
     def load_lora_state(self, language: str, state: dict[str, torch.Tensor]) -> None:
         """Load `language`'s LoRA weights (keys as `lora_state` gives them); every weight must be there."""
-        load_adapter_state(self.llm, self._adapter_name(language), state, self.device, language)
+        load_adapter_state(self.llm, self.adapter_of(language), state, self.device, language)
 
     def language_of(self, x: ModelInput) -> str:
         """The language whose adapter and prompt template `x` uses: see `resolve_language`."""
@@ -153,8 +154,16 @@ class EGMFModel(nn.Module):
                         language, self.languages[0])
         return self.languages[0]
 
-    def _adapter_kwargs(self, prep: PreparedBatch) -> dict:
-        return per_row_adapters([self._adapter_name(language) for language in prep.languages])
+    def adapter_kwargs(self, prep: PreparedBatch) -> dict:
+        """The LLM call's keyword arguments that run each row of `prep` through its language's adapter (none when
+        every row uses the default one: `adapters.per_row_adapters`)."""
+        return per_row_adapters([self.adapter_of(language) for language in prep.languages])
+
+    @property
+    def lora_merged(self) -> bool:
+        """Whether the LoRA update is folded into the LLM's weights for serving (`merge_lora_for_inference`): such a
+        model cannot train."""
+        return self._merged
 
     # -- serving ------------------------------------------------------------------------------------------------
     def merge_lora_for_inference(self) -> bool:
@@ -242,46 +251,14 @@ class EGMFModel(nn.Module):
         return PreparedBatch(embeds, layout.attention_mask.to(dev), layout.position_ids.to(dev), labels, fusion,
                              modalities, fusion_ms, languages)
 
-    # -- training -----------------------------------------------------------------------------------------------
+    # -- training (the losses: `egmf_core.training_loss`) -------------------------------------------------------
     def aux_loss(self, batch: Sequence[ModelInput], fusion: FusionOutput | None = None) -> torch.Tensor:
-        """Cross-entropy of the auxiliary emotion head on f_enhanced (fusion only, no LLM pass needed)."""
-        if fusion is None:
-            fusion, _ = self.run_fusion(batch)
-        target = torch.tensor([self.aux_labels.index(x.emotion) for x in batch], device=self.device)
-        return F.cross_entropy(self.fusion.aux_head(fusion.enhanced), target)
+        """Cross-entropy of the auxiliary emotion head on f_enhanced: `training_loss.aux_loss`."""
+        return training_loss.aux_loss(self, batch, fusion)
 
     def loss(self, batch: Sequence[ModelInput], aux_weight: float = 0.0) -> torch.Tensor:
-        """Cross-entropy on the answer tokens only (logits are computed only where the answer is), plus optionally
-        `aux_weight` x the auxiliary emotion head's cross-entropy on f_enhanced.
-
-        Each row runs through its language's adapter: the rows of one adapter go through the LLM together (peft
-        refuses per-row adapters in training mode), and the logits are put back in batch order, so the loss is the
-        same mean over all answer tokens of the batch.
-        """
-        if self._merged:
-            raise RuntimeError("this model's LoRA is merged into the LLM for serving; load the checkpoint again to "
-                               "train")
-        prep = self.prepare(batch, with_answers=True)
-        a = prep.labels.shape[1]
-        parts, order = [], []
-        for language in dict.fromkeys(prep.languages):
-            rows = [i for i, lang in enumerate(prep.languages) if lang == language]
-            idx = torch.tensor(rows, device=self.device)
-            with active_adapter(self.llm, self._adapter_name(language)):
-                out = self.llm(
-                    inputs_embeds=prep.embeds[idx],
-                    attention_mask=prep.attention_mask[idx],
-                    position_ids=prep.position_ids[idx],
-                    logits_to_keep=a + 1,
-                    use_cache=False,
-                )
-            parts.append(out.logits[:, :-1].float())  # position j predicts answer token j
-            order += rows
-        logits = torch.cat(parts)[torch.argsort(torch.tensor(order, device=self.device))]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), prep.labels.reshape(-1), ignore_index=IGNORE)
-        if aux_weight:
-            loss = loss + aux_weight * self.aux_loss(batch, prep.fusion)
-        return loss
+        """Cross-entropy on the answer tokens, plus optionally `aux_weight` x `aux_loss`: `training_loss.loss`."""
+        return training_loss.loss(self, batch, aux_weight)
 
     # -- inference: constrained scoring (fast path) -------------------------------------------------------------
     @torch.no_grad()
@@ -302,7 +279,7 @@ class EGMFModel(nn.Module):
         prompts = self.prompt_ids(batch)
         cache, cached, keep = self._cached_start(batch, prompts)
         prep = self.prepare(batch, prefix_cached=cached, prompts=prompts)
-        adapters = self._adapter_kwargs(prep)
+        adapters = self.adapter_kwargs(prep)
         forests = self._folded_trees(batch, prep)
         nodes = TreeNodes.of(forests)
         first_choices = {t for x in batch for t in self._answer_trees[x.label_set]}
@@ -326,7 +303,7 @@ class EGMFModel(nn.Module):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
             label_logits = logits[i, 0, first].float()
-            prior = self._voice_prior(x, labels)
+            prior = self.voice_prior(x, labels)
             if prior is not None:  # the voice prior guides which label's answer tree is walked (egmf_core.audio_prior)
                 label_logits = label_logits + torch.from_numpy(prior).to(label_logits)
             voiced.append(prior is not None)
@@ -423,7 +400,7 @@ class EGMFModel(nn.Module):
         """The adapter whose KV caches `language`'s prompts use, after dropping every kept cache if the weights changed
         since the last pass (a training step or a LoRA load bumps the parameters' version counters)."""
         self._kv.check_weights(tuple(p._version for p in self.llm.parameters()))
-        return self._adapter_name(language)
+        return self.adapter_of(language)
 
     def _extend(self, cache: DynamicCache | None, ids: Sequence[int], n: int, adapter: str) -> DynamicCache:
         """`cache` (the KV of ids[:n], or None when n == 0) extended by one pass over ids[n:]."""
@@ -455,7 +432,7 @@ class EGMFModel(nn.Module):
         self._kv.put(adapter, start, self._extend(cache, start, n, adapter))
         return True
 
-    # -- inference: greedy generation (the paper's path) ----------------------------------------------------------
+    # -- inference: the voice prior, and greedy generation (the paper's path: `egmf_core.generation`) -----------
     def without_unfamiliar_voices(self, batch: Sequence[ModelInput]) -> list[ModelInput]:
         """`batch` with the audio removed from utterances whose voice is unlike the voices the audio was learned
         from (`AudioPrior.familiar`): they are answered from their words, face and context, and their prediction's
@@ -466,67 +443,12 @@ class EGMFModel(nn.Module):
         return [x if x.audio is None or prior.familiar(x.audio) else dataclasses.replace(x, audio=None)
                 for x in batch]
 
-    def _voice_prior(self, x: ModelInput, labels: Sequence[str]) -> np.ndarray | None:
+    def voice_prior(self, x: ModelInput, labels: Sequence[str]) -> np.ndarray | None:
         """The voice prior's bias on `labels`' first-answer-token logits for `x` (`egmf_core.audio_prior`); None
         without a prior, without labels (a sentiment-only set) or without audio."""
         return None if self.audio_prior is None or not labels else self.audio_prior.bias_for(x.label_set, x.audio,
                                                                                              labels)
 
-    def _prior_first_token_biases(self, batch: Sequence[ModelInput]) -> dict[int, dict[int, float]]:
-        """Per row with audio: the voice prior's bias on each label's first answer token, token id -> bias."""
-        out: dict[int, dict[int, float]] = {}
-        for i, x in enumerate(batch):
-            labels = self.prompts.label_sets[x.label_set]
-            bias = self._voice_prior(x, labels)
-            if bias is not None:  # shifted to >= 0: labels only ever rise against other tokens; same order among them
-                out[i] = {self.prompts.label_ids[lab][0]: float(b - bias.min()) for lab, b in zip(labels, bias)}
-        return out
-
-    @torch.no_grad()
     def generate(self, batch: Sequence[ModelInput], max_new_tokens: int = 12) -> list[Prediction]:
-        batch = self.without_unfamiliar_voices(batch)
-        prep = self.prepare(batch)
-        extra = {}
-        biases = self._prior_first_token_biases(batch)
-        if biases:  # the voice prior guides the first answer token here too, so both paths give the same answer
-            from transformers import LogitsProcessorList
-
-            extra["logits_processor"] = LogitsProcessorList([FirstTokenBias(biases)])
-        out = self.llm.generate(
-            inputs_embeds=prep.embeds,
-            attention_mask=prep.attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.prompts.eos_id,
-            **extra,
-            **self._adapter_kwargs(prep),
-        )
-        preds = []
-        for i in range(len(batch)):
-            text = self.tokenizer.decode(out[i], skip_special_tokens=True)
-            label, value = self.prompts.parse_answer(text, batch[i].label_set)
-            probs = {lab: float(lab == label) for lab in self.prompts.label_sets[batch[i].label_set]}
-            preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, probs, value, raw_text=text))
-            preds[-1].voice_prior = i in biases
-        return preds
-
-
-class FirstTokenBias:
-    """A `transformers` logits processor adding fixed per-row biases to chosen tokens at the first generated step only
-    (the voice prior on the labels' first answer tokens, as `EGMFModel.score` adds it)."""
-
-    def __init__(self, biases: dict[int, dict[int, float]]):
-        self.biases = biases
-        self.start: int | None = None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.start is None:
-            self.start = input_ids.shape[1]
-        if input_ids.shape[1] != self.start:
-            return scores
-        scores = scores.clone()
-        for row, bias in self.biases.items():
-            ids = torch.tensor(list(bias), device=scores.device)
-            scores[row, ids] += torch.tensor(list(bias.values()), device=scores.device, dtype=scores.dtype)
-        return scores
+        """Greedy generation and parsing of the text, the paper's path: `generation.generate`."""
+        return generation.generate(self, batch, max_new_tokens)
