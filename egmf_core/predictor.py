@@ -30,6 +30,7 @@ from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel
 from .model_io import ModelInput, Prediction
 from .precision import resolve_precision
+from .serving import freeze_loaded_heap
 from .conversation import Conversation
 from .prompt import Turn
 
@@ -127,10 +128,12 @@ class EGMFPredictor:
     def warm_up(self) -> None:
         """Score one throw-away utterance (1 s of zero audio features, a short text): the first pass pays for lazy
         initialisation (kernels, the template prefix's KV cache), which should not land on a caller's first
-        utterance. The conversation used is discarded."""
+        utterance. The conversation used is discarded. Then the loaded objects are frozen for the garbage collector
+        (`serving.freeze_loaded_heap`), whose full passes would otherwise stall an utterance."""
         dims = self.model.cfg.fusion
         self.predict(self.new_conversation(), text="Hello.", speaker="Speaker",
                      audio_features=np.zeros((50, dims.audio_dim), np.float32))
+        freeze_loaded_heap()
 
     def new_conversation(self) -> Conversation:
         return Conversation(self.model.prompts.new_context())

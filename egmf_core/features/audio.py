@@ -29,6 +29,7 @@ from faster_whisper.tokenizer import Tokenizer
 
 from egmf_core.features.cache import ExtractorId, FeatureCache
 from egmf_core.features.loudness import MAX_GAIN_DB, normalize_loudness
+from egmf_core.serving import freeze_loaded_heap
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +292,9 @@ class WhisperFrontend:
 
     def warm_up(self) -> None:
         """Recognize 1 s of silence once, so that a service's or stream's first utterance does not pay for lazy
-        initialisation."""
+        initialisation; then freeze the loaded objects for the garbage collector (`serving.freeze_loaded_heap`)."""
         self.process(np.zeros(SAMPLE_RATE, dtype=np.float32))
+        freeze_loaded_heap()
 
     def encoder_states(self, audio: np.ndarray) -> np.ndarray:
         """(T, 384) float32 encoder states at 50 Hz for one utterance, without decoding (training path)."""
