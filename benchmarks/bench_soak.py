@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import json
 import os
 import re
@@ -73,6 +74,14 @@ def kill_model_replica() -> list[str]:
     return [a["name"] for a in names]
 
 
+def frame_holding(frame_ends: list[int], sample: int) -> int:
+    """The index of the sent frame that holds the stream's sample ``sample``; ``frame_ends[i]``: the samples sent up to
+    and including frame i. Counted, not computed as ``sample // FRAME``: the last frame of each loop of the recording is
+    shorter (301,037 samples = 188 frames + 237 samples), and that division drifted ~85 ms per loop, which showed as a
+    latency growing ~0.27 s a minute in the soaks before 2026-12-07."""
+    return min(bisect.bisect_right(frame_ends, sample), len(frame_ends) - 1)
+
+
 async def one_stream(url: str, k: int, pcm: bytes, refs: list[tuple[float, float]], loops: int,
                      delay: float) -> dict:
     """One call of ``loops`` repetitions of the recording; returns per reference utterance its outcome."""
@@ -82,6 +91,7 @@ async def one_stream(url: str, k: int, pcm: bytes, refs: list[tuple[float, float
     rec_s = len(pcm) / 2 / SR
     allrefs = [(lo + i * rec_s, hi + i * rec_s) for i in range(loops) for lo, hi in refs]
     sent_at: list[float] = []
+    frame_ends: list[int] = []  # samples sent up to and including each frame
     arrivals: list[tuple[float, dict]] = []
     nbytes = FRAME * 2
     async with connect(url, max_size=None, open_timeout=60) as ws:
@@ -94,13 +104,14 @@ async def one_stream(url: str, k: int, pcm: bytes, refs: list[tuple[float, float
 
         rx = asyncio.create_task(receive())
         t0 = time.monotonic()
-        n = 0
+        sent = 0  # samples
         for _ in range(loops):
             for i in range(0, len(pcm), nbytes):
-                await asyncio.sleep(max(0.0, t0 + n * FRAME / SR - time.monotonic()))
+                await asyncio.sleep(max(0.0, t0 + sent / SR - time.monotonic()))  # real time: each frame when due
                 await ws.send(pcm[i:i + nbytes])
+                sent += len(pcm[i:i + nbytes]) // 2
                 sent_at.append(time.monotonic())
-                n += 1
+                frame_ends.append(sent)
         await ws.send(json.dumps({"type": "end"}))
         await rx
         close_code = ws.close_code
@@ -116,7 +127,7 @@ async def one_stream(url: str, k: int, pcm: bytes, refs: list[tuple[float, float
         failed = [c for a, b, c in failures if a < hi and b > lo]
         if match:
             t, _ = match[-1]
-            frame = min(int(hi * SR) // FRAME, len(sent_at) - 1)
+            frame = frame_holding(frame_ends, int(hi * SR))
             outcomes.append({"end_s": hi, "status": "received", "latency_ms": (t - sent_at[frame]) * 1000})
         else:
             outcomes.append({"end_s": hi, "status": failed[0] if failed else "lost"})
