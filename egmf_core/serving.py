@@ -125,8 +125,8 @@ def freeze_loaded_heap() -> int:
     returns how many objects are frozen. For a long-running process that has loaded its models (the predictor's and
     the recognizer's `warm_up` call it).
 
-    The loaded models and their libraries are about a million Python objects that live as long as the process, and
-    CPython's full collections rescan all of them: ~200 ms on a 2-core EPYC by the time everything is loaded, landing
+    The loaded models and their libraries are ~440k Python objects that live as long as the process, and CPython's
+    full collections rescan all of them: ~230 ms on a 2-core EPYC once everything is loaded (0.05 ms frozen), landing
     on whichever utterance is being analyzed (it was the third utterance of every stream in the latency benchmark,
     `docs/results.md`, "Streaming latency"). Frozen objects are skipped by the collector; they are still freed by
     reference counting, so only a reference cycle among them would stay in memory."""
