@@ -12,6 +12,13 @@ and every other metadata entry is copied unchanged, so the answers stay the same
   strength grew.
 - `ravdess` (its eight labels, the benchmark's): RAVDESS dev live cuts.
 
+The RAVDESS dev rows are the dev actors' live cuts as recorded, plus, with `--ravdess-degraded-copies N`, N copies
+through the random channel chains training uses (`egmf_core.research.degrade.random_chain`). The shipped fit uses
+none: tried on 2026-12-07 (2 copies, `benchmarks/results/calibration_fit_degraded_dev.md`), it lowered the
+temperatures (eight labels 3.11 -> 2.89, voice-led 3.54 -> 3.30), while answers on unseen speakers are already
+over-confident (docs/results.md). The NLL-optimal temperature follows the logits' scale, which a channel flattens,
+not the accuracy a new speaker loses.
+
 The report (`--report`, JSON + markdown) gives each dev set's ECE (15 bins), NLL and mean confidence before and
 after.
 """
@@ -33,6 +40,7 @@ from ..checkpoint import load_checkpoint, read_file, write_file
 from .eval_examples import dataset_examples
 from .evaluate import predict_examples
 from .examples import Example
+from .feature_lookup import whisper_audio_lookup
 from .metrics import calibration_report, fit_temperature
 from ..model import EGMFModel
 
@@ -78,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--checkpoint", default="default")
     ap.add_argument("--out", required=True, help="the calibrated checkpoint to write (may equal --checkpoint)")
     ap.add_argument("--meld-dev", type=int, default=None, help="first N MELD dev utterances (default all 1,109)")
+    ap.add_argument("--ravdess-degraded-copies", type=int, default=0,
+                    help="also fit on N copies of each RAVDESS dev clip through training's random channel chains "
+                         "(default 0: the shipped fit; see the module docstring)")
     ap.add_argument("--report", default="benchmarks/results/calibration_fit", help="report path without extension")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -85,24 +96,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.calibration = Calibration()  # fit on the raw probabilities
     print("scoring MELD dev ...", file=sys.stderr, flush=True)
     meld = dataset_examples(model, "meld", "dev", args.meld_dev)
-    print("scoring RAVDESS dev live cuts ...", file=sys.stderr, flush=True)
-    ravdess = dataset_examples(model, "ravdess", "dev", audio_view="live")
-    sets = {
-        "MELD dev (default labels)": label_log_probs(model, meld),
-        "RAVDESS dev live cuts (default labels, calm = neutral)": label_log_probs(model, as_default_label_set(ravdess)),
-        "RAVDESS dev live cuts (ravdess labels)": label_log_probs(model, ravdess),
-    }
-    label_set = {name: ("ravdess" if "ravdess labels" in name else "default") for name in sets}
-    default = [v for name, v in sets.items() if label_set[name] == "default"]
-    lp, y, voiced = (np.concatenate(parts) for parts in zip(*default))
-    r8_lp, r8_y, _ = sets["RAVDESS dev live cuts (ravdess labels)"]
+    sets = {"MELD dev (default labels)": label_log_probs(model, meld)}
+    label_set = {"MELD dev (default labels)": "default"}
+    lufs = model.cfg.fusion.audio_loudness_lufs
+    for view in [None] + [f"random:{k}" for k in range(args.ravdess_degraded_copies)]:
+        name = "live cuts" if view is None else f"live cuts, channel chain {view}"
+        print(f"scoring RAVDESS dev {name} ...", file=sys.stderr, flush=True)
+        audio = None if view is None else whisper_audio_lookup("live", lufs, degradation=view)
+        ravdess = dataset_examples(model, "ravdess", "dev", audio=audio, audio_view="live")
+        sets[f"RAVDESS dev {name} (default labels, calm = neutral)"] = label_log_probs(
+            model, as_default_label_set(ravdess))
+        sets[f"RAVDESS dev {name} (ravdess labels)"] = label_log_probs(model, ravdess)
+        label_set.update({f"RAVDESS dev {name} (default labels, calm = neutral)": "default",
+                          f"RAVDESS dev {name} (ravdess labels)": "ravdess"})
+    lp, y, voiced = (np.concatenate(parts) for parts in zip(*[v for n, v in sets.items() if label_set[n] == "default"]))
+    r8_lp, r8_y, _ = (np.concatenate(parts) for parts in zip(*[v for n, v in sets.items() if label_set[n] == "ravdess"]))
     temps = {"default": fit_temperature(lp[~voiced], y[~voiced]), "ravdess": fit_temperature(r8_lp, r8_y)}
     if voiced.any():
         temps[Calibration.key("default", voiced=True)] = fit_temperature(lp[voiced], y[voiced])
     calibration = Calibration({k: round(v, 4) for k, v in temps.items()},
                               f"MELD dev ({len(sets['MELD dev (default labels)'][1])}) + RAVDESS dev actors 11-12 "
-                              f"live cuts ({len(r8_y)}), temperature scaling, NLL; '+voice': the rows the voice prior "
-                              "guided")
+                              f"live cuts ({len(r8_y)}: as recorded + {args.ravdess_degraded_copies} random channel "
+                              "chains each), temperature scaling, NLL; '+voice': the rows the voice prior guided")
     out = write_calibrated(args.checkpoint, args.out, calibration)
     report = {"checkpoint": str(args.checkpoint), "out": str(out), "temperatures": calibration.emotion_temperature,
               "fitted_on": calibration.fitted_on, "sets": {}}
@@ -117,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.with_suffix(".json").write_text(json.dumps(report, indent=2))
     lines = ["# Calibration fit (dev data)", "",
              f"`python -m egmf_core.research.fit_calibration --checkpoint {args.checkpoint} "
-             f"--out {args.out}`; temperatures {calibration.emotion_temperature}.", "",
+             f"--out {args.out} --ravdess-degraded-copies {args.ravdess_degraded_copies}`; temperatures "
+             f"{calibration.emotion_temperature}.", "",
              "| dev set | n | T | ECE before | ECE after | NLL before | NLL after | mean conf. before / after | "
              "accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
