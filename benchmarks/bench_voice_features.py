@@ -10,8 +10,11 @@ that a candidate is judged before any of the post-training chain is rerun:
   (`egmf_core.research.degrade.random_chain`), scored on the held-out actors' clean cuts and, trained without copy
   ``k``, on the held-out actors' copy ``k`` (a channel chain the classifier has not seen);
 - candidates: ``whisper`` (what ships: mean + std over every frame), ``whisper-speech`` (mean + std over the frames
-  inside the room-tone framing, the speech), ``egemaps`` (openSMILE's eGeMAPSv02 functionals, 88 prosodic and
-  spectral descriptors of the cut, loudness-normalized as the encoder's input is) and their combinations.
+  inside the room-tone framing, the speech), ``dynamics`` (std of the frame-to-frame differences over the speech:
+  how fast the states move), ``percentiles`` (10th and 90th percentile over the speech), ``egemaps`` (openSMILE's
+  eGeMAPSv02 functionals, 88 prosodic and spectral descriptors of the cut, loudness-normalized as the encoder's
+  input is) and their combinations. Every block but ``egemaps`` comes from the states the prior already reads, so
+  it would cost no latency.
 
 openSMILE (`pip install opensmile`) is needed for the ``egemaps`` candidates; it is not a dependency of the runtime.
 Results: ``--out`` (.json + .md).
@@ -35,17 +38,33 @@ for p in (ROOT, ROOT / "benchmarks"):
 from bench_support import write_table_report  # noqa: E402  (benchmarks/ is on the path above)
 
 C_GRID = (0.01, 0.03, 0.1)
-CANDIDATES = ("whisper", "whisper-speech", "egemaps", "whisper+egemaps", "whisper-speech+egemaps")
+CANDIDATES = ("whisper", "whisper-speech", "whisper-speech+dynamics", "whisper-speech+percentiles", "egemaps",
+              "whisper+egemaps", "whisper-speech+egemaps")
 #: Frames dropped at each end for ``whisper-speech``: the cut's room-tone framing is 1 s (50 frames); 40 keeps the
 #: onset and the tail the VAD's pre-roll and hangover leave inside it.
 SPEECH_TRIM_FRAMES = 40
 
 
-def speech_statistics(states: np.ndarray) -> np.ndarray:
-    """Mean and std over the frames inside the framing (all frames for cuts too short to trim)."""
+def speech_frames(states: np.ndarray) -> np.ndarray:
+    """The frames inside the framing (all frames for cuts too short to trim)."""
     x = np.asarray(states, np.float64)
-    inner = x[SPEECH_TRIM_FRAMES:-SPEECH_TRIM_FRAMES] if len(x) > 3 * SPEECH_TRIM_FRAMES else x
+    return x[SPEECH_TRIM_FRAMES:-SPEECH_TRIM_FRAMES] if len(x) > 3 * SPEECH_TRIM_FRAMES else x
+
+
+def speech_statistics(states: np.ndarray) -> np.ndarray:
+    """Mean and std over the speech frames."""
+    inner = speech_frames(states)
     return np.concatenate([inner.mean(axis=0), inner.std(axis=0)])
+
+
+def speech_dynamics(states: np.ndarray) -> np.ndarray:
+    """Std of the frame-to-frame differences over the speech frames."""
+    return np.diff(speech_frames(states), axis=0).std(axis=0)
+
+
+def speech_percentiles(states: np.ndarray) -> np.ndarray:
+    """10th and 90th percentile of each dimension over the speech frames."""
+    return np.percentile(speech_frames(states), [10, 90], axis=0).reshape(-1)
 
 
 def egemaps_extractor() -> Callable[[np.ndarray], np.ndarray]:
@@ -78,7 +97,8 @@ def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dic
     for view in ["clean"] + [f"random:{k}" for k in range(copies)]:
         degradation = None if view == "clean" else view
         lookup = whisper_audio_lookup("live", lufs, degradation=degradation)
-        rows: dict[str, list] = {"whisper": [], "whisper-speech": [], "egemaps": [], "label": [], "actor": []}
+        rows: dict[str, list] = {"whisper": [], "whisper-speech": [], "dynamics": [], "percentiles": [],
+                                 "egemaps": [], "label": [], "actor": []}
         t0 = time.perf_counter()
         for i, rec in enumerate(records):
             states = lookup(rec)
@@ -86,6 +106,8 @@ def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dic
                 continue
             rows["whisper"].append(voice_statistics(states))
             rows["whisper-speech"].append(speech_statistics(states))
+            rows["dynamics"].append(speech_dynamics(states))
+            rows["percentiles"].append(speech_percentiles(states))
             if egemaps is not None:
                 audio = load_audio(rec.audio_path)
                 degrade = degradation_of(degradation, Path(rec.audio_path).name)

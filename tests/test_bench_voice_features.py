@@ -24,6 +24,19 @@ def test_speech_statistics_leave_out_the_framing() -> None:
     assert np.allclose(bench.speech_statistics(short)[:4], 9.5)
 
 
+
+def test_dynamics_and_percentiles_read_the_speech_frames_only() -> None:
+    t = bench.SPEECH_TRIM_FRAMES
+    states = np.full((200, 3), 50.0)  # room tone far from the speech: any leak would show
+    states[t:-t] = np.arange(200 - 2 * t, dtype=float)[:, None] * np.array([[1.0, 2.0, 0.0]])  # a steady ramp
+    assert np.allclose(bench.speech_dynamics(states), 0.0)  # constant steps: no spread
+    p10_p90 = bench.speech_percentiles(states)
+    ramp = np.arange(200 - 2 * t, dtype=float)
+    assert p10_p90.shape == (6,)
+    assert np.allclose(p10_p90[:3], [np.percentile(ramp, 10), 2 * np.percentile(ramp, 10), 0.0])
+    assert np.allclose(p10_p90[3:], [np.percentile(ramp, 90), 2 * np.percentile(ramp, 90), 0.0])
+
+
 @pytest.mark.slow
 def test_cross_validation_report_on_real_cuts(tmp_path) -> None:
     out = tmp_path / "vf"
