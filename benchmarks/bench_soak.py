@@ -108,8 +108,9 @@ async def one_stream(url: str, k: int, pcm: bytes, refs: list[tuple[float, float
         for _ in range(loops):
             for i in range(0, len(pcm), nbytes):
                 await asyncio.sleep(max(0.0, t0 + sent / SR - time.monotonic()))  # real time: each frame when due
-                await ws.send(pcm[i:i + nbytes])
-                sent += len(pcm[i:i + nbytes]) // 2
+                frame = pcm[i:i + nbytes]
+                await ws.send(frame)
+                sent += len(frame) // 2
                 sent_at.append(time.monotonic())
                 frame_ends.append(sent)
         await ws.send(json.dumps({"type": "end"}))
