@@ -126,16 +126,21 @@ def design(view: dict[str, np.ndarray], candidate: str) -> np.ndarray:
     return np.hstack([view[block] for block in candidate.split("+")])
 
 
-def cv_accuracy(views: dict, candidate: str, c: float, train_views: list[str], test_view: str) -> list[float]:
-    """Held-out accuracy (%) per leave-two-actors-out fold."""
+def cv_accuracy(views: dict, candidate: str, c: float, train_views: list[str], test_view: str,
+                training_actors: int | None = None, rng: np.random.Generator | None = None) -> list[float]:
+    """Held-out accuracy (%) per leave-two-actors-out fold; `training_actors`: train on that many of the fold's
+    other actors, drawn with `rng` (the learning curve), instead of all of them."""
     from sklearn.linear_model import LogisticRegression
 
     actors = sorted(set(views["clean"]["actor"]))
     accs = []
     for i in range(0, len(actors), 2):
         held = actors[i:i + 2]
-        x = np.vstack([design(views[v], candidate)[~np.isin(views[v]["actor"], held)] for v in train_views])
-        y = np.concatenate([views[v]["label"][~np.isin(views[v]["actor"], held)] for v in train_views])
+        others = [a for a in actors if a not in held]
+        if training_actors is not None:
+            others = list((rng or np.random.default_rng(0)).choice(others, training_actors, replace=False))
+        x = np.vstack([design(views[v], candidate)[np.isin(views[v]["actor"], others)] for v in train_views])
+        y = np.concatenate([views[v]["label"][np.isin(views[v]["actor"], others)] for v in train_views])
         mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
         clf = LogisticRegression(C=c, max_iter=3000).fit((x - mean) / scale, y)
         test = np.isin(views[test_view]["actor"], held)
@@ -154,6 +159,14 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {r['dims']} | {r['c']} | {r['clean']:.2f} | "
                      f"{', '.join(f'{a:.1f}' for a in r['folds'])} | "
                      + (f"{r['unseen_chain']:.2f} |" if r.get("unseen_chain") is not None else "- |"))
+    curves = {name: r["learning_curve"] for name, r in result["candidates"].items() if r.get("learning_curve")}
+    if curves:
+        ks = sorted({int(k) for curve in curves.values() for k in curve})
+        lines += ["", f"Learning curve: clean held-out accuracy (%) trained on K of the fold's ten other actors (best C; "
+                  f"mean over the six folds x {result['draws']} random draws of the K actors):", "",
+                  "| candidate | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for name, curve in curves.items():
+            lines.append(f"| {name} | " + " | ".join(f"{curve[str(k)]:.2f}" for k in ks) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -163,11 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--degraded-copies", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None,
                     help="N clips of actors 01-12, spread over all of them (smoke runs)")
+    ap.add_argument("--training-actors", type=int, nargs="*", default=[],
+                    help="also a learning curve: accuracy trained on K of the ten other actors (e.g. 2 4 6 8)")
+    ap.add_argument("--draws", type=int, default=5, help="random draws of the K actors per fold (learning curve)")
     ap.add_argument("--out", default="benchmarks/results/voice_features")
     args = ap.parse_args(argv)
     views = features(args.degraded_copies, any("egemaps" in c for c in args.candidates), args.limit)
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "copies": args.degraded_copies,
-                    "candidates": {}}
+                    "draws": args.draws, "candidates": {}}
     copies = [v for v in views if v != "clean"]
     for name in args.candidates:
         cv = {c: cv_accuracy(views, name, c, ["clean"] + copies, "clean") for c in C_GRID}
@@ -178,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
                                       "clean": float(np.mean(cv[best])), "folds": cv[best],
                                       "grid": {str(c): float(np.mean(a)) for c, a in cv.items()},
                                       "unseen_chain": unseen}
+        if args.training_actors:
+            rng = np.random.default_rng(0)
+            result["candidates"][name]["learning_curve"] = {
+                str(k): float(np.mean([cv_accuracy(views, name, best, ["clean"] + copies, "clean", k, rng)
+                                       for _ in range(args.draws)]))
+                for k in args.training_actors}
         print(f"{name}: C={best} {np.mean(cv[best]):.2f}", file=sys.stderr, flush=True)
     write_table_report(Path(args.out), result, markdown, "bench_voice_features.py", argv)
     return 0

@@ -41,11 +41,13 @@ def test_dynamics_and_percentiles_read_the_speech_frames_only() -> None:
 def test_cross_validation_report_on_real_cuts(tmp_path) -> None:
     out = tmp_path / "vf"
     assert bench.main(["--limit", "48", "--degraded-copies", "1", "--candidates", "whisper", "egemaps",
-                       "whisper-speech+egemaps", "--out", str(out)]) == 0
+                       "whisper-speech+egemaps", "--training-actors", "4", "--draws", "1", "--out", str(out)]) == 0
     result = json.loads(out.with_suffix(".json").read_text())
     dims = {name: r["dims"] for name, r in result["candidates"].items()}
     assert dims == {"whisper": 768, "egemaps": 88, "whisper-speech+egemaps": 856}
     for r in result["candidates"].values():
         assert len(r["folds"]) == 6 and all(0 <= a <= 100 for a in r["folds"])
         assert r["c"] in bench.C_GRID and 0 <= r["unseen_chain"] <= 100
+        assert set(r["learning_curve"]) == {"4"} and 0 <= r["learning_curve"]["4"] <= 100
     assert "| egemaps | 88 |" in out.with_suffix(".md").read_text()
+    assert "| K = 4 |" in out.with_suffix(".md").read_text()
