@@ -16,6 +16,10 @@ that a candidate is judged before any of the post-training chain is rerun:
   input is) and their combinations. Every block but ``egemaps`` comes from the states the prior already reads, so
   it would cost no latency.
 
+Two more questions about speakers: ``--training-actors K ...`` adds a learning curve (each fold trained on K of
+its ten other actors, several random draws), and ``--pitch-semitones S ...`` adds each Whisper-state candidate
+trained with pitch-shifted copies of the training actors as extra pseudo-speakers.
+
 openSMILE (`pip install opensmile`) is needed for the ``egemaps`` candidates; it is not a dependency of the runtime.
 Results: ``--out`` (.json + .md).
 """
@@ -78,11 +82,54 @@ def egemaps_extractor() -> Callable[[np.ndarray], np.ndarray]:
     return lambda audio: smile.process_signal(np.asarray(audio, np.float32), 16_000).to_numpy()[0].astype(np.float64)
 
 
+def state_blocks(states: np.ndarray) -> dict[str, np.ndarray]:
+    """Every candidate block read from an utterance's Whisper states."""
+    from egmf_core.audio_prior import voice_statistics
+
+    return {"whisper": voice_statistics(states), "whisper-speech": speech_statistics(states),
+            "dynamics": speech_dynamics(states), "percentiles": speech_percentiles(states)}
+
+
+def ravdess_dev_pool(limit: int | None) -> list:
+    """The records of actors 01-12 (train + dev splits), or `limit` of them spread over every actor."""
+    from egmf_core.data import load_dataset
+
+    records = [r for split in ("train", "dev") for r in load_dataset("ravdess", split)]
+    return records[::max(1, len(records) // limit)][:limit] if limit else records
+
+
+def pitch_views(semitones: list[float], limit: int | None) -> dict[str, dict[str, np.ndarray]]:
+    """Pseudo-speakers: every clip of actors 01-12 pitch-shifted by each of `semitones` (audiomentations'
+    PitchShift, formants moving with the pitch, as a different vocal tract would), then cut and encoded as live
+    (not cached: ~1 min per shift here). Whisper-state blocks only."""
+    from audiomentations import PitchShift
+
+    from egmf_core.checkpoint import load_checkpoint
+    from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
+    from egmf_core.research.feature_lookup import LIVE_WINDOW_S, live_encoder_states
+
+    lufs = load_checkpoint("default").cfg.fusion.audio_loudness_lufs
+    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=LIVE_WINDOW_S, loudness_lufs=lufs))
+    views: dict[str, dict[str, np.ndarray]] = {}
+    for st in semitones:
+        shift = PitchShift(min_semitones=st, max_semitones=st, p=1.0)
+        rows: dict[str, list] = {"label": [], "actor": []}
+        for rec in ravdess_dev_pool(limit):
+            states = live_encoder_states(shift(load_audio(rec.audio_path).astype(np.float32), 16_000), frontend)
+            if len(states) == 0:
+                continue
+            for block, value in state_blocks(states).items():
+                rows.setdefault(block, []).append(value)
+            rows["label"].append(rec.emotion_original)
+            rows["actor"].append(rec.speaker)
+        views[f"pitch:{st:+g}"] = {k: np.array(v) for k, v in rows.items()}
+        print(f"  pitch {st:+g} semitones: {len(rows['label'])} clips", file=sys.stderr, flush=True)
+    return views
+
+
 def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dict[str, np.ndarray]]:
     """Per audio view ("clean", "random:k"): every candidate block, labels and actors of actors 01-12's live cuts."""
-    from egmf_core.audio_prior import voice_statistics
     from egmf_core.checkpoint import load_checkpoint
-    from egmf_core.data import load_dataset
     from egmf_core.features.audio import load_audio
     from egmf_core.features.live_cut import live_cut
     from egmf_core.features.loudness import normalize_loudness
@@ -90,9 +137,7 @@ def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dic
 
     lufs = load_checkpoint("default").cfg.fusion.audio_loudness_lufs
     egemaps = egemaps_extractor() if use_egemaps else None
-    records = [r for split in ("train", "dev") for r in load_dataset("ravdess", split)]
-    if limit:
-        records = records[::max(1, len(records) // limit)][:limit]  # spread over every actor
+    records = ravdess_dev_pool(limit)
     views: dict[str, dict[str, np.ndarray]] = {}
     for view in ["clean"] + [f"random:{k}" for k in range(copies)]:
         degradation = None if view == "clean" else view
@@ -104,10 +149,8 @@ def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dic
             states = lookup(rec)
             if states is None:
                 continue
-            rows["whisper"].append(voice_statistics(states))
-            rows["whisper-speech"].append(speech_statistics(states))
-            rows["dynamics"].append(speech_dynamics(states))
-            rows["percentiles"].append(speech_percentiles(states))
+            for block, value in state_blocks(states).items():
+                rows[block].append(value)
             if egemaps is not None:
                 audio = load_audio(rec.audio_path)
                 degrade = degradation_of(degradation, Path(rec.audio_path).name)
@@ -179,28 +222,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--training-actors", type=int, nargs="*", default=[],
                     help="also a learning curve: accuracy trained on K of the ten other actors (e.g. 2 4 6 8)")
     ap.add_argument("--draws", type=int, default=5, help="random draws of the K actors per fold (learning curve)")
+    ap.add_argument("--pitch-semitones", type=float, nargs="*", default=[],
+                    help="also each Whisper-state candidate trained with pitch-shifted copies of the training actors "
+                         "(pseudo-speakers), e.g. -3 3")
     ap.add_argument("--out", default="benchmarks/results/voice_features")
     args = ap.parse_args(argv)
     views = features(args.degraded_copies, any("egemaps" in c for c in args.candidates), args.limit)
     result: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "copies": args.degraded_copies,
                     "draws": args.draws, "candidates": {}}
     copies = [v for v in views if v != "clean"]
-    for name in args.candidates:
-        cv = {c: cv_accuracy(views, name, c, ["clean"] + copies, "clean") for c in C_GRID}
+    pitched = pitch_views(args.pitch_semitones, args.limit) if args.pitch_semitones else {}
+    views.update(pitched)
+    runs = [(name, name, []) for name in args.candidates] + [
+        (f"{name} + pitch-shifted copies ({', '.join(f'{st:+g}' for st in args.pitch_semitones)} semitones)", name,
+         list(pitched)) for name in args.candidates if pitched and "egemaps" not in name]
+    for label, name, extra in runs:
+        cv = {c: cv_accuracy(views, name, c, ["clean"] + copies + extra, "clean") for c in C_GRID}
         best = max(C_GRID, key=lambda c: float(np.mean(cv[c])))
-        unseen = (float(np.mean(cv_accuracy(views, name, best, ["clean"] + copies[:-1], copies[-1])))
+        unseen = (float(np.mean(cv_accuracy(views, name, best, ["clean"] + copies[:-1] + extra, copies[-1])))
                   if copies else None)
-        result["candidates"][name] = {"dims": int(design(views["clean"], name).shape[1]), "c": best,
+        result["candidates"][label] = {"dims": int(design(views["clean"], name).shape[1]), "c": best,
                                       "clean": float(np.mean(cv[best])), "folds": cv[best],
                                       "grid": {str(c): float(np.mean(a)) for c, a in cv.items()},
                                       "unseen_chain": unseen}
         if args.training_actors:
             rng = np.random.default_rng(0)
-            result["candidates"][name]["learning_curve"] = {
-                str(k): float(np.mean([cv_accuracy(views, name, best, ["clean"] + copies, "clean", k, rng)
+            result["candidates"][label]["learning_curve"] = {
+                str(k): float(np.mean([cv_accuracy(views, name, best, ["clean"] + copies + extra, "clean", k, rng)
                                        for _ in range(args.draws)]))
                 for k in args.training_actors}
-        print(f"{name}: C={best} {np.mean(cv[best]):.2f}", file=sys.stderr, flush=True)
+        print(f"{label}: C={best} {np.mean(cv[best]):.2f}", file=sys.stderr, flush=True)
     write_table_report(Path(args.out), result, markdown, "bench_voice_features.py", argv)
     return 0
 
