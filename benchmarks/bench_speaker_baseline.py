@@ -37,7 +37,7 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from bench_support import write_table_report  # noqa: E402  (benchmarks/ is on the path above)
-from bench_voice_features import features  # noqa: E402
+from bench_voice_features import features, standardized_logistic  # noqa: E402
 
 #: Earlier utterances of the speaker that make a baseline, and the population pseudo-count it is shrunk with.
 HISTORY = 10
@@ -77,14 +77,6 @@ def speaker_centred(x: np.ndarray, actors: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit(x: np.ndarray, y: np.ndarray):
-    from sklearn.linear_model import LogisticRegression
-
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    clf = LogisticRegression(C=C, max_iter=3000).fit((x - mean) / scale, y)
-    return lambda z: clf.predict((z - mean) / scale)
-
-
 def _scores(pred: np.ndarray, gold: np.ndarray) -> tuple[float, float]:
     calm = np.isin(gold, CALM)
     return float((pred == gold).mean() * 100), float((~np.isin(pred[calm], CALM)).mean() * 100)
@@ -96,18 +88,19 @@ def study(views: dict, calm_shares: tuple[float, ...], seed: int = 0) -> dict:
     methods: dict[str, dict[str, list[tuple[float, float]]]] = {}
     test = views["clean"]
     tx, ta, ty = test[BLOCK].astype(np.float64), test["actor"], test["label"]
+    train = [(v[BLOCK].astype(np.float64), v["actor"], v["label"]) for v in views.values()]
     for i in range(0, len(actors), 2):
         held = actors[i:i + 2]
-        train = [(v[BLOCK].astype(np.float64), v["actor"], v["label"]) for v in views.values()]
         rows = [np.flatnonzero(~np.isin(a, held)) for _, a, _ in train]
         population = np.vstack([x[r] for (x, _, _), r in zip(train, rows)]).mean(axis=0)
         y = np.concatenate([lab[r] for (_, _, lab), r in zip(train, rows)])
         held_rows = np.flatnonzero(np.isin(ta, held))
 
-        predict = _fit(np.vstack([x[r] for (x, _, _), r in zip(train, rows)]), y)
+        predict = standardized_logistic(np.vstack([x[r] for (x, _, _), r in zip(train, rows)]), y, C)
         methods.setdefault("none", {}).setdefault("-", []).append(_scores(predict(tx[held_rows]), ty[held_rows]))
 
-        predict = _fit(np.vstack([speaker_centred(x, a)[r] for (x, a, _), r in zip(train, rows)]), y)
+        centred = np.vstack([speaker_centred(x, a)[r] for (x, a, _), r in zip(train, rows)])
+        predict = standardized_logistic(centred, y, C)
         methods.setdefault("speaker (all clips)", {}).setdefault("-", []).append(
             _scores(predict(speaker_centred(tx, ta)[held_rows]), ty[held_rows]))
 
@@ -115,8 +108,8 @@ def study(views: dict, calm_shares: tuple[float, ...], seed: int = 0) -> dict:
             # each share and fold its own draws, so that a row does not depend on which other shares ran
             rng = np.random.default_rng([seed, i, round(share * 1000)])
             draw = (lambda j, share=share, rng=rng: CALM if rng.random() < share else None)
-            predict = _fit(np.vstack([stream_centred(x, a, lab, r, population, draw, rng)
-                                      for (x, a, lab), r in zip(train, rows)]), y)
+            predict = standardized_logistic(np.vstack([stream_centred(x, a, lab, r, population, draw, rng)
+                                      for (x, a, lab), r in zip(train, rows)]), y, C)
             name = f"stream, calm-only share {share:.0%}"
             for scenario, allowed in SCENARIOS.items():
                 z = stream_centred(tx, ta, ty, held_rows, population, lambda j, allowed=allowed: allowed, rng)

@@ -82,6 +82,23 @@ def egemaps_extractor() -> Callable[[np.ndarray], np.ndarray]:
     return lambda audio: smile.process_signal(np.asarray(audio, np.float32), 16_000).to_numpy()[0].astype(np.float64)
 
 
+def loudness_target() -> float | None:
+    """The shipped model's input loudness normalization (LUFS), as its encoder states are computed."""
+    from egmf_core.checkpoint import load_checkpoint
+
+    return load_checkpoint("default").cfg.fusion.audio_loudness_lufs
+
+
+def standardized_logistic(x: np.ndarray, y: np.ndarray, c: float) -> Callable[[np.ndarray], np.ndarray]:
+    """A logistic regression (inverse regularization `c`) on the standardized training rows, as the voice prior is
+    fitted; returns its predict function on raw rows."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    clf = LogisticRegression(C=c, max_iter=3000).fit((x - mean) / scale, y)
+    return lambda z: clf.predict((z - mean) / scale)
+
+
 def state_blocks(states: np.ndarray) -> dict[str, np.ndarray]:
     """Every candidate block read from an utterance's Whisper states."""
     from egmf_core.audio_prior import voice_statistics
@@ -104,12 +121,10 @@ def pitch_views(semitones: list[float], limit: int | None) -> dict[str, dict[str
     (not cached: ~1 min per shift here). Whisper-state blocks only."""
     from audiomentations import PitchShift
 
-    from egmf_core.checkpoint import load_checkpoint
     from egmf_core.features.audio import WhisperFrontend, WhisperFrontendConfig, load_audio
     from egmf_core.research.feature_lookup import LIVE_WINDOW_S, live_encoder_states
 
-    lufs = load_checkpoint("default").cfg.fusion.audio_loudness_lufs
-    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=LIVE_WINDOW_S, loudness_lufs=lufs))
+    frontend = WhisperFrontend(WhisperFrontendConfig(window_s=LIVE_WINDOW_S, loudness_lufs=loudness_target()))
     views: dict[str, dict[str, np.ndarray]] = {}
     for st in semitones:
         shift = PitchShift(min_semitones=st, max_semitones=st, p=1.0)
@@ -129,13 +144,12 @@ def pitch_views(semitones: list[float], limit: int | None) -> dict[str, dict[str
 
 def features(copies: int, use_egemaps: bool, limit: int | None) -> dict[str, dict[str, np.ndarray]]:
     """Per audio view ("clean", "random:k"): every candidate block, labels and actors of actors 01-12's live cuts."""
-    from egmf_core.checkpoint import load_checkpoint
     from egmf_core.features.audio import load_audio
     from egmf_core.features.live_cut import live_cut
     from egmf_core.features.loudness import normalize_loudness
     from egmf_core.research.feature_lookup import degradation_of, whisper_audio_lookup
 
-    lufs = load_checkpoint("default").cfg.fusion.audio_loudness_lufs
+    lufs = loudness_target()
     egemaps = egemaps_extractor() if use_egemaps else None
     records = ravdess_dev_pool(limit)
     views: dict[str, dict[str, np.ndarray]] = {}
@@ -173,8 +187,6 @@ def cv_accuracy(views: dict, candidate: str, c: float, train_views: list[str], t
                 training_actors: int | None = None, rng: np.random.Generator | None = None) -> list[float]:
     """Held-out accuracy (%) per leave-two-actors-out fold; `training_actors`: train on that many of the fold's
     other actors, drawn with `rng` (the learning curve), instead of all of them."""
-    from sklearn.linear_model import LogisticRegression
-
     actors = sorted(set(views["clean"]["actor"]))
     accs = []
     for i in range(0, len(actors), 2):
@@ -184,10 +196,9 @@ def cv_accuracy(views: dict, candidate: str, c: float, train_views: list[str], t
             others = list((rng or np.random.default_rng(0)).choice(others, training_actors, replace=False))
         x = np.vstack([design(views[v], candidate)[np.isin(views[v]["actor"], others)] for v in train_views])
         y = np.concatenate([views[v]["label"][np.isin(views[v]["actor"], others)] for v in train_views])
-        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-        clf = LogisticRegression(C=c, max_iter=3000).fit((x - mean) / scale, y)
+        predict = standardized_logistic(x, y, c)
         test = np.isin(views[test_view]["actor"], held)
-        pred = clf.predict((design(views[test_view], candidate)[test] - mean) / scale)
+        pred = predict(design(views[test_view], candidate)[test])
         accs.append(float((pred == views[test_view]["label"][test]).mean() * 100))
     return accs
 
@@ -205,8 +216,8 @@ def markdown(result: dict) -> str:
     curves = {name: r["learning_curve"] for name, r in result["candidates"].items() if r.get("learning_curve")}
     if curves:
         ks = sorted({int(k) for curve in curves.values() for k in curve})
-        lines += ["", f"Learning curve: clean held-out accuracy (%) trained on K of the fold's ten other actors (best C; "
-                  f"mean over the six folds x {result['draws']} random draws of the K actors):", "",
+        lines += ["", "Learning curve: clean held-out accuracy (%) trained on K of the fold's ten other actors "
+                  f"(best C; mean over the six folds x {result['draws']} random draws of the K actors):", "",
                   "| candidate | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
         for name, curve in curves.items():
             lines.append(f"| {name} | " + " | ".join(f"{curve[str(k)]:.2f}" for k in ks) + " |")

@@ -97,7 +97,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("scoring MELD dev ...", file=sys.stderr, flush=True)
     meld = dataset_examples(model, "meld", "dev", args.meld_dev)
     sets = {"MELD dev (default labels)": label_log_probs(model, meld)}
-    label_set = {"MELD dev (default labels)": "default"}
     lufs = model.cfg.fusion.audio_loudness_lufs
     for view in [None] + [f"random:{k}" for k in range(args.ravdess_degraded_copies)]:
         name = "live cuts" if view is None else f"live cuts, channel chain {view}"
@@ -107,10 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets[f"RAVDESS dev {name} (default labels, calm = neutral)"] = label_log_probs(
             model, as_default_label_set(ravdess))
         sets[f"RAVDESS dev {name} (ravdess labels)"] = label_log_probs(model, ravdess)
-        label_set.update({f"RAVDESS dev {name} (default labels, calm = neutral)": "default",
-                          f"RAVDESS dev {name} (ravdess labels)": "ravdess"})
-    lp, y, voiced = (np.concatenate(parts) for parts in zip(*[v for n, v in sets.items() if label_set[n] == "default"]))
-    r8_lp, r8_y, _ = (np.concatenate(parts) for parts in zip(*[v for n, v in sets.items() if label_set[n] == "ravdess"]))
+    label_set = {name: ("ravdess" if "ravdess labels" in name else "default") for name in sets}
+    def pooled(labels: str):
+        return (np.concatenate(parts) for parts in zip(*[v for n, v in sets.items() if label_set[n] == labels]))
+
+    lp, y, voiced = pooled("default")
+    r8_lp, r8_y, _ = pooled("ravdess")
     temps = {"default": fit_temperature(lp[~voiced], y[~voiced]), "ravdess": fit_temperature(r8_lp, r8_y)}
     if voiced.any():
         temps[Calibration.key("default", voiced=True)] = fit_temperature(lp[voiced], y[voiced])
