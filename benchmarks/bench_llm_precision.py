@@ -2,7 +2,8 @@
 
 Issue 27 (2): a faster LLM pass chosen by what the CPU has (`egmf_core.precision`), with the fp32 answers kept.
 Every precision of ``--precisions`` is loaded in one process, as `EGMFPredictor.load` serves it (LoRA merged,
-projections transposed; int8 smoothed on its calibration call), and compared with fp32 on:
+projections transposed; int8 smoothed on its calibration call and checked: near-tie answers re-scored in fp32;
+``int8-unchecked`` is int8 without the check), and compared with fp32 on:
 
 - agreement: MELD test (the first ``--meld`` utterances, words and context) and RAVDESS test actors 13-16 as the live
   pipeline cuts them (voice): emotion and sentiment label agreement with fp32, the largest and mean absolute
@@ -14,6 +15,10 @@ projections transposed; int8 smoothed on its calibration call), and compared wit
   prompt pass's FLOPs at that rate, so the headroom left is visible.
 
 Results go to ``--out`` (.json + .md) with the CPU model and its bf16-related flags.
+
+``--fit-check`` instead chooses int8's check margin (`egmf_core.precision.INT8_CHECK_MARGIN`) on dev data (MELD dev,
+RAVDESS dev actors 11-12 as live cuts), never test: per candidate margin, the share of answers int8 alone gives
+with a closest decision under it (those the check re-scores in fp32) and the agreement with fp32 once they are.
 """
 
 from __future__ import annotations
@@ -40,18 +45,51 @@ from egmf_core.predictor import EGMFPredictor  # noqa: E402
 from egmf_core.research.eval_examples import dataset_examples  # noqa: E402
 from egmf_core.research.evaluate import predict_examples  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", "int8-unchecked")
+#: Check margins `--fit-check` tabulates (logit gaps).
+CHECK_MARGINS = (0.25, 0.5, 0.75, 1.0, 1.5)
+
+
+def load(checkpoint: str, precision: str) -> EGMFPredictor:
+    """A predictor as the CLI and the service load it; ``int8-unchecked``: int8 without its fp32 check."""
+    if precision == "int8-unchecked":
+        return EGMFPredictor.load(checkpoint, device="cpu", llm_precision="int8", int8_check_margin=0.0)
+    return EGMFPredictor.load(checkpoint, device="cpu", llm_precision=precision)
 MATMUL_FLAGS = sorted(BF16_FLAGS | {"avx512f", "avx512_vnni", "amx_tile", "amx_int8", "avx2"})
 
 
-def agreement(models: dict, examples: list, batch_size: int) -> dict:
-    """Per precision other than fp32: its labels and probabilities on `examples` against fp32's; and every
-    precision's accuracy against the gold labels."""
-    preds = {name: predict_examples(m, examples, batch_size, progress=True) for name, m in models.items()}
+def agreement(predictors: dict, examples: list, batch_size: int) -> dict:
+    """Per precision other than fp32: its labels and probabilities on `examples` against fp32's, and the share of
+    answers int8's check re-scored in fp32; and every precision's accuracy against the gold labels."""
+    preds, rescored = {}, {}
+    for name, pr in predictors.items():
+        before = pr.check_counts["rescored"]
+        preds[name] = predict_examples(pr, examples, batch_size, progress=True)  # pr.score: the check included
+        rescored[name] = (pr.check_counts["rescored"] - before) / len(examples)
     gold = [e.input.emotion for e in examples]
     accuracy = {name: float(np.mean([p.emotion == g for p, g in zip(ps, gold)])) for name, ps in preds.items()}
-    return {name: {**compare(preds["fp32"], ps), "accuracy": accuracy}
+    return {name: {**compare(preds["fp32"], ps), "rescored_fp32": rescored[name], "accuracy": accuracy}
             for name, ps in preds.items() if name != "fp32"}
+
+
+def fit_check(predictors: dict, sets: dict, batch_size: int) -> dict:
+    """Per dev set and candidate margin: the share of int8-unchecked answers whose closest decision is under it and
+    the emotion / sentiment agreement with fp32 when those take fp32's answer (the check's re-score is the fp32
+    pass itself: `tests/test_llm_precision.py`)."""
+    out = {}
+    for name, examples in sets.items():
+        ref = predict_examples(predictors["fp32"], examples, batch_size, progress=True)
+        low = predict_examples(predictors["int8-unchecked"], examples, batch_size, progress=True)
+        margin = np.array([p.decision_margin for p in low])
+        emo = np.array([a.emotion == b.emotion for a, b in zip(ref, low)])
+        sen = np.array([a.sentiment_label == b.sentiment_label for a, b in zip(ref, low)])
+        out[name] = {"n": len(examples), "unchecked": {"emotion": float(emo.mean()), "sentiment": float(sen.mean())},
+                     "margins_of_changed_labels": sorted(float(m) for m in margin[~(emo & sen)]),
+                     "by_margin": {str(t): {"rescored": float((margin < t).mean()),
+                                            "emotion": float(np.where(margin < t, True, emo).mean()),
+                                            "sentiment": float(np.where(margin < t, True, sen).mean())}
+                                   for t in CHECK_MARGINS}}
+    return out
 
 
 def compare(ref: list, low: list) -> dict:
@@ -90,12 +128,14 @@ def timing(predictors: dict, examples: list, repeats: int) -> dict:
                     stages[name].setdefault(stage, []).append(ms)
                 if name == "fp32" and pred.prompt_tokens:
                     encoded.append(pred.prompt_tokens.get("encoded", 0))
-    out: dict = {name: {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)), "n": len(t),
+    out: dict = {name: {"p50_ms": float(np.median(t)), "p95_ms": float(np.percentile(t, 95)),
+                        "mean_ms": float(np.mean(t)), "n": len(t),
                         "stage_p50_ms": {k: float(np.median(v)) for k, v in stages[name].items()}}
                  for name, t in times.items()}
     out["encoded_tokens_p50"] = int(np.median(encoded)) if encoded else None
     out["speedup"] = {name: {"p50": out["fp32"]["p50_ms"] / out[name]["p50_ms"],
-                             "p95": out["fp32"]["p95_ms"] / out[name]["p95_ms"]}
+                             "p95": out["fp32"]["p95_ms"] / out[name]["p95_ms"],
+                             "mean": out["fp32"]["mean_ms"] / out[name]["mean_ms"]}
                       for name in predictors if name != "fp32"}
     return out
 
@@ -131,15 +171,17 @@ def write_report(result: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     m = result["machine"]
     precisions = result["precisions"]
-    lines = ["# LLM projections: bfloat16 and int8 vs fp32 (CPU)", "",
+    title = ("int8's check margin, chosen on dev data" if result.get("fit_check")
+             else "LLM projections: bfloat16 and int8 vs fp32 (CPU)")
+    lines = [f"# {title}", "",
              f"`{result['command']}` on {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; "
              f"flags: {', '.join(m['flags']) or 'none of ' + ', '.join(MATMUL_FLAGS)}; {result['date']}; "
              f"model {result['model']}. Every precision loaded once, in one process.", ""]
     if result.get("agreement"):
         lines += ["## Agreement with fp32", "",
                   "| set | precision | n | emotion labels equal | sentiment labels equal | max abs prob diff "
-                  "| mean abs prob diff | max abs sentiment score diff | accuracy fp32 / this |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| mean abs prob diff | max abs sentiment score diff | accuracy fp32 / this | re-scored in fp32 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for name, per_precision in result["agreement"].items():
             for precision, a in per_precision.items():
                 acc = a["accuracy"]
@@ -148,21 +190,43 @@ def write_report(result: dict, out: Path) -> None:
                              f"{a['sentiment_agree']} ({100 * a['sentiment_agreement']:.1f} %) | "
                              f"{a['prob_abs_diff_max']:.4f} | {a['prob_abs_diff_mean']:.5f} | "
                              f"{a['sentiment_score_abs_diff_max']:.4f} | "
-                             f"{100 * acc['fp32']:.2f} / {100 * acc[precision]:.2f} |")
+                             f"{100 * acc['fp32']:.2f} / {100 * acc[precision]:.2f} | "
+                             f"{100 * a.get('rescored_fp32', 0.0):.1f} % |")
         lines.append("")
+    if result.get("fit_check"):
+        lines += ["## Agreement with fp32 by check margin", "",
+                  "Answers of int8 alone whose closest decision (logit gap to the runner-up) is under the margin are "
+                  "re-scored in fp32; agreement with fp32 once they are:", "",
+                  "| dev set | n | margin | re-scored | emotion labels equal | sentiment labels equal |",
+                  "|---|---|---|---|---|---|"]
+        for name, f in result["fit_check"].items():
+            u = f["unchecked"]
+            lines.append(f"| {name} | {f['n']} | none (int8 alone) | 0 % | {100 * u['emotion']:.1f} % | "
+                         f"{100 * u['sentiment']:.1f} % |")
+            for t, r in f["by_margin"].items():
+                lines.append(f"| {name} | {f['n']} | {t} | {100 * r['rescored']:.1f} % | {100 * r['emotion']:.1f} % "
+                             f"| {100 * r['sentiment']:.1f} % |")
+        lines.append("")
+        for name, f in result["fit_check"].items():
+            lines.append(f"{name}: int8-alone margins of the answers whose labels differ from fp32's: "
+                         + ", ".join(f"{m:.3f}" for m in f["margins_of_changed_labels"]) + ".")
+        lines.append("")
+    if "timing" not in result:
+        out.with_suffix(".md").write_text("\n".join(lines))
+        return
     t = result["timing"]
     lines += ["## Scoring pass per utterance (batch 1, interleaved)", "",
-              "| precision | n | p50 ms | p95 ms | stages p50 ms |", "|---|---|---|---|---|"]
-    lines += [f"| {p} | {t[p]['n']} | {t[p]['p50_ms']:.1f} | {t[p]['p95_ms']:.1f} | "
+              "| precision | n | p50 ms | p95 ms | mean ms | stages p50 ms |", "|---|---|---|---|---|---|"]
+    lines += [f"| {p} | {t[p]['n']} | {t[p]['p50_ms']:.1f} | {t[p]['p95_ms']:.1f} | {t[p]['mean_ms']:.1f} | "
               + ", ".join(f"{k} {v:.1f}" for k, v in t[p]["stage_p50_ms"].items()) + " |" for p in precisions]
-    lines += [""] + [f"{p} is {r['p50']:.2f}x as fast as fp32 at p50, {r['p95']:.2f}x at p95." for p, r in
-                     t["speedup"].items()]
+    lines += [""] + [f"{p} is {r['p50']:.2f}x as fast as fp32 at p50, {r['p95']:.2f}x at p95, {r['mean']:.2f}x in "
+                     "the mean." for p, r in t["speedup"].items()]
     lines += [f"Median prompt pass: {t['encoded_tokens_p50']} encoded tokens.", ""]
     f = result["floor"]
     lines += [f"## Floor: the decoder projections of a {f['tokens']}-token prompt pass ({f['projection_gflop']:.1f} "
               "GFLOP) at the plain-matmul rate of these cores", "",
               "| precision | plain matmul GFLOP/s (int8: GOP/s) | projections at that rate, ms |", "|---|---|---|"]
-    lines += [f"| {p} | {f[p]['gflops']:.1f} | {f[p]['projections_floor_ms']:.1f} |" for p in precisions]
+    lines += [f"| {p} | {f[p]['gflops']:.1f} | {f[p]['projections_floor_ms']:.1f} |" for p in precisions if p in f]
     lines.append("")
     out.with_suffix(".md").write_text("\n".join(lines))
 
@@ -179,13 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the service's ModelServer uses 1)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--timing-only", action="store_true", help="skip the agreement sets")
+    ap.add_argument("--fit-check", action="store_true",
+                    help="only tabulate int8's check margin on dev data (MELD dev, RAVDESS dev live cuts)")
     ap.add_argument("--out", default="benchmarks/results/llm_precision")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.fit_check:
+        args.precisions = ["int8-unchecked"]
     precisions = ("fp32",) + tuple(p for p in PRECISIONS if p in args.precisions and p != "fp32")
-    predictors = {p: EGMFPredictor.load(args.checkpoint, device="cpu", llm_precision=p) for p in precisions}
-    models = {p: pr.model for p, pr in predictors.items()}
-    ref = models["fp32"]
+    predictors = {p: load(args.checkpoint, p) for p in precisions}
+    ref = predictors["fp32"].model
     result: dict = {
         "command": "python benchmarks/bench_llm_precision.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": predictors["fp32"].version,
@@ -194,16 +261,24 @@ def main(argv: list[str] | None = None) -> int:
                     "flags": sorted(set(MATMUL_FLAGS) & cpu_flags()), "loadavg_before": os.getloadavg()[0]},
         "agreement": {},
     }
+    if args.fit_check:
+        sets = {f"MELD dev (first {args.meld})": dataset_examples(ref, "meld", "dev", args.meld),
+                "RAVDESS dev actors 11-12, live cuts": dataset_examples(ref, "ravdess", "dev", audio_view="live")}
+        result["fit_check"] = fit_check(predictors, sets, args.batch_size)
+        write_report(result, Path(args.out))
+        print(Path(args.out).with_suffix(".md").read_text())
+        return 0
     meld = dataset_examples(ref, "meld", "test", args.meld)
     if not args.timing_only:
         print(f"agreement: MELD test first {len(meld)} ...", file=sys.stderr, flush=True)
-        result["agreement"][f"MELD test (first {args.meld})"] = agreement(models, meld, args.batch_size)
+        result["agreement"][f"MELD test (first {args.meld})"] = agreement(predictors, meld, args.batch_size)
         ravdess = dataset_examples(ref, "ravdess", "test", args.ravdess, audio_view="live")
         print(f"agreement: RAVDESS test live cuts ({len(ravdess)}) ...", file=sys.stderr, flush=True)
-        result["agreement"]["RAVDESS test actors 13-16, live cuts"] = agreement(models, ravdess, args.batch_size)
+        result["agreement"]["RAVDESS test actors 13-16, live cuts"] = agreement(predictors, ravdess, args.batch_size)
     print("timing ...", file=sys.stderr, flush=True)
     result["timing"] = timing(predictors, meld[: args.timing_utterances], args.repeats)
-    result["floor"] = matmul_floor(ref, result["timing"]["encoded_tokens_p50"] or 100, precisions)
+    result["floor"] = matmul_floor(ref, result["timing"]["encoded_tokens_p50"] or 100,
+                                   tuple(p for p in precisions if p != "int8-unchecked"))
     write_report(result, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())
     return 0

@@ -39,7 +39,9 @@ def _check_features(name: str, arr: np.ndarray, dim: int) -> None:
 
 def pad_media(batch: Sequence[ModelInput], f: FusionConfig) -> tuple[np.ndarray, ...]:
     """Audio/visual features padded into arrays with validity masks (absent modality = all-false mask): audio,
-    audio_valid, visual, visual_valid. Audio is cut to a whole number of `f.audio_stride` frames."""
+    audio_valid, visual, visual_valid. Each row's audio is cut to a whole number of `f.audio_stride` frames, its own
+    and not the batch's: a frame left over from the stride would be padding for the downsampled encoder but count
+    in the audio statistics, so a row's answer would depend on the lengths of the rows batched with it."""
     ta = max([f.audio_stride] + [len(x.audio) - len(x.audio) % f.audio_stride for x in batch if x.audio is not None])
     tv = max([1] + [len(x.visual) for x in batch if x.visual is not None])
     audio = np.zeros((len(batch), ta, f.audio_dim), np.float32)
@@ -49,7 +51,7 @@ def pad_media(batch: Sequence[ModelInput], f: FusionConfig) -> tuple[np.ndarray,
     for i, x in enumerate(batch):
         if x.audio is not None and len(x.audio):
             _check_features("audio", x.audio, f.audio_dim)
-            n = min(len(x.audio), ta)
+            n = len(x.audio) - len(x.audio) % f.audio_stride
             audio[i, :n] = x.audio[:n]
             a_valid[i, :n] = True
         if x.visual is not None and len(x.visual):

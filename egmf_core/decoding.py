@@ -71,14 +71,23 @@ class AnswerTree:
                 ancestors[q] |= ancestors[p]
         return cls(root, tokens, depths, ancestors, index, sorted(choices))
 
-    def walk(self, logits: torch.Tensor | None) -> tuple[str, float]:
-        """Greedy path from the first token to a leaf: at each branching node the child with the highest logit."""
+    def walk(self, logits: torch.Tensor | None) -> tuple[tuple[str, float], float]:
+        """Greedy path from the first token to a leaf: at each branching node the child with the highest logit.
+        Returns the leaf's (label, value) and the path's smallest margin: the logit gap between the chosen child and
+        the runner-up at its closest decision (inf when nothing was decided), i.e. how near a tie the answer was."""
         node = self.root
+        margin = float("inf")
         while None not in node:
             options = [k for k in node if k is not None]
-            tok = options[0] if len(options) == 1 else options[int(torch.argmax(logits[self.index[id(node)], options]))]
+            if len(options) == 1:
+                tok = options[0]
+            else:
+                row = logits[self.index[id(node)], options]
+                top = torch.topk(row, 2).values
+                margin = min(margin, float(top[0] - top[1]))
+                tok = options[int(torch.argmax(row))]
             node = node[tok]
-        return node[None]
+        return node[None], margin
 
 
 def build_answer_trees(

@@ -25,7 +25,8 @@ import dataclasses
 import logging
 import time
 import warnings
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ from .fusion import FusionOutput, FusionStack
 from .model_io import ModelInput, Prediction
 from .prompt import PromptBuilder, PromptIds, Turn
 from .prompt_cache import PromptCache
-from .serving import transpose_linear_weights
+from .serving import PrecisionSwitch, transpose_linear_weights
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class EGMFModel(nn.Module):
         self._fallbacks: set[str] = set()  # languages without an adapter whose fallback was already logged
         self._merged = False  # LoRA folded into the LLM's weights for serving (`merge_lora_for_inference`)
         self._kv = PromptCache()  # KV caches of prompt beginnings (`PromptIds.reusable`) for inference passes
+        # int8 projections' fp32 copies, when kept (`reference_precision`), and the KV caches of their passes.
+        self._precision_switch: PrecisionSwitch | None = None
+        self._kv_reference = PromptCache()
         # Answer trees of the auxiliary head's k likeliest labels that the prompt pass carries (see `score`); 0 = none.
         self.folded_answers = 3
         # Temperatures of the emotion probabilities (`egmf_core.calibration`); `load_checkpoint` sets the file's.
@@ -177,19 +181,43 @@ class EGMFModel(nn.Module):
         return True
 
     def use_transposed_linear_weights(self, dtype: torch.dtype = torch.float32,
-                                      calibration: Callable[[], object] | None = None) -> int:
+                                      calibration: Callable[[], object] | None = None,
+                                      keep_reference: bool = False) -> int:
         """Serving on CPU: replace the decoder layers' linear projections by `serving.TransposedLinear` with weights
         in ``dtype`` (fp32: same outputs within float rounding, faster few-row matmuls; bfloat16: see
         `egmf_core.precision`), or by `serving.Int8Linear` for ``torch.int8``, smoothed by the activations seen while
-        ``calibration()`` runs this model in fp32. Only for a model whose LoRA is merged (or that has none): adapters
-        kept apart (several languages) need peft's layers, so such a model is left as it is. Returns how many layers
-        were replaced."""
+        ``calibration()`` runs this model in fp32; ``keep_reference`` (int8 only) keeps each layer's fp32 copy too, for
+        `reference_precision`. Only for a model whose LoRA is merged (or that has none): adapters kept apart (several
+        languages) need peft's layers, so such a model is left as it is. Returns how many layers were replaced."""
         if isinstance(self.llm, PeftModel) and not self._merged:
             return 0
         base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        n = transpose_linear_weights(base.get_decoder(), dtype, calibration)
+        switch = PrecisionSwitch() if keep_reference and dtype == torch.int8 else None
+        n = transpose_linear_weights(base.get_decoder(), dtype, calibration, switch)
+        self._precision_switch = switch
         self._kv.clear()
         return n
+
+    @property
+    def has_reference_precision(self) -> bool:
+        """Whether `reference_precision` can run: int8 projections loaded with their fp32 copies."""
+        return self._precision_switch is not None
+
+    @contextmanager
+    def reference_precision(self) -> Iterator[None]:
+        """Inside the block the LLM's projections run their fp32 copies (the reference), with KV caches of their own:
+        a cache computed in int8 would carry int8's rounding into the reference pass. For a model loaded with
+        ``use_transposed_linear_weights(torch.int8, keep_reference=True)``; not re-entrant, not thread-safe (the
+        caller serializes passes, as `EGMFPredictor` does)."""
+        if self._precision_switch is None:
+            raise RuntimeError("reference_precision: the model has no fp32 copy of its int8 projections")
+        self._precision_switch.reference = True
+        self._kv, self._kv_reference = self._kv_reference, self._kv
+        try:
+            yield
+        finally:
+            self._kv, self._kv_reference = self._kv_reference, self._kv
+            self._precision_switch.reference = False
 
     # -- input preparation --------------------------------------------------------------------------------------
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -298,7 +326,7 @@ class EGMFModel(nn.Module):
                 kept = copy.deepcopy(out_cache)  # before the answer pass appends to it
                 kept.crop(len(ids) - kept.get_seq_length())  # a negative count: the tokens to remove at the end
                 self._kv.put(adapter, ids, kept)
-        label_probs, trees, node_logits, missed, voiced = [], [], [], [], []
+        label_probs, trees, node_logits, missed, voiced, margins = [], [], [], [], [], []
         for i, x in enumerate(batch):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
@@ -310,8 +338,10 @@ class EGMFModel(nn.Module):
             probs = self.calibration.emotion_probs(label_logits, x.label_set, voiced=voiced[-1]).tolist()
             label_probs.append(dict(zip(labels, probs)))
             options = list(self._answer_trees[x.label_set])
-            start = first[int(torch.argmax(label_logits))] if prior is not None else options[
-                int(torch.argmax(logits[i, 0, options]))]
+            deciding = label_logits if prior is not None else logits[i, 0, options]
+            start = (first if prior is not None else options)[int(torch.argmax(deciding))]
+            top = torch.topk(deciding, 2).values if len(deciding) > 1 else None
+            margins.append(float("inf") if top is None else float(top[0] - top[1]))
             tree = self._answer_trees[x.label_set][start]
             trees.append(tree)
             at = nodes.offset(i, tree)
@@ -329,15 +359,16 @@ class EGMFModel(nn.Module):
                                        prep.position_ids[missed, -1:], prep.embeds.dtype, out_cache, row_adapters)
             for j, i in enumerate(missed):
                 node_logits[i] = answer[j]
-        results = [tree.walk(node_logits[i]) for i, tree in enumerate(trees)]
+        walked = [tree.walk(node_logits[i]) for i, tree in enumerate(trees)]
         t2 = time.perf_counter()
 
         timings = {"fusion": round(prep.fusion_ms, 2), "llm_prefill": round((t1 - t0) * 1000.0 - prep.fusion_ms, 2),
                    "llm_answer": round((t2 - t1) * 1000.0, 2)}
         preds = []
         encoded = (prep.attention_mask.sum(-1).cpu() - torch.tensor(cached)).tolist()
-        for i, (label, value) in enumerate(results):
+        for i, ((label, value), walk_margin) in enumerate(walked):
             preds.append(make_prediction(self.prompts, prep, i, batch[i].label_set, label, label_probs[i], value))
+            preds[-1].decision_margin = min(margins[i], walk_margin)
             preds[-1].timings_ms = dict(timings)
             preds[-1].voice_prior = voiced[i]
             preds[-1].prompt_tokens = {"cached": cached[i], "encoded": int(encoded[i]),

@@ -40,6 +40,10 @@ class Prediction:
     raw_text: str | None = None  # generated text (generation path only)
     # Whether the voice prior guided the emotion answer (`egmf_core.audio_prior`); its rows have their own temperature.
     voice_prior: bool = False
+    # The answer's closest decision (scoring path only): the smallest logit gap between the option taken and the
+    # runner-up over its first token and each branching step of its answer tree; inf when nothing was decided. How
+    # near a tie the answer was: `EGMFPredictor`'s int8 check re-scores the rows under its threshold in fp32.
+    decision_margin: float | None = None
     expert_outputs: np.ndarray | None = field(default=None, repr=False)
     # Wall time of the stages of the call that made this prediction (scoring path only; for a batch, the whole
     # batch's times): "fusion" (fusion stack), "llm_prefill" (prompt assembly + the LLM pass over the prompt),

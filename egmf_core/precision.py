@@ -10,8 +10,11 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
 - ``"fp32"``: the reference; training and evaluation always use it.
 - ``"bf16"``: bfloat16 projections, whatever the CPU (slow where emulated: for checks, not for serving).
 - ``"int8"``: int8 projections (`serving.Int8Linear`: per-channel weights, per-token inputs, smoothed on a short
-  calibration call at load), the fastest on CPUs without native bf16, but not exact: its labels differ from fp32's
-  on a few percent of utterances (`benchmarks/results/llm_precision_int8.md`), so only a user who asks gets it.
+  calibration call at load), the fastest on CPUs without native bf16. Alone it is not exact: its labels differ from
+  fp32's on a few percent of utterances, all of them near ties. So it is checked: an answer whose closest decision is
+  a logit gap under `INT8_CHECK_MARGIN` is re-scored with the projections' fp32 copies, kept beside the int8 ones
+  (`EGMFPredictor.score`), which brings the labels to fp32's on >= 99 % of utterances at the cost of a second pass
+  for the near ties (`benchmarks/results/llm_precision_int8_checked.md`). Only a user who asks gets it.
 - ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16, else fp32. What the CLI and the service use.
 """
 
@@ -20,10 +23,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["PRECISIONS", "LlmPrecision", "cpu_has_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "cpu_has_bf16", "resolve_precision"]
 
 LlmPrecision = Literal["auto", "fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(LlmPrecision)
+
+#: int8's check (`EGMFPredictor.score`): answers whose closest decision is a logit gap under this are re-scored in
+#: fp32. Fitted on dev data (MELD dev, RAVDESS dev actors 11-12) by `benchmarks/bench_llm_precision.py --fit-check`.
+INT8_CHECK_MARGIN = 0.75
 
 #: /proc/cpuinfo flags of native bfloat16 dot products (Intel Cooper Lake+/Sapphire Rapids+, AMD Zen 4+).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel
 from .model_io import ModelInput, Prediction
-from .precision import resolve_precision
+from .precision import INT8_CHECK_MARGIN, resolve_precision
 from .serving import freeze_loaded_heap
 from .conversation import Conversation
 from .prompt import Turn
@@ -61,11 +62,16 @@ class PendingTurn:
 
 
 class EGMFPredictor:
-    def __init__(self, model: EGMFModel, version: str, llm_precision: str = "fp32"):
+    def __init__(self, model: EGMFModel, version: str, llm_precision: str = "fp32", int8_check_margin: float = 0.0):
         self.model = model
         self.version = version
         #: The number format of the LLM's projections as loaded ("fp32", "bf16" or "int8"; `egmf_core.precision`).
         self.llm_precision = llm_precision
+        #: int8 only: answers whose closest decision (`Prediction.decision_margin`) is under this logit gap are
+        #: re-scored with the fp32 copies of the projections (`EGMFModel.reference_precision`); 0: never.
+        self.int8_check_margin = int8_check_margin if model.has_reference_precision else 0.0
+        #: Rows scored, and rows the int8 check re-scored in fp32, since load.
+        self.check_counts = {"scored": 0, "rescored": 0}
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
         # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
         self._primer = (ThreadPoolExecutor(1, thread_name_prefix="egmf-prime")
@@ -81,6 +87,7 @@ class EGMFPredictor:
     def load(
         cls, checkpoint: str | Path = "default", device: str | None = None,
         prepare: Callable[[EGMFModel, Path], str] | None = None, llm_precision: str = "fp32",
+        int8_check_margin: float = INT8_CHECK_MARGIN,
     ) -> "EGMFPredictor":
         """Load a checkpoint for serving. `prepare(model, checkpoint_path)` runs on the loaded model before it is
         frozen for inference and returns a suffix for the model version: the caller's choice of runtime, e.g.
@@ -91,7 +98,9 @@ class EGMFPredictor:
 
         ``llm_precision`` ("fp32", "bf16", "int8" or "auto": `egmf_core.precision`): the number format of those
         layers on CPU. fp32, the reference, is the default here (evaluation, tests); the CLI and the service ask for
-        "auto". int8 first runs `calibration_pass` in fp32 to smooth its layers by."""
+        "auto". int8 first runs `calibration_pass` in fp32 to smooth its layers by, and keeps the fp32 copies of the
+        layers to re-score the answers whose closest decision is under ``int8_check_margin`` (`score`; 0 keeps no
+        copies and checks nothing: int8's labels then differ from fp32's on a few percent of utterances)."""
         path = resolve(checkpoint)
         overrides = {"backbone": {"device": device}} if device else None  # default: CUDA if available
         model = load_checkpoint(path, overrides)
@@ -105,14 +114,15 @@ class EGMFPredictor:
         calibrator = cls(model, version) if precision == "int8" else None
         try:
             replaced = model.device.type == "cpu" and model.use_transposed_linear_weights(
-                dtype, calibrator.calibration_pass if calibrator is not None else None)
+                dtype, calibrator.calibration_pass if calibrator is not None else None,
+                keep_reference=precision == "int8" and int8_check_margin > 0)
         finally:
             if calibrator is not None and calibrator._primer is not None:
                 calibrator._primer.shutdown(wait=True)  # no background pass may run while the layers are swapped
         if not replaced:
             precision = "fp32"  # adapters kept apart (several languages): peft's layers, in fp32
         log.info("EGMF model %s: LLM projections in %s (requested %s)", version, precision, llm_precision)
-        return cls(model, version, precision)
+        return cls(model, version, precision, int8_check_margin if precision == "int8" else 0.0)
 
     def calibration_pass(self) -> None:
         """A short made-up call (`INT8_CALIBRATION_LINES`, with and without audio features) through this predictor,
@@ -199,9 +209,27 @@ class EGMFPredictor:
     def score(self, inputs: Sequence[ModelInput]) -> list[Prediction]:
         """Score prepared inputs in one model pass (`EGMFModel.score`), serialized with this predictor's other
         passes; no conversation changes. For a caller that keeps the context itself: the service's model deployment
-        batches the utterances of all its streams into one call."""
+        batches the utterances of all its streams into one call.
+
+        With int8 projections and a check margin, the rows whose answer was a near tie (`Prediction.decision_margin`
+        under `int8_check_margin`) are scored again with the projections' fp32 copies, and that answer is the one
+        returned: int8's rounding moves near-tie answers, and only those, so the labels are fp32's wherever int8
+        could have changed them (`benchmarks/results/llm_precision_int8_checked.md`). Their `timings_ms` add
+        "int8_check": the fp32 pass's time."""
         with self._lock:
-            return self.model.score(inputs)
+            preds = self.model.score(inputs)
+            self.check_counts["scored"] += len(preds)
+            close = [i for i, p in enumerate(preds) if (p.decision_margin or 0.0) < self.int8_check_margin]
+            if close:
+                t0 = time.perf_counter()
+                with self.model.reference_precision():
+                    again = self.model.score([inputs[i] for i in close])
+                ms = round((time.perf_counter() - t0) * 1000.0, 2)
+                for i, p in zip(close, again):
+                    p.timings_ms = {**(preds[i].timings_ms or {}), "int8_check": ms}
+                    preds[i] = p
+                self.check_counts["rescored"] += len(close)
+            return preds
 
     def commit(self, conversation: Conversation, pending: PendingTurn) -> bool:
         """Append the predicted turn (an empty transcript adds nothing) if the context is still the one the

@@ -74,6 +74,29 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+class PrecisionSwitch:
+    """Which copy of its weights every `CheckedInt8Linear` of one model runs: int8 (``reference`` False) or the fp32
+    reference. One object shared by all of a model's layers, flipped by `EGMFModel.reference_precision`."""
+
+    def __init__(self) -> None:
+        self.reference = False
+
+
+class CheckedInt8Linear(nn.Module):
+    """An `Int8Linear` with its fp32 `TransposedLinear` kept beside it, so that a pass can be re-run exactly as the
+    fp32 reference runs it: int8's rounding moves the answers that are near ties (`EGMFPredictor`'s int8 check
+    re-scores those in fp32). Costs the fp32 weights' memory on top of the int8 ones."""
+
+    def __init__(self, fast: Int8Linear, reference: TransposedLinear, switch: PrecisionSwitch):
+        super().__init__()
+        self.fast = fast
+        self.reference = reference
+        self.switch = switch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reference(x) if self.switch.reference else self.fast(x)
+
+
 def projections(decoder: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """Every plain `nn.Linear` projection of `decoder`'s layers as (parent, attribute name, linear); for a merged peft
     layer, its base (which holds W + BA)."""
@@ -107,15 +130,21 @@ def input_absmax(decoder: nn.Module, run: Callable[[], object]) -> dict[nn.Linea
 
 
 def transpose_linear_weights(decoder: nn.Module, dtype: torch.dtype = torch.float32,
-                             calibration: Callable[[], object] | None = None) -> int:
+                             calibration: Callable[[], object] | None = None,
+                             reference: PrecisionSwitch | None = None) -> int:
     """Replace every projection of `decoder`'s layers (`projections`) by a `TransposedLinear` with its weight in
     ``dtype``, or for ``torch.int8`` by an `Int8Linear` smoothed by the inputs seen while ``calibration()`` runs the
-    model (None: unsmoothed). Returns how many were replaced."""
+    model (None: unsmoothed), wrapped with its fp32 copy in a `CheckedInt8Linear` run by ``reference`` where given.
+    Returns how many were replaced."""
     absmax = input_absmax(decoder, calibration) if dtype == torch.int8 and calibration is not None else {}
     found = projections(decoder)
     for parent, name, linear in found:
-        rewritten = (Int8Linear(linear, absmax.get(linear)) if dtype == torch.int8
-                     else TransposedLinear(linear, dtype))
+        if dtype != torch.int8:
+            rewritten: nn.Module = TransposedLinear(linear, dtype)
+        elif reference is None:
+            rewritten = Int8Linear(linear, absmax.get(linear))
+        else:
+            rewritten = CheckedInt8Linear(Int8Linear(linear, absmax.get(linear)), TransposedLinear(linear), reference)
         setattr(parent, name, rewritten)
     return len(found)
 

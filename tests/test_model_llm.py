@@ -125,6 +125,26 @@ def test_checkpoint_round_trip_gives_identical_outputs(model, meld_batch, ravdes
         assert np.allclose(pa.alpha, pb.alpha, atol=1e-6)
 
 
+def test_a_rows_audio_mask_does_not_depend_on_the_rows_batched_with_it(model, ravdess_input):
+    """A frame left over from the encoder's stride is padding for the downsampled encoder; it must not count in the
+    audio statistics in a batch with longer audio either, or a row's answer depends on its batch (the service
+    batches its streams' utterances): each row is cut to its own whole number of strides."""
+    from dataclasses import replace
+
+    from egmf_core.batching import pad_media
+
+    f = model.cfg.fusion
+    odd = replace(ravdess_input, audio=ravdess_input.audio[: len(ravdess_input.audio) // 2 * 2 - 1])
+    longer = replace(ravdess_input, audio=np.concatenate([ravdess_input.audio, ravdess_input.audio[:11]]))
+    audio_alone, valid_alone = pad_media([odd], f)[:2]
+    audio_batched, valid_batched = pad_media([odd, longer], f)[:2]
+    n = valid_alone.shape[1]
+    assert n == len(odd.audio) - 1 and valid_alone[0].all()
+    assert (valid_batched[0, :n] == valid_alone[0]).all() and not valid_batched[0, n:].any()
+    assert np.array_equal(audio_batched[0, :n], audio_alone[0])
+    assert valid_batched[1].sum() == len(longer.audio) - len(longer.audio) % f.audio_stride
+
+
 def test_bad_media_input_is_a_clear_error(model, meld_batch):
     from dataclasses import replace
 
@@ -144,6 +164,24 @@ def test_answer_tree_feeds_only_decisions(model):
     assert len(tree.tokens) == 9 and tree.tokens[0] == first and set(ids[:-1]) <= set(tree.tokens)
     assert tree.depths[0] == 1 and max(tree.depths) == len(ids) - 1
     assert tree.ancestors.sum(-1).tolist() == tree.depths  # every node sees itself and each ancestor once
+
+
+def test_answer_walk_reports_its_closest_decision(model):
+    """`walk` returns, with the answer, the smallest logit gap between the option taken and the runner-up over its
+    branching steps: what int8's check compares with its margin (`EGMFPredictor.score`). Every decision is given a
+    gap of 5 but one planted near tie of 0.2, which must be the margin, without changing the answer."""
+    tree = model._answer_trees["default"][model.prompts.label_ids["disgust"][0]]
+    logits = torch.full((len(tree.tokens), len(model.tokenizer)), -torch.inf)
+    for row in range(len(tree.tokens)):  # every option ranked by token id, 5 apart
+        logits[row, tree.choices] = 5.0 * torch.arange(len(tree.choices), dtype=torch.float32)
+    answer, margin = tree.walk(logits)
+    assert answer[0] == "disgust" and margin == pytest.approx(5.0)
+    node = tree.root  # the path's first branching node
+    while len([k for k in node if k is not None]) == 1:
+        node = node[next(k for k in node if k is not None)]
+    options = sorted(k for k in node if k is not None)
+    logits[tree.index[id(node)], options[-2]] = float(logits[tree.index[id(node)], options[-1]]) - 0.2
+    assert tree.walk(logits) == (answer, pytest.approx(0.2, abs=1e-4))
 
 
 def test_answer_tree_pass_equals_step_by_step_decoding(model, meld_batch):
