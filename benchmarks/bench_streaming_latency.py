@@ -11,6 +11,8 @@
                                                             # the recognizer on 1 or 2 CPU threads
     python benchmarks/bench_streaming_latency.py --speculation on --llm-precision fp32 auto
                                                             # the LLM's projections in fp32 vs bf16 (where native)
+    python benchmarks/bench_streaming_latency.py --speculation on --llm-threads 2 1
+                                                            # the LLM's passes on 2 or 1 torch threads
 
 Results: ``benchmarks/results/streaming_latency.json`` (every utterance's row) and ``.md`` (the summary).
 
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"number format of the LLM's projections ({', '.join(PRECISIONS)}; EGMFAnalyzerConfig."
                          "llm_precision; default: the CLI's, auto = bf16 where the CPU has native bfloat16); two or "
                          "more values are compared side by side, one model loaded per value, A / B / B / A")
+    ap.add_argument("--llm-threads", nargs="+", type=int, metavar="N",
+                    help="torch intra-op threads of the LLM's passes (EGMFPredictor.torch_threads; default: "
+                         "precision.pass_threads, 1 for bf16 and int8); two or more values are compared side by side "
+                         "on one loaded model, A / B / B / A")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
     a = ap.parse_args(argv)
     import logging
@@ -77,14 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     variants = Variants(checkpoints=a.checkpoint or ["default"], speculation=a.speculation or "both",
                         folded_answers=a.folded_answers or [None], asr_threads=a.asr_threads or [None],
-                        llm_precisions=a.llm_precision or [None])
+                        llm_precisions=a.llm_precision or [None], llm_threads=a.llm_threads or [None])
     if a.speculation is None and variants.compared() > 1:  # another setting is compared: speculation as live
         variants.speculation = "on"
     if variants.compared() > 1:
-        ap.error("compare one thing at a time: several --checkpoint, --folded-answers, --asr-threads or "
-                 "--llm-precision, or --speculation both")
+        ap.error("compare one thing at a time: several --checkpoint, --folded-answers, --asr-threads, "
+                 "--llm-precision or --llm-threads, or --speculation both")
     if any(t < 1 for t in variants.asr_threads if t is not None):
         ap.error(f"--asr-threads: expected thread counts >= 1, got {a.asr_threads}")
+    if any(t < 1 for t in variants.llm_threads if t is not None):
+        ap.error(f"--llm-threads: expected thread counts >= 1, got {a.llm_threads}")
     runs, report = run_variants(variants, n, reps, a.wait_idle)
     res = runs[report]  # reported in full, with the offline check
     if len(runs) > 1:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "cpu_has_bf16", "resolve_precision"]
+__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "cpu_has_bf16", "pass_threads", "resolve_precision"]
 
 LlmPrecision = Literal["auto", "fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(LlmPrecision)
@@ -51,6 +51,17 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool(BF16_FLAGS & cpu_flags(cpuinfo))
+
+
+def pass_threads(precision: str) -> int | None:
+    """How many intra-op threads the LLM's passes should run on in this precision: 1 for bf16 and int8, None (the
+    process's setting) for fp32. A live prompt pass is ~30-75 new ids over a cached context: with bf16 or int8
+    projections its matmuls are short, and on two threads the pass is dominated by OpenMP's hand-offs around each of
+    the ~4,000 small operations (once one crosses torch's grain size it goes parallel: int8's quantize-and-rescale ops
+    at 57+ rows of 576 channels). Measured on a 2-core EPYC, 3-turn cached context, 26-50 new ids
+    (`benchmarks/bench_prompt_pass_threads.py`): int8 86-109 ms on one thread vs 111-193 on two; bf16 119-154 vs
+    111-164 (one thread wins from 39 ids on); fp32 184-235 vs 155-208, the only one that gains from the second core."""
+    return 1 if precision in ("bf16", "int8") else None
 
 
 def resolve_precision(requested: str, device_type: str = "cpu",

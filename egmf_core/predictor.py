@@ -30,8 +30,8 @@ import torch
 from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel
 from .model_io import ModelInput, Prediction
-from .precision import INT8_CHECK_MARGIN, resolve_precision
-from .serving import freeze_loaded_heap
+from .precision import INT8_CHECK_MARGIN, pass_threads, resolve_precision
+from .serving import freeze_loaded_heap, intra_op_threads
 from .conversation import Conversation
 from .prompt import Turn
 
@@ -72,6 +72,9 @@ class EGMFPredictor:
         self.int8_check_margin = int8_check_margin if model.has_reference_precision else 0.0
         #: Rows scored, and rows the int8 check re-scored in fp32, since load.
         self.check_counts = {"scored": 0, "rescored": 0}
+        #: torch intra-op threads of this predictor's passes (`precision.pass_threads`: 1 for bf16 and int8 on CPU);
+        #: None: the process's setting.
+        self.torch_threads = pass_threads(llm_precision) if model.device.type == "cpu" else None
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
         # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
         self._primer = (ThreadPoolExecutor(1, thread_name_prefix="egmf-prime")
@@ -215,9 +218,11 @@ class EGMFPredictor:
         under `int8_check_margin`) are scored again with the projections' fp32 copies, and that answer is the one
         returned: int8's rounding moves near-tie answers, and only those, so the labels are fp32's wherever int8
         could have changed them (`benchmarks/results/llm_precision_int8_checked.md`). Their `timings_ms` add
-        "int8_check": the fp32 pass's time."""
+        "int8_check": the fp32 pass's time. Passes run on `torch_threads` intra-op threads (the fp32 re-score on
+        the process's: fp32 gains from every core)."""
         with self._lock:
-            preds = self.model.score(inputs)
+            with intra_op_threads(self.torch_threads):
+                preds = self.model.score(inputs)
             self.check_counts["scored"] += len(preds)
             close = [i for i, p in enumerate(preds) if (p.decision_margin or 0.0) < self.int8_check_margin]
             if close:
@@ -275,7 +280,7 @@ class EGMFPredictor:
             turns = context()
             if turns is None:  # the conversation moved on
                 return False
-            with self._lock:
+            with self._lock, intra_op_threads(self.torch_threads):
                 return self.model.prime(turns, language=language)
         except Exception as e:  # a failed prime only costs the next utterance the time it would have saved
             log.warning("could not precompute the conversation's KV cache: %s: %s", type(e).__name__, e)

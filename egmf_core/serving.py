@@ -8,7 +8,8 @@ agree with fp32 as `benchmarks/results/llm_precision.md` reports.
 from __future__ import annotations
 
 import gc
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -147,6 +148,22 @@ def transpose_linear_weights(decoder: nn.Module, dtype: torch.dtype = torch.floa
             rewritten = CheckedInt8Linear(Int8Linear(linear, absmax.get(linear)), TransposedLinear(linear), reference)
         setattr(parent, name, rewritten)
     return len(found)
+
+
+@contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block, then restored (None: left as they are). For a predictor
+    whose passes are faster on fewer threads than the process has (`precision.pass_threads`); the calling thread
+    must be the only one running torch work meanwhile, as under `EGMFPredictor`'s lock."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def freeze_loaded_heap() -> int:

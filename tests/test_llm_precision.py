@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from egmf_core.precision import cpu_has_bf16, resolve_precision
-from egmf_core.serving import CheckedInt8Linear, Int8Linear, PrecisionSwitch, TransposedLinear
+from egmf_core.precision import cpu_has_bf16, pass_threads, resolve_precision
+from egmf_core.serving import CheckedInt8Linear, Int8Linear, PrecisionSwitch, TransposedLinear, intra_op_threads
 
 #: Largest emotion-probability difference bf16 may make on the fixed sample (the full MELD/RAVDESS test comparison,
 #: benchmarks/results/llm_precision.md, stays well under it).
@@ -37,6 +37,21 @@ def test_auto_picks_bf16_only_where_the_cpu_has_it(tmp_path) -> None:
     assert resolve_precision("auto", "cpu", tmp_path / "missing") == "fp32"  # no /proc/cpuinfo: the reference
     with pytest.raises(ValueError, match="llm_precision: expected one of auto, fp32, bf16, int8, got 'fp16'"):
         resolve_precision("fp16")
+
+
+def test_bf16_and_int8_passes_run_on_one_thread_and_the_process_setting_comes_back() -> None:
+    assert (pass_threads("bf16"), pass_threads("int8"), pass_threads("fp32")) == (1, 1, None)
+    before = torch.get_num_threads()
+    with intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):  # restored on errors too
+        with intra_op_threads(before + 1):
+            assert torch.get_num_threads() == before + 1
+            raise RuntimeError
+    assert torch.get_num_threads() == before
+    with intra_op_threads(None):
+        assert torch.get_num_threads() == before
 
 
 def test_bad_precision_is_refused_where_users_set_it() -> None:
@@ -80,6 +95,7 @@ def test_bf16_gives_the_fp32_labels_on_real_utterances() -> None:
     ref = EGMFPredictor.load("default", device="cpu", llm_precision="fp32")
     low = EGMFPredictor.load("default", device="cpu", llm_precision="bf16")
     assert (ref.llm_precision, low.llm_precision) == ("fp32", "bf16")
+    assert (ref.torch_threads, low.torch_threads) == (None, 1)
     assert ref.version == low.version  # the same checkpoint: precision is reported apart (health, logs)
     examples = (dataset_examples(ref.model, "meld", "test", limit=40)
                 + dataset_examples(ref.model, "ravdess", "test", limit=16, audio_view="live"))

@@ -1,6 +1,6 @@
 """Side-by-side variants: the same conversation streamed several times with the same loaded model(s), one setting
 changed (speculative end of utterance off / on, checkpoints, folded answer trees, recognizer threads, the LLM's
-number format), in the order A / B / B / A to balance the machine's drift, and the runs pooled by setting."""
+number format or its passes' threads), in the order A / B / B / A to balance the machine's drift, and the runs pooled by setting."""
 
 from __future__ import annotations
 
@@ -19,17 +19,18 @@ from .run import load_analyzer, run_benchmark
 class Variants:
     """The settings to stream with; a list with two or more distinct values (or ``speculation="both"``) is compared.
     ``None`` in a list: the default (the model's folded answers, the CLI's recognizer threads, the configuration's
-    LLM precision)."""
+    LLM precision, the predictor's threads for its precision)."""
 
     checkpoints: list[str] = dataclasses.field(default_factory=lambda: ["default"])
     speculation: str = "both"  # "both", "on" or "off"
     folded_answers: list[int | None] = dataclasses.field(default_factory=lambda: [None])
     asr_threads: list[int | None] = dataclasses.field(default_factory=lambda: [None])
     llm_precisions: list[str | None] = dataclasses.field(default_factory=lambda: [None])
+    llm_threads: list[int | None] = dataclasses.field(default_factory=lambda: [None])
 
     def compared(self) -> int:
         """How many settings vary (at most one may)."""
-        lists = (self.checkpoints, self.folded_answers, self.asr_threads, self.llm_precisions)
+        lists = (self.checkpoints, self.folded_answers, self.asr_threads, self.llm_precisions, self.llm_threads)
         return sum(len(set(v)) > 1 for v in lists) + (self.speculation == "both")
 
 
@@ -58,20 +59,22 @@ def run_variants(v: Variants, n: int, offline_reps: int, wait_idle_s: float) -> 
     first = loaded[next(iter(loaded))][0]
     recognizers = {t: recognizer(first, t) for t in dict.fromkeys(v.asr_threads) if t is not None}
     modes = {"both": (False, True), "on": (True,), "off": (False,)}[v.speculation]
-    forward = [(key, m, k, t) for key in loaded for m in modes for k in dict.fromkeys(v.folded_answers)
-               for t in dict.fromkeys(v.asr_threads)]
+    forward = [(key, m, k, t, lt) for key in loaded for m in modes for k in dict.fromkeys(v.folded_answers)
+               for t in dict.fromkeys(v.asr_threads) for lt in dict.fromkeys(v.llm_threads)]
     schedule = forward + forward[::-1]  # e.g. off / on / on / off, or A / B / B / A: balanced against drift
     if len(schedule) == 2:  # one setting: a single run
         schedule = schedule[:1]
     report = schedule.index(forward[-1])
     runs = []
-    for i, ((name, p), m, k, t) in enumerate(schedule):
+    defaults = {key: loaded[key][0].predictor.torch_threads for key in loaded}
+    for i, ((name, p), m, k, t, lt) in enumerate(schedule):
         inner = loaded[(name, p)][0]
         model = inner.predictor.model
         if k is not None:
             model.folded_answers = k
         if t is not None:
             inner.frontend = recognizers[t]
+        inner.predictor.torch_threads = lt if lt is not None else defaults[(name, p)]
         r = run_benchmark(n, offline_reps=offline_reps if i == report else 0, wait_idle_s=wait_idle_s,
                           speculative=m, loaded=loaded[(name, p)])
         r["checkpoint"] = name
@@ -79,7 +82,8 @@ def run_variants(v: Variants, n: int, offline_reps: int, wait_idle_s: float) -> 
         r["label"] = (Path(name).stem if len(set(v.checkpoints)) > 1
                       else precision_label(p, r["llm_precision"]) if len(set(v.llm_precisions)) > 1
                       else f"folded {k}" if len(set(v.folded_answers)) > 1
-                      else f"asr threads {t}" if len(set(v.asr_threads)) > 1 else speculation_label(r))
+                      else f"asr threads {t}" if len(set(v.asr_threads)) > 1
+                      else f"llm threads {lt}" if len(set(v.llm_threads)) > 1 else speculation_label(r))
         runs.append(r)
     return runs, report
 
