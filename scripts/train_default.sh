@@ -48,6 +48,10 @@ python -m egmf_core.research.fit_audio_prior --checkpoint runs/stage7/best.safet
 # without their audio.
 python -m egmf_core.research.fit_voice_domain --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/voice_domain_fit
+# The text prior for the text-led answers (MiniLM sentence embedding + logistic regression on MELD train; C and
+# strength on MELD dev), before the temperatures are refitted with both priors in place.
+python -m egmf_core.research.fit_text_prior --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
+    --report runs/stage7/text_prior_fit
 python -m egmf_core.research.fit_calibration --checkpoint runs/stage7/best.safetensors --out runs/stage7/best.safetensors \
     --report runs/stage7/calibration_fit
 # Then the prior's classifier refit on every allowed actor (01-12), its strengths, domain and temperatures kept
