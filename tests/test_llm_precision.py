@@ -16,6 +16,9 @@ from egmf_core.serving import CheckedInt8Linear, Int8Linear, PrecisionSwitch, Tr
 #: Largest emotion-probability difference bf16 may make on the fixed sample (the full MELD/RAVDESS test comparison,
 #: benchmarks/results/llm_precision.md, stays well under it).
 PROB_TOLERANCE = 0.05
+#: A decision whose fp32 runner-up is closer than this (logits; `Prediction.decision_margin`) is a near tie, which
+#: bf16's rounding may tip either way (the text prior made one of the fixed sample's MELD lines a 0.008 tie).
+NEAR_TIE = 0.1
 
 
 def _cpuinfo(path, flags: str):
@@ -101,8 +104,10 @@ def test_bf16_gives_the_fp32_labels_on_real_utterances() -> None:
                 + dataset_examples(ref.model, "ravdess", "test", limit=16, audio_view="live"))
     inputs = [e.input for e in examples]
     a, b = ref.score(inputs), low.score(inputs)
-    assert [p.emotion for p in a] == [p.emotion for p in b]
-    assert [p.sentiment_label for p in a] == [p.sentiment_label for p in b]
+    decided = [i for i, p in enumerate(a) if p.decision_margin >= NEAR_TIE]
+    assert len(decided) >= 0.9 * len(a)  # near ties stay rare (3 of 56 here), so the comparison keeps its strength
+    assert [a[i].emotion for i in decided] == [b[i].emotion for i in decided]
+    assert [a[i].sentiment_label for i in decided] == [b[i].sentiment_label for i in decided]
     diff = max(abs(p.emotion_probs[k] - q.emotion_probs[k]) for p, q in zip(a, b) for k in p.emotion_probs)
     assert 0 < diff <= PROB_TOLERANCE
     assert np.allclose([p.alpha for p in a], [p.alpha for p in b])  # the fusion stack is untouched
