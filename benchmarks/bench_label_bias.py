@@ -28,16 +28,11 @@ for p in (ROOT, ROOT / "benchmarks"):
         sys.path.insert(0, str(p))
 
 from bench_support import write_table_report  # noqa: E402  (benchmarks/ is on the path above)
+from egmf_core.research.metrics import weighted_f1  # noqa: E402
 
 GRID = np.round(np.arange(-1.5, 1.51, 0.1), 2)
 LAMBDAS = np.round(np.arange(0.0, 2.01, 0.1), 2)
 FOLDS, SHUFFLES = 5, 5
-
-
-def weighted_f1(gold: np.ndarray, pred: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(100 * f1_score(gold, pred, average="weighted"))
 
 
 def fit_free(log_p: np.ndarray, gold: np.ndarray, fixed: int, rounds: int = 3) -> np.ndarray:

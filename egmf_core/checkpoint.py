@@ -129,22 +129,25 @@ def load_checkpoint(path: str | Path, overrides: dict | None = None) -> EGMFMode
     return model
 
 
+def _metadata_entry(path: str | Path, key: str) -> str | None:
+    """One string entry of the file's safetensors metadata (None when absent)."""
+    with safe_open(str(resolve(path)), framework="pt") as fh:
+        return (fh.metadata() or {}).get(key)
+
+
 def read_calibration(path: str | Path) -> Calibration:
     """The file's confidence calibration (`egmf_core.calibration`); uncalibrated for files without one."""
-    with safe_open(str(resolve(path)), framework="pt") as fh:
-        return Calibration.from_json((fh.metadata() or {}).get(CALIBRATION_KEY))
+    return Calibration.from_json(_metadata_entry(path, CALIBRATION_KEY))
 
 
 def read_text_prior(path: str | Path) -> TextPrior | None:
     """The file's text prior (`egmf_core.text_prior`); None for files without one (text-led rows: the LLM alone)."""
-    with safe_open(str(resolve(path)), framework="pt") as fh:
-        return TextPrior.from_json((fh.metadata() or {}).get(TEXT_PRIOR_KEY))
+    return TextPrior.from_json(_metadata_entry(path, TEXT_PRIOR_KEY))
 
 
 def read_audio_prior(path: str | Path) -> AudioPrior | None:
     """The file's voice prior (`egmf_core.audio_prior`); None for files without one (the LLM answers alone)."""
-    with safe_open(str(resolve(path)), framework="pt") as fh:
-        return AudioPrior.from_json((fh.metadata() or {}).get(AUDIO_PRIOR_KEY))
+    return AudioPrior.from_json(_metadata_entry(path, AUDIO_PRIOR_KEY))
 
 
 # Blocks whose output starts at exactly zero: a staged run may add them to a checkpoint trained without them.

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
 
 from .array_json import decode_array, encode_array
 from .backbone import without_progress_bar
@@ -56,14 +58,10 @@ class SentenceEncoder:
     predictor's pass, the pass's). Thread-safe (one lock)."""
 
     def __init__(self, path: str | Path | None = None):
-        import torch
-        from transformers import AutoModel, AutoTokenizer
-
         folder = Path(path) if path is not None else default_encoder_path()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         with without_progress_bar():
             self.model = AutoModel.from_pretrained(folder, use_safetensors=True).eval()
-        self._torch = torch
         self._lock = threading.Lock()
 
     @property
@@ -72,7 +70,6 @@ class SentenceEncoder:
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """(N, dim) float32 unit vectors, one per text (an empty text gets the encoder's reading of "")."""
-        torch = self._torch
         out = []
         with self._lock, torch.inference_mode():
             for i in range(0, len(texts), batch_size):

@@ -32,16 +32,11 @@ from ..checkpoint import load_checkpoint, read_file, write_file
 from ..text_prior import ENCODER_NAME, METADATA_KEY, SentenceEncoder, TextPrior
 from .eval_examples import dataset_examples
 from .fit_calibration import label_log_probs
+from .metrics import weighted_f1
 
 C_GRID = (0.03, 0.1, 0.3, 1.0)
 STRENGTH_GRID = tuple(round(0.1 * k, 1) for k in range(21))  # 0 .. 2, in calibrated log-probability units
 FOLDS, SHUFFLES = 5, 5
-
-
-def weighted_f1(gold: np.ndarray, pred: np.ndarray) -> float:
-    from sklearn.metrics import f1_score
-
-    return float(100 * f1_score(gold, pred, average="weighted"))
 
 
 def fit_classifier(x: np.ndarray, y: np.ndarray, c: float, n_labels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -89,9 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_start = time.time()
 
     model = load_checkpoint(args.checkpoint)
+    encoder = model.sentence_encoder or SentenceEncoder()  # loaded with the file when it already has a text prior
     model.text_prior = None  # dev is scored as the LLM answers without one
     labels = list(model.prompts.label_sets["default"])
-    encoder = SentenceEncoder()
     train = dataset_examples(model, "meld", "train")
     dev = dataset_examples(model, "meld", "dev")
     print(f"embedding {len(train)} MELD train and {len(dev)} dev utterances", file=sys.stderr, flush=True)

@@ -9,6 +9,11 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 
+def weighted_f1(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Weighted F1 in percent of label indices (decision-rule searches over log-probability arrays)."""
+    return float(100.0 * f1_score(gold, pred, average="weighted"))
+
+
 def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str]) -> dict:
     """Accuracy, weighted F1 (in percent, as the field reports them), per-class F1 and the confusion matrix."""
     labels = list(labels)
