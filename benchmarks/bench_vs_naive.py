@@ -14,7 +14,7 @@ cache is primed between turns, and constrained scoring (answer trees, folded ans
 (b) **naive**: what a user would write with the same weights (:class:`NaivePipeline`, ~30 lines):
 
 * the same VAD cut: :class:`egmf_core.features.segmenter.VADSegmenter` with the live defaults, fed the same 30 ms
-  blocks in one loop; an utterance is analyzed when the segmenter returns it, after its 300 ms hangover (no
+  blocks in one loop; an utterance is analyzed when the segmenter returns it, after its 390 ms hangover (no
   speculative or tentative analysis), and the loop reads no audio while it analyzes (the blocks wait in a queue, as a
   microphone's buffer would hold them);
 * the audio the checkpoint expects (the model's input contract, not a speed feature): the cut framed by 1 s of room

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "labels >= 99 %% equal, benchmarks/results/llm_precision_int8_checked.md)")
     p.add_argument("--no-speculation", action="store_true",
                    help="live input: analyze an utterance only after the VAD's end-of-speech hangover, not during it "
-                        "(events come ~240 ms later; no work is spent on pauses that turn out not to be ends)")
+                        "(events come ~330 ms later; no work is spent on pauses that turn out not to be ends)")
     p.add_argument("--no-video", action="store_true", help="ignore video even if the input has it")
     p.add_argument("--video-fps", type=float, default=10.0, help="video frames per second to analyze (default 10)")
     p.add_argument("--stream-id", help="stream id used in the events (default: random)")

@@ -84,7 +84,7 @@ def test_three_utterance_report(tmp_path):
         assert r["text"] and STAGES <= set(r["stages_ms"]), r
         assert r["latency_ms"] > 0 and r["analyze_ms"] > 0 and r["rtf"] > 0
         assert r["llm_prefill_ms_per_token"] > 0
-        # the prompt pass carried the aux head's three likeliest labels' answer trees (7-9 nodes each); a separate
+        # the prompt pass carried three likeliest labels' answer trees (aux head + prior) (7-9 nodes each); a separate
         # answer pass fed the answer's tree only when those were not it
         assert 21 <= r["folded_tokens"] <= 26 and r["answer_tokens"] >= 0
         assert (r["llm_answer_ms_per_token"] is None) == (r["answer_tokens"] == 0)

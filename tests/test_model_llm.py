@@ -250,7 +250,7 @@ def test_folded_answer_trees_change_time_not_answers(model, meld_batch, rows, mo
         answers = [p.emotion for p in runs[0]]
         other = {lab: next(o for o in model.prompts.label_sets["default"] if o != lab) for lab in answers}
         # rows 0, 2: the answer's tree is folded; rows 1, 3: another label's only (a miss: the answer pass)
-        monkeypatch.setattr(model, "_folded_trees", lambda b, prep: [
+        monkeypatch.setattr(model, "_folded_trees", lambda b, prep, priors: [
             [tree(lab if i % 2 == 0 else other[lab])] for i, lab in enumerate(answers)])
         runs["mixed"] = run(1)
     finally:
@@ -263,3 +263,30 @@ def test_folded_answer_trees_change_time_not_answers(model, meld_batch, rows, mo
             assert (a.emotion, a.sentiment_score) == (b.emotion, b.sentiment_score), k
             for lab, prob in a.emotion_probs.items():
                 assert abs(prob - b.emotion_probs[lab]) < 1e-4, (k, lab)
+
+
+def test_folded_answer_trees_follow_the_prior(model, meld_batch, monkeypatch):
+    """The trees the prompt pass carries are ranked by the aux head and the row's prior together: a label the head
+    ranks last, made the answer by a strong prior, is folded (no second pass)."""
+    model.eval()
+    batch = meld_batch[:4]
+    labels = model.prompts.label_sets["default"]
+    columns, _ = model._label_trees["default"]
+    with torch.no_grad():
+        fusion, _ = model.run_fusion(batch)
+        head = model.fusion.aux_head
+        last = head(fusion.enhanced.to(head.weight.dtype)).float()[:, columns].argmin(1).tolist()
+
+    def priors(rows):
+        out = []
+        for i in range(len(rows)):
+            bias = np.zeros(len(labels))
+            bias[last[i]] = 50.0
+            out.append((bias, False))
+        return out
+
+    monkeypatch.setattr(model, "label_priors", priors)
+    model._kv.clear()
+    preds = model.score(batch)
+    assert [p.emotion for p in preds] == [labels[j] for j in last]
+    assert all(p.prompt_tokens["folded"] > 0 and p.prompt_tokens["answer_pass"] == 0 for p in preds)

@@ -190,7 +190,7 @@ def test_stereo_speakers_needs_two_channels():
 
 @needs_ravdess
 def test_latency_is_measured_from_the_end_of_speech_in_real_time():
-    """Audio pushed at real-time pace: the event comes ~hangover (300 ms) after the last speech sample arrived,
+    """Audio pushed at real-time pace: the event comes ~hangover (390 ms) after the last speech sample arrived,
     and latency_ms says so (the stand-in analyzer itself takes no time)."""
     clip = ravdess_clips(1)[0]
     b, e = clip.bounds

@@ -233,8 +233,8 @@ class SegmentationOnlyAnalyzer:
 
 def with_inner_pause(clip: Any, pause_s: float = 0.25, lead_s: float = 0.5, tail_s: float = 1.0,
                      noise_dbfs: float = -70.0) -> np.ndarray:
-    """One utterance with a pause in the middle that is longer than the segmenter's post-roll (120 ms) and shorter
-    than its hangover (300 ms): a tentative end that speech then withdraws. The clip's speech span, cut in half,
+    """One utterance with a pause in the middle that is longer than the segmenter's post-roll (60 ms) and shorter
+    than its hangover (390 ms): a tentative end that speech then withdraws. The clip's speech span, cut in half,
     with silence around."""
     speech = clip.audio[int(clip.bounds[0] * SR):int(clip.bounds[1] * SR)]
     mid = len(speech) // 2

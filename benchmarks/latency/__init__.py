@@ -38,9 +38,9 @@ Measured per utterance:
   (the whole EGMF predictor call) and its parts ``fusion``, ``llm_prefill`` (prompt assembly + the LLM pass over the
   prompt ids the model's KV cache does not hold: after the template prefix, and with a "context_first" checkpoint
   after the question and the conversation so far; ``prompt_pass_tokens`` counts them; the pass also carries the answer
-  trees of the auxiliary head's likeliest labels, ``EGMFModel.folded_answers``) and ``llm_answer`` (the walk through
-  the answer tree, plus a pass over it on the KV cache when the prompt pass did not carry it: ``answer_pass`` counts
-  the utterances that needed one).
+  trees of the likeliest labels by the auxiliary head and the prior, ``EGMFModel.folded_answers``) and
+  ``llm_answer`` (the walk through the answer tree, plus a pass over it on the KV cache when the prompt pass did not
+  carry it: ``answer_pass`` counts the utterances that needed one).
 * **cost of context**: the 50 utterances are ONE conversation (one stream). Utterances 1-5 and 46-50 are the same
   five recordings (46-50 = 2, 3, 4, 5, 1), so utterance 1 and 50 are the same audio with an empty vs a full context
   window; with every context turn tokenized once and the window bounded (3 turns), model time must stay flat. An

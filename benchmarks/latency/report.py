@@ -47,8 +47,8 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
                f"{'setting' if sbs['labels'][0].startswith(('folded', 'asr', 'llm')) else 'checkpoint'} pooled "
                "(each checkpoint loaded once; speculation as in the first table). Latency = wait + analysis; the "
                "prompt pass encodes what the model's KV cache does not already hold, plus the answer trees it "
-               "carries (`folded K`: the auxiliary head's K likeliest labels'); an answer pass runs when none of "
-               "them held the answer; `asr threads N`: the recognizer on N CPU threads"
+               "carries (`folded K`: the K likeliest labels' by the auxiliary head and the prior); an answer pass "
+               "runs when none of them held the answer; `asr threads N`: the recognizer on N CPU threads"
                + ("; `llm P`: the LLM's projections in number format P (`auto`: bf16 where the CPU has native "
                   "bfloat16, else fp32; what it resolved to in brackets), one model loaded per format."
                   if sbs["labels"][0].startswith("llm") else ".")),

@@ -17,12 +17,12 @@ Design choices:
 * **Video alignment.** Frames are buffered with their stream timestamps; an utterance gets the frames within
   ``[start - video_margin_s, end + video_margin_s]``. Containers interleave audio ahead of video, so a finished
   utterance waits until the video clock has passed its end (at most ``max_video_wait_s`` of audio).
-* **Speculative end of utterance.** The VAD declares an end only after ``hangover_ms`` (300 ms) of non-speech, but
+* **Speculative end of utterance.** The VAD declares an end only after ``hangover_ms`` (390 ms) of non-speech, but
   the utterance's audio is complete ``post_roll_ms`` (60 ms) after its last voiced frame
   (:attr:`~egmf_core.features.segmenter.ChannelSegmenter.tentative`). With an analyzer that can analyze without
   committing the turn to the conversation (:class:`SpeculativeAnalyzer`), that tentative utterance is analyzed on a
   worker thread during the rest of the hangover. If the utterance ends there, the result is used and committed (it is
-  the same segment, frames and context, so the same result, 240 ms sooner); if speech resumes, the analysis is
+  the same segment, frames and context, so the same result, 330 ms sooner); if speech resumes, the analysis is
   cancelled at its next stage boundary and discarded. One analysis runs at a time per stream, so events keep their
   order and the context is always the one the utterance would have seen.
 * **Latency** is measured from the wall-clock arrival of the audio at ``end_s`` to the creation of the event; for a

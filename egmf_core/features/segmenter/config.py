@@ -24,7 +24,9 @@ class SegmenterConfig:
     onset_window_frames: int = 5
     onset_voiced_frames: int = 3
     pre_roll_ms: int = 1000
-    hangover_ms: int = 300
+    #: 390 ms: the 300 ms of webrtcvad-unvoiced frames that ended a turn before ``end_trim_db`` applied to the whole
+    #: utterance, plus the ~90 ms of decay webrtcvad called speech; a shorter hangover splits turns at sentence pauses.
+    hangover_ms: int = 390
     #: Every millisecond of post-roll is latency (the analysis waits for it); the room tone the model wants after
     #: the speech is added without waiting (streaming.analyzer.utterance_audio). 60 ms: benchmarks/results/
     #: live_segments.md.
@@ -32,9 +34,11 @@ class SegmenterConfig:
     min_speech_ms: int = 250
     max_utterance_s: float = 8.0
     split_search_s: float = 1.5
-    #: Trailing voiced frames more than this many dB below the utterance's loudest frame are not counted as speech:
-    #: webrtcvad keeps calling the reverberant decay after the last word "speech" for 100-150 ms, which would make
-    #: ``end_s`` (and the end-of-speech -> event latency measured from it) late. None disables the refinement.
+    #: Within an utterance, a frame webrtcvad calls voiced but more than this many dB below the utterance's loudest
+    #: frame so far is not counted as speech: webrtcvad keeps calling the reverberant decay after the last word
+    #: "speech" for up to 100-150 ms, which would make ``end_s`` late and delay the tentative end, the hangover and
+    #: the event by as much (end of speech -> start of the speculative analysis p50 151 -> 99 ms on the conversation
+    #: of ``benchmarks/bench_vs_naive.py``). None: webrtcvad's decisions as they are.
     end_trim_db: float | None = 35.0
     #: Gain in front of the VAD for quiet lines (``egmf_core.features.vad_gain``; the VAD's input only, inactive at
     #: ordinary levels); None: the VAD hears the audio as it is.

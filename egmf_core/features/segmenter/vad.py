@@ -12,7 +12,9 @@ decisions into utterances:
   ``start_s`` stays the detected speech start; ``audio_start_s`` says where the audio array begins.
 * **hangover**: speech ends only after ``hangover_ms`` of unvoiced frames, so that pauses between words and stop
   closures do not cut an utterance; ``end_s`` is the end of the last voiced frame, the audio keeps ``post_roll_ms``
-  more.
+  more. Within an utterance a frame webrtcvad calls voiced counts as voiced only if it is within ``end_trim_db`` of
+  the utterance's loudest frame so far: webrtcvad keeps calling the reverberant decay after the last word speech for
+  up to 100-150 ms, and every frame of it would delay the tentative end (below), the hangover and the event.
 * **minimum length**: utterances whose voiced span is shorter than ``min_speech_ms`` are dropped (coughs, clicks);
   the speech-start callback fires only once an utterance has reached that length, so every start is followed by a
   segment.
@@ -248,6 +250,8 @@ class VADSegmenter:
                 if not self._in_speech:
                     self._trim(self._n_frames - self._keep_silent_f)
                 continue
+            if v and c.end_trim_db is not None:  # a quiet decay is not speech: the hangover counts from before it
+                v = energy[j] >= self._energy[self._utt_start_f - self._buf_f0:h + 1].max() - c.end_trim_db
             if v:
                 self._last_voiced_f = g
                 self._tentative = None
@@ -312,17 +316,11 @@ class VADSegmenter:
         return seg
 
     def _end_segment(self, final: bool) -> SpeechSegment | None:
-        """The utterance ending at its last voiced frame (less a quiet decay, see ``end_trim_db``); the audio keeps
-        ``post_roll_ms`` after the last voiced frame. Depends only on frames up to the post-roll's end, which is
-        why a tentative end (``final=False``) equals the final one when no speech follows."""
+        """The utterance ending at its last voiced frame; the audio keeps ``post_roll_ms`` after it. Depends only on
+        frames up to the post-roll's end, which is why a tentative end (``final=False``) equals the final one when no
+        speech follows."""
         last_f = self._last_voiced_f + 1
-        end_f = last_f
-        trim_db = self.config.end_trim_db
-        if trim_db is not None and end_f - self._utt_start_f > 1:
-            e = self._energy[self._utt_start_f - self._buf_f0:end_f - self._buf_f0]
-            loud = np.flatnonzero(e >= e.max() - trim_db)
-            end_f = self._utt_start_f + int(loud[-1]) + 1
-        return self._finish(end_f * self._fl, (last_f + self._post_roll_f) * self._fl, final=final)
+        return self._finish(last_f * self._fl, (last_f + self._post_roll_f) * self._fl, final=final)
 
     def _split(self) -> list[SpeechSegment]:
         """The turn reached max_utterance_s: cut at the quietest frame of the last split_search_s."""
