@@ -87,6 +87,8 @@ def test_tentative_end_is_the_final_segment_a_hangover_less_post_roll_sooner(joi
         assert np.array_equal(tent.audio, final.audio)
         # seen once the post-roll was in, the final one after the whole hangover
         assert t_final - t_seen == pytest.approx((cfg.hangover_ms - cfg.post_roll_ms) / 1000, abs=1e-9)
+        # one post-roll after the end of speech: the decay webrtcvad still calls speech does not delay it
+        assert t_seen - final.end_s == pytest.approx(cfg.post_roll_ms / 1000, abs=1e-9)
         assert all(t.end_s < final.end_s for t, _ in before[:-1])  # withdrawn: pauses inside the utterance
         withdrawn += len(before) - 1
     assert len(tentatives) == len(finals) + withdrawn
