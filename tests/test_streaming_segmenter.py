@@ -465,3 +465,22 @@ def test_channel_segmenter_offers_only_the_next_segment_as_tentative(tmp_path):
     agent = [t for n, t in offered if n == 0 and t.speaker == "Agent"]
     assert agent and np.array_equal(agent[-1].audio, released[0].audio)
     assert (agent[-1].start_s, agent[-1].end_s) == (released[0].start_s, released[0].end_s)
+
+
+@needs_espeak
+def test_an_onset_on_line_noise_does_not_start_the_utterance(tmp_path):
+    """At the start of a quiet line the VAD gain lifts the line noise, and webrtcvad calls a few noise frames speech;
+    the hangover bridges that onset into the speech that follows. The utterance still starts at the speech (its
+    first voiced frame within ``end_trim_db`` of its loudest), so the pre-roll before it is the line's room tone."""
+    from media_clips import speak
+    from egmf_core.features.audio import load_audio
+
+    speech = load_audio(speak("I would like to talk about my order, please.", tmp_path / "s.wav"))
+    onset = 0.5 + np.argmax(np.abs(speech) > 0.01) / SR  # the speech's first audible sample, after the noise lead
+    x = np.concatenate([np.zeros(SR // 2, np.float32), speech, np.zeros(SR // 2, np.float32)])
+    x += np.random.default_rng(0).normal(0, 10 ** (-75 / 20), len(x)).astype(np.float32)  # a quiet line's noise
+    starts: list = []
+    (seg,) = run_segmenter(x, starts=starts)
+    assert starts[0].start_s < 0.2  # webrtcvad's onset on the noise (what the rule corrects)
+    assert abs(seg.start_s - onset) <= TOL_S, (seg.start_s, onset)
+    assert seg.audio_start_s == 0.0  # the pre-roll still reaches back to the line's start

@@ -38,7 +38,8 @@ class SegmenterConfig:
     #: frame so far is not counted as speech: webrtcvad keeps calling the reverberant decay after the last word
     #: "speech" for up to 100-150 ms, which would make ``end_s`` late and delay the tentative end, the hangover and
     #: the event by as much (end of speech -> start of the speculative analysis p50 151 -> 99 ms on the conversation
-    #: of ``benchmarks/bench_vs_naive.py``). None: webrtcvad's decisions as they are.
+    #: of ``benchmarks/bench_vs_naive.py``). The utterance starts at its first voiced frame within this of its
+    #: loudest, too (not on line noise before it). None: webrtcvad's decisions as they are.
     end_trim_db: float | None = 35.0
     #: Gain in front of the VAD for quiet lines (``egmf_core.features.vad_gain``; the VAD's input only, inactive at
     #: ordinary levels); None: the VAD hears the audio as it is.

@@ -14,7 +14,9 @@ decisions into utterances:
   closures do not cut an utterance; ``end_s`` is the end of the last voiced frame, the audio keeps ``post_roll_ms``
   more. Within an utterance a frame webrtcvad calls voiced counts as voiced only if it is within ``end_trim_db`` of
   the utterance's loudest frame so far: webrtcvad keeps calling the reverberant decay after the last word speech for
-  up to 100-150 ms, and every frame of it would delay the tentative end (below), the hangover and the event.
+  up to 100-150 ms, and every frame of it would delay the tentative end (below), the hangover and the event. The
+  same rule sets ``start_s``: the first voiced frame within ``end_trim_db`` of the utterance's loudest (an onset on
+  line noise that the hangover bridged into the speech does not start it).
 * **minimum length**: utterances whose voiced span is shorter than ``min_speech_ms`` are dropped (coughs, clicks);
   the speech-start callback fires only once an utterance has reached that length, so every start is followed by a
   segment.
@@ -289,7 +291,7 @@ class VADSegmenter:
 
         The audio runs from the pre-roll start to ``audio_end_sample`` (never beyond the analyzed frames).
         ``final=False`` (a tentative end) only builds the segment: no state changes, no callback."""
-        start_sample = self._utt_start_f * self._fl
+        start_sample = self._speech_start_f(end_sample) * self._fl
         if not split and end_sample - start_sample < self._min_f * self._fl:
             if final:
                 log.debug("channel %d: dropping %.0f ms of speech (< min_speech_ms)", self.channel,
@@ -306,6 +308,18 @@ class VADSegmenter:
             channel=self.channel, speaker=self.speaker, audio_start_s=self._t(self._audio_start), split=split,
             sample_rate=self._sr,
         )
+
+    def _speech_start_f(self, end_sample: int) -> int:
+        """The utterance's first voiced frame within ``end_trim_db`` of its loudest frame before ``end_sample``: an
+        onset on line noise (which the VAD gain lifts at the start of a quiet line) that the hangover bridged into
+        the speech is not speech either. Depends only on frames before the end, like the end itself."""
+        f0, trim_db = self._utt_start_f, self.config.end_trim_db
+        end_f = -(-end_sample // self._fl)
+        if trim_db is None or end_f - f0 <= 1:
+            return f0
+        e = self._energy[f0 - self._buf_f0:end_f - self._buf_f0]
+        speech = (e >= e.max() - trim_db) & self._voiced[f0 - self._buf_f0:end_f - self._buf_f0]
+        return f0 + int(np.argmax(speech)) if speech.any() else f0
 
     def _end_of_speech(self) -> SpeechSegment | None:
         """Hangover expired (or flush): the utterance ends (see :meth:`_end_segment`)."""
