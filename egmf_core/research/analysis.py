@@ -15,7 +15,8 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 from ..data import UtteranceRecord
 from ..data.mmsa import MMSA_DATASETS, MmsaDataset
@@ -196,6 +197,16 @@ def command_line(prog: str, argv: Sequence[str] | None) -> str:
     """The command as run, for the report's header (so a table says how to reproduce it)."""
     args = sys.argv[1:] if argv is None else list(argv)
     return " ".join([f"python -m {prog}", *args])
+
+
+def write_report(report: Path, result: dict, markdown: Callable[[dict], str]) -> None:
+    """Write `report` (Markdown: `markdown(result)`) and the JSON beside it, and print the Markdown: the closing step
+    of the commands that report one result file."""
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    text = markdown(result)
+    report.write_text(text)
+    print(text)
 
 
 def describe_examples(spec: DatasetSpec, split: str, limit: int | None, examples: Sequence[Example]) -> dict:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import CheckpointError, read_file, resolve, write_file
 from ..data import DatasetError
+from .analysis import command_line, write_report
 from .eval_examples import dataset_examples
 from .feature_lookup import live_encoder_states
 from .examples import Example, text_length
@@ -220,12 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, DatasetError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result["command"] = "python -m egmf_core.research.distill_aux " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    report.write_text(markdown(result))
-    print(markdown(result))
+    result["command"] = command_line("egmf_core.research.distill_aux", argv)
+    write_report(Path(args.report), result, markdown)
     return 0
 
 

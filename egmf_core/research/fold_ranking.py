@@ -14,7 +14,6 @@ Results: ``benchmarks/results/fold_ranking.{json,md}``. Progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
@@ -29,6 +28,7 @@ import torch
 from ..checkpoint import CheckpointError
 from ..data import DatasetError
 from .distill_aux import spoken
+from .analysis import command_line, write_report
 from .eval_examples import dataset_examples
 from .examples import Example, text_length
 
@@ -122,12 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CheckpointError, DatasetError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    result["command"] = "python -m egmf_core.research.fold_ranking " + " ".join(sys.argv[1:] if argv is None else argv)
-    report = Path(args.report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    report.write_text(markdown(result))
-    print(markdown(result))
+    result["command"] = command_line("egmf_core.research.fold_ranking", argv)
+    write_report(Path(args.report), result, markdown)
     return 0
 
 
