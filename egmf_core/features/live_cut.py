@@ -52,7 +52,9 @@ def utterance_audio(segment: SpeechSegment, frame_s: float, window_s: float) -> 
 
 #: Bump when :func:`live_cut` or the segmenter's cut change the audio they give for the same settings: features
 #: cached for live cuts (``egmf_core.research.feature_lookup.whisper_audio_lookup(view="live")``) are keyed on it.
-LIVE_CUT_VERSION = 5  # 5: quiet voiced frames neither start nor prolong the speech, hangover 390 ms; 3: the segmenter's VAD gain for quiet lines; 2: line noise relative to the clip (1: -70 dBFS)
+#: 5: quiet voiced frames neither start nor prolong the speech, hangover 390 ms; 3: the segmenter's VAD gain for
+#: quiet lines; 2: line noise relative to the clip (1: -70 dBFS).
+LIVE_CUT_VERSION = 5
 
 #: How far below the clip's integrated loudness the cut's line noise sits (dB). Relative, so that the cut of a clip
 #: turned up or down is the same cut scaled: version 1 added a fixed -70 dBFS, which after loudness normalization
