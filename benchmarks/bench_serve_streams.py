@@ -62,6 +62,32 @@ def cluster_pss_gib() -> float:
     return total / 2**30
 
 
+#: Process roles for the CPU accounting, by a piece of the process's command line (first match wins).
+CPU_ROLES = (("ASR", "ServeReplica:egmf:ASR"), ("ModelServer", "ServeReplica:egmf:ModelServer"),
+             ("Ingress", "ServeReplica:egmf:Ingress"), ("proxy", "ProxyActor"),
+             ("ray", ("ray::", "raylet", "gcs_server", "ray/_private", "default_worker", "serve run",
+                      "dashboard")))
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) each role's processes have used so far, and this benchmark's own ("client")."""
+    import psutil
+
+    out = {role: 0.0 for role, _ in CPU_ROLES}
+    for p in psutil.process_iter(["cmdline", "cpu_times"]):
+        cl = " ".join(p.info["cmdline"] or [])
+        t = p.info["cpu_times"]
+        if t is None:
+            continue
+        for role, keys in CPU_ROLES:
+            if any(k in cl for k in ((keys,) if isinstance(keys, str) else keys)):
+                out[role] += t.user + t.system
+                break
+    own = psutil.Process().cpu_times()
+    out["client"] = own.user + own.system
+    return out
+
+
 def health(base: str) -> dict | None:
     """The service's /health answer, or None when nothing answers at `base`."""
     try:
@@ -148,7 +174,9 @@ def stream_offsets(kind: str, n: int, recording_s: float, utterances: int) -> li
 
 
 async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: str) -> dict:
+    cpu0, t0 = cpu_by_role(), time.monotonic()
     res = await asyncio.gather(*(one_stream(url, pcm, refs, d) for d in offsets))
+    cpu1, wall = cpu_by_role(), time.monotonic() - t0
     lat = np.array([x for r in res for x in r["latencies_ms"]])
     srv = np.array([x for r in res for x in r["server_latency_ms"]])
     return {"streams": n, "offsets": kind, "offsets_s": [round(d, 2) for d in offsets],
@@ -158,7 +186,10 @@ async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: 
             "p50_ms": percentile(lat, 50, nd=None), "p95_ms": percentile(lat, 95, nd=None),
             "max_ms": float(lat.max()) if len(lat) else None,
             "server_p50_ms": percentile(srv, 50, nd=None), "server_p95_ms": percentile(srv, 95, nd=None),
-            "loadavg_after": os.getloadavg()[0]}
+            "loadavg_after": os.getloadavg()[0],
+            # CPU seconds per utterance by role, and the cores each kept busy on average during the level
+            "cpu_ms_per_utterance": {k: round((cpu1[k] - cpu0[k]) * 1000 / max(1, n * len(refs)), 1) for k in cpu1},
+            "cores": {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in cpu1}}
 
 
 def main() -> int:
@@ -210,6 +241,14 @@ def main() -> int:
         rows.append(f"| {r['streams']} | {r['offsets']} | {r['utterances']} | {r['lost']} | {f(r['p50_ms'])} | "
                     f"{f(r['p95_ms'])} | "
                     f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
+    roles = list(result["levels"][0]["cpu_ms_per_utterance"]) if result["levels"] else []
+    rows += ["", "CPU per utterance by process (ms of CPU time, user + system; in brackets the cores kept busy on "
+             "average during the level; 'ray' = Ray's own processes and the controller, 'client' = this benchmark):",
+             "", "| streams | offsets | " + " | ".join(roles) + " | total |", "|---|---|" + "---|" * (len(roles) + 1)]
+    for r in result["levels"]:
+        c, k = r["cpu_ms_per_utterance"], r["cores"]
+        rows.append(f"| {r['streams']} | {r['offsets']} | " + " | ".join(f"{c[x]:.0f} ({k[x]:.2f})" for x in roles)
+                    + f" | {sum(c.values()):.0f} ({sum(k.values()):.2f}) |")
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in result["cpu_flags"].items())
     head = (f"Serve streams benchmark ({result['machine']}: {flags}; load before {result['loadavg_before']:.1f}); "
             f"model {result.get('model_version', '-')}, LLM projections {result.get('llm_precision', '-')}; "

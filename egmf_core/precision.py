@@ -15,15 +15,26 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
   a logit gap under `INT8_CHECK_MARGIN` is re-scored with the projections' fp32 copies, kept beside the int8 ones
   (`EGMFPredictor.score`), which brings the labels to fp32's on >= 99 % of utterances at the cost of a second pass
   for the near ties (`benchmarks/results/llm_precision_int8_checked.md`). Only a user who asks gets it.
-- ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16, else fp32. What the CLI and the service use.
+- ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16 *and* a bf16 matmul at the prompt pass's shapes is
+  measurably faster than fp32's on this machine (`bf16_speedup`, timed once at load, ~0.1 s), else fp32. What the
+  CLI and the service use. The flags alone are not enough: on a 2-core Intel Xeon with AVX512-BF16 (no AMX) oneDNN's
+  bf16 matmul ran at 75 GFLOP/s against fp32's 156, and "bf16 because the flag is there" made the service's 16
+  streams fall 17 s behind (`benchmarks/results/llm_precision_xeon.md`), while on a 2-core AMD EPYC (Zen 4) bf16 is
+  the faster one.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "cpu_has_bf16", "pass_threads", "resolve_precision"]
+__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "pass_threads",
+           "resolve_precision"]
+
+log = logging.getLogger("egmf_core.precision")
 
 LlmPrecision = Literal["auto", "fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(LlmPrecision)
@@ -53,6 +64,43 @@ def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool(BF16_FLAGS & cpu_flags(cpuinfo))
 
 
+#: "auto" takes bf16 only when its probe matmuls run at least this much faster than fp32's: a margin for the probe's
+#: noise and for the casts around each bf16 projection, which the plain matmul does not pay.
+BF16_MIN_SPEEDUP = 1.15
+
+#: The probe's matmuls: a live prompt pass's new ids (~30-90) through SmolLM2-135M's projection shapes (hidden 576,
+#: MLP 1536), (rows, in, out).
+_PROBE_SHAPES = ((64, 576, 1536), (64, 1536, 576), (64, 576, 576))
+
+
+def bf16_speedup(rounds: int = 5, reps: int = 4) -> float:
+    """fp32 time / bf16 time of the probe matmuls (`_PROBE_SHAPES`) on ONE thread, as the bf16 passes run
+    (`pass_threads`); > 1 means bf16 is faster here. Rounds alternate the two so that machine noise falls on both;
+    the median round counts. Imports torch (the rest of this module does not)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    pairs = [(torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)) for m, k, n in _PROBE_SHAPES]
+    operands = {torch.float32: pairs,
+                torch.bfloat16: [(x.to(torch.bfloat16), w.to(torch.bfloat16)) for x, w in pairs]}
+
+    def seconds(dtype: torch.dtype) -> float:
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for x, w in operands[dtype]:
+                torch.matmul(x, w)
+        return time.perf_counter() - t0
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seconds(torch.float32), seconds(torch.bfloat16)  # warm-up: oneDNN builds its kernels on the first call
+        ratios = sorted(seconds(torch.float32) / max(seconds(torch.bfloat16), 1e-9) for _ in range(rounds))
+    finally:
+        torch.set_num_threads(before)
+    return ratios[len(ratios) // 2]
+
+
 def pass_threads(precision: str) -> int | None:
     """How many intra-op threads the LLM's passes should run on in this precision: 1 for bf16 and int8, None (the
     process's setting) for fp32. A live prompt pass is ~30-75 new ids over a cached context: with bf16 or int8
@@ -64,16 +112,25 @@ def pass_threads(precision: str) -> int | None:
     return 1 if precision in ("bf16", "int8") else None
 
 
-def resolve_precision(requested: str, device_type: str = "cpu",
-                      cpuinfo: str | Path = "/proc/cpuinfo") -> Literal["fp32", "bf16", "int8"]:
-    """The precision to run: ``requested`` with ``"auto"`` decided by the CPU. Off the CPU (``device_type`` "cuda")
-    the LLM keeps its fp32 weights here: a GPU is served by the exported engines (`python -m export`).
+def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | Path = "/proc/cpuinfo",
+                      speedup: Callable[[], float] = bf16_speedup) -> Literal["fp32", "bf16", "int8"]:
+    """The precision to run: ``requested`` with ``"auto"`` decided by the CPU: bf16 where it has native bf16 and
+    ``speedup()`` (fp32 time / bf16 time, measured) is at least `BF16_MIN_SPEEDUP`, else fp32. Off the CPU
+    (``device_type`` "cuda") the LLM keeps its fp32 weights here: a GPU is served by the exported engines
+    (`python -m export`).
 
-    No torch import here: the streaming layer validates its configuration with this module before loading models."""
+    No torch import at module level: the streaming layer validates its configuration with this module before loading
+    models (only the "auto" probe imports it)."""
     if requested not in PRECISIONS:
         raise ValueError(f"llm_precision: expected one of {', '.join(PRECISIONS)}, got {requested!r}")
     if device_type != "cpu":
         return "fp32"
     if requested == "auto":
-        return "bf16" if cpu_has_bf16(cpuinfo) else "fp32"
+        if not cpu_has_bf16(cpuinfo):
+            return "fp32"  # bf16 would be emulated: always slower
+        ratio = speedup()
+        choice: Literal["fp32", "bf16"] = "bf16" if ratio >= BF16_MIN_SPEEDUP else "fp32"
+        log.info("llm_precision auto: bf16 matmul %.2fx fp32's on this CPU (needs %.2fx) -> %s", ratio,
+                 BF16_MIN_SPEEDUP, choice)
+        return choice
     return requested  # type: ignore[return-value]

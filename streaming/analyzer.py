@@ -52,7 +52,8 @@ class EGMFAnalyzerConfig:
     10 s window (its earlier stages from whole clips in 30 s). ``frame_s``: room tone the recognizer and the audio
     branch get on each side of the speech (``egmf_core.features.live_cut.utterance_audio``); the default is the training
     clips' framing, 0 gives them the segmenter's cut alone. ``llm_precision``: the number format of the LLM's
-    projections (``egmf_core.precision``: "auto" runs bfloat16 on CPUs with native bf16, else the fp32 reference)."""
+    projections (``egmf_core.precision``: "auto" runs bfloat16 on CPUs with native bf16 where a start-up probe finds it faster, else the fp32
+    reference)."""
 
     checkpoint: str = "default"
     whisper_model_path: str | None = None

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "speech (default 1.0: the framing of the clips the model was trained on; 0: the VAD's cut)")
     p.add_argument("--llm-precision", choices=PRECISIONS, default="auto",
                    help="number format of the LLM's matmuls on CPU (default auto: bfloat16 where the CPU has "
-                        "AVX512-BF16/AMX, else fp32, the reference; the labels agree, see "
+                        "AVX512-BF16/AMX and a bf16 matmul measured at start-up is faster, else fp32, the reference; the labels agree, see "
                         "benchmarks/results/llm_precision.md; int8: faster on CPUs without bf16, near ties re-scored in fp32, "
                         "labels >= 99 %% equal, benchmarks/results/llm_precision_int8_checked.md)")
     p.add_argument("--no-speculation", action="store_true",

@@ -10,15 +10,18 @@ import pytest
 import torch
 from torch import nn
 
-from egmf_core.precision import cpu_has_bf16, pass_threads, resolve_precision
+from egmf_core.precision import BF16_MIN_SPEEDUP, bf16_speedup, cpu_has_bf16, pass_threads, resolve_precision
 from egmf_core.serving import CheckedInt8Linear, Int8Linear, PrecisionSwitch, TransposedLinear, intra_op_threads
 
 #: Largest emotion-probability difference bf16 may make on the fixed sample (the full MELD/RAVDESS test comparison,
 #: benchmarks/results/llm_precision.md, stays well under it).
 PROB_TOLERANCE = 0.05
 #: A decision whose fp32 runner-up is closer than this (logits; `Prediction.decision_margin`) is a near tie, which
-#: bf16's rounding may tip either way (the text prior made one of the fixed sample's MELD lines a 0.008 tie).
-NEAR_TIE = 0.1
+#: bf16's rounding may tip either way. How far the rounding moves a margin depends on the CPU (oneDNN's blocking
+#: decides which sums land on the other side of a bf16 rounding step, and 30 layers amplify that): on the fixed
+#: sample below, up to ~0.1 on a 2-core AMD EPYC and up to 0.27 on a 2-core Intel Xeon (AVX512-BF16, no AMX), where
+#: three lines with fp32 margins 0.008, 0.14 and 0.22 changed label.
+NEAR_TIE = 0.35
 
 
 def _cpuinfo(path, flags: str):
@@ -27,19 +30,42 @@ def _cpuinfo(path, flags: str):
     return path
 
 
-def test_auto_picks_bf16_only_where_the_cpu_has_it(tmp_path) -> None:
+def test_auto_picks_bf16_only_where_the_cpu_has_it_and_it_is_faster(tmp_path) -> None:
     native = _cpuinfo(tmp_path / "native", "avx512f avx512_bf16")
     plain = _cpuinfo(tmp_path / "plain", "avx512f avx512_vnni")
     assert cpu_has_bf16(native) and not cpu_has_bf16(plain)
-    assert resolve_precision("auto", "cpu", native) == "bf16"
-    assert resolve_precision("auto", "cpu", plain) == "fp32"
-    assert resolve_precision("bf16", "cpu", plain) == "bf16"  # asked for explicitly: emulated, but honoured
-    assert resolve_precision("fp32", "cpu", native) == "fp32"
-    assert resolve_precision("int8", "cpu", native) == "int8"  # never chosen by auto (no faster live p95), only asked
-    assert resolve_precision("auto", "cuda", native) == "fp32"  # a GPU is served by the exported engines
-    assert resolve_precision("auto", "cpu", tmp_path / "missing") == "fp32"  # no /proc/cpuinfo: the reference
+    probed = []
+
+    def fast() -> float:
+        probed.append("fast")
+        return 1.6  # as on a 2-core AMD EPYC (Zen 4)
+
+    def slow() -> float:
+        probed.append("slow")
+        return 0.5  # as on a 2-core Intel Xeon with AVX512-BF16 and no AMX: the flag alone would pick the slower one
+
+    assert resolve_precision("auto", "cpu", native, speedup=fast) == "bf16"
+    assert resolve_precision("auto", "cpu", native, speedup=slow) == "fp32"
+    assert resolve_precision("auto", "cpu", native, speedup=lambda: BF16_MIN_SPEEDUP - 0.01) == "fp32"
+    assert probed == ["fast", "slow"]
+    assert resolve_precision("auto", "cpu", plain, speedup=fast) == "fp32"  # emulated bf16: not even probed
+    assert resolve_precision("bf16", "cpu", plain, speedup=slow) == "bf16"  # asked for explicitly: honoured
+    assert resolve_precision("fp32", "cpu", native, speedup=fast) == "fp32"
+    assert resolve_precision("int8", "cpu", native, speedup=fast) == "int8"  # never chosen by auto, only asked
+    assert resolve_precision("auto", "cuda", native, speedup=fast) == "fp32"  # a GPU is served by the exported engines
+    assert resolve_precision("auto", "cpu", tmp_path / "missing", speedup=fast) == "fp32"  # no /proc/cpuinfo
+    assert probed == ["fast", "slow"]  # only "auto" on a CPU with native bf16 pays for the probe
     with pytest.raises(ValueError, match="llm_precision: expected one of auto, fp32, bf16, int8, got 'fp16'"):
         resolve_precision("fp16")
+
+
+def test_the_bf16_probe_times_real_matmuls_and_leaves_the_thread_setting() -> None:
+    before = torch.get_num_threads()
+    ratios = [bf16_speedup(rounds=3, reps=2) for _ in range(2)]
+    assert torch.get_num_threads() == before
+    assert all(0.05 < r < 20.0 for r in ratios), ratios  # a real fp32/bf16 time ratio, not a constant or a 0/0
+    if not cpu_has_bf16():  # emulated bf16 is always the slower one
+        assert all(r < 1.0 for r in ratios), ratios
 
 
 def test_bf16_and_int8_passes_run_on_one_thread_and_the_process_setting_comes_back() -> None:
@@ -105,8 +131,9 @@ def test_bf16_gives_the_fp32_labels_on_real_utterances() -> None:
     inputs = [e.input for e in examples]
     a, b = ref.score(inputs), low.score(inputs)
     decided = [i for i, p in enumerate(a) if p.decision_margin >= NEAR_TIE]
-    assert len(decided) >= 0.9 * len(a)  # near ties stay rare (3 of 56 here), so the comparison keeps its strength
+    assert len(decided) >= 0.75 * len(a)  # near ties stay a minority (10 of 56), so the comparison keeps its strength
     assert [a[i].emotion for i in decided] == [b[i].emotion for i in decided]
+    assert sum(p.emotion == q.emotion for p, q in zip(a, b)) >= 0.9 * len(a)  # near ties included
     assert [a[i].sentiment_label for i in decided] == [b[i].sentiment_label for i in decided]
     diff = max(abs(p.emotion_probs[k] - q.emotion_probs[k]) for p, q in zip(a, b) for k in p.emotion_probs)
     assert 0 < diff <= PROB_TOLERANCE

@@ -206,7 +206,7 @@ def test_speculative_end_of_utterance_gives_the_same_events(real_analyzer):
     assert counts["started"] == counts["used"] + counts["discarded"]
     assert context == context_plain
     # The two runs' prompt passes split differently between a kept context cache and the pass itself: fp32 gives
-    # the same numbers within float rounding; bf16 projections (the CLI's default on CPUs with native bf16) round
+    # the same numbers within float rounding; bf16 projections (the CLI's default on CPUs where native bf16 is faster) round
     # each projection's output to 8 bits of mantissa, so probabilities may move by a few thousandths.
     tol = 1e-6 if real_analyzer.predictor.llm_precision == "fp32" else 0.01
     for a, b in zip(plain, spec, strict=True):
