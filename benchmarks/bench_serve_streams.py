@@ -5,13 +5,15 @@ startup time to healthy, memory.
     python benchmarks/bench_serve_streams.py --url ws://host:8000/v1/stream   # an already running service
 
 Writes benchmarks/results/serve_streams.{json,md}. Each stream sends the same real recording (RAVDESS clips from
-different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames) at real-time pace. ``--offsets burst``
-(default) starts the streams of a level 0.25 s apart, so their utterances end almost together: the worst case, every
-stream wanting the models at once. ``--offsets spread`` starts them evenly over one utterance cycle (recording length
-/ utterances), as independent calls would arrive; ``--offsets burst,spread`` runs both. Latency is measured on the
-client: wall time the event arrived minus wall time the frame holding the reference end of speech of that
-utterance was sent (so it includes the VAD's end-of-speech hangover, recognition, batching and the model);
-``latency_ms`` as reported by the server (from the arrival of the utterance's last segment sample) is recorded too.
+different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames unless --frame-ms) at real-time pace.
+``--offsets burst`` (default) starts the streams of a level 0.25 s apart, so their utterances end almost together:
+the worst case, every stream wanting the models at once. ``--offsets spread`` starts them evenly over one utterance
+cycle (recording length / utterances), as independent calls would arrive; ``--offsets burst,spread`` runs both.
+Latency is measured on the client: wall time the event arrived minus wall time the frame holding the reference end of
+speech of that utterance was sent (so it includes the VAD's end-of-speech hangover, recognition, batching and the
+model); ``latency_ms`` as reported by the server (from the arrival of the utterance's last segment sample) is
+recorded too. The CPU time of each process role (ASR, ModelServer, Ingress, Serve's proxy, Ray's own processes, this
+client) over each level is recorded per utterance, so that where the cores go is visible next to the latency.
 An utterance is lost when a reference clip gets no utterance event overlapping it. The machine's load average is
 recorded: other processes on a 2-core machine skew it.
 """
@@ -39,7 +41,7 @@ for p in (ROOT, ROOT / "tests", ROOT / "benchmarks"):
 from bench_support import cpu_flag_table, cpu_model, percentile  # noqa: E402  (benchmarks/ is on the path above)
 
 SR = 16000
-FRAME = 1600
+FRAME = 1600  # samples per binary message (100 ms); --frame-ms changes it
 
 
 def recording(n_clips: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -125,13 +127,14 @@ def start_service(config: str, base: str) -> tuple[subprocess.Popen, float, dict
     raise RuntimeError("service not healthy after 300 s")
 
 
-async def one_stream(url: str, pcm: bytes, refs: list[tuple[float, float]], delay: float) -> dict:
+async def one_stream(url: str, pcm: bytes, refs: list[tuple[float, float]], delay: float,
+                     frame: int = FRAME) -> dict:
     from websockets.asyncio.client import connect
 
     await asyncio.sleep(delay)
     sent_at: list[float] = []  # wall time each frame was sent
     arrivals: list[tuple[float, dict]] = []
-    nbytes = FRAME * 2
+    nbytes = frame * 2
     async with connect(url, max_size=None) as ws:
         await ws.send(json.dumps({"type": "start", "sample_rate": SR, "sample_format": "int16", "language": "en"}))
 
@@ -157,8 +160,8 @@ async def one_stream(url: str, pcm: bytes, refs: list[tuple[float, float]], dela
             lost += 1
             continue
         t, e = match[-1]
-        frame = min(int(hi * SR) // FRAME, len(sent_at) - 1)
-        latencies.append((t - sent_at[frame]) * 1000)
+        i = min(int(hi * SR) // frame, len(sent_at) - 1)
+        latencies.append((t - sent_at[i]) * 1000)
         server_lat.append(e["latency_ms"])
     return {"latencies_ms": latencies, "server_latency_ms": server_lat, "lost": lost, "events": len(utts),
             "errors": errors}
@@ -173,9 +176,9 @@ def stream_offsets(kind: str, n: int, recording_s: float, utterances: int) -> li
     raise ValueError(f"--offsets: expected burst or spread, got {kind!r}")
 
 
-async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: str) -> dict:
+async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: str, frame: int = FRAME) -> dict:
     cpu0, t0 = cpu_by_role(), time.monotonic()
-    res = await asyncio.gather(*(one_stream(url, pcm, refs, d) for d in offsets))
+    res = await asyncio.gather(*(one_stream(url, pcm, refs, d, frame) for d in offsets))
     cpu1, wall = cpu_by_role(), time.monotonic() - t0
     lat = np.array([x for r in res for x in r["latencies_ms"]])
     srv = np.array([x for r in res for x in r["server_latency_ms"]])
@@ -199,6 +202,9 @@ def main() -> int:
     ap.add_argument("--streams", default="1,2,4,8")
     ap.add_argument("--clips", type=int, default=4, help="RAVDESS clips per recording")
     ap.add_argument("--offsets", default="burst", help="burst, spread or burst,spread (see the module docstring)")
+    ap.add_argument("--frame-ms", type=int, default=FRAME * 1000 // SR,
+                    help="audio per binary message (default 100 ms); each message costs the service a hop through "
+                         "Ray Serve's proxy, so this moves the CPU per utterance")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_streams"))
     a = ap.parse_args()
 
@@ -207,6 +213,7 @@ def main() -> int:
     result: dict = {"machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "cpu_flags": cpu_flag_table(),
                     "loadavg_before": os.getloadavg()[0],
                     "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config,
+                    "frame_ms": a.frame_ms,
                     "command": " ".join(["python benchmarks/bench_serve_streams.py", *sys.argv[1:]])}
     proc = None
     url = a.url or "ws://127.0.0.1:8000/v1/stream"
@@ -221,7 +228,7 @@ def main() -> int:
         for kind in a.offsets.split(","):
             for n in (int(s) for s in a.streams.split(",")):
                 offsets = stream_offsets(kind, n, len(x) / SR, len(refs))
-                r = asyncio.run(level(url, n, pcm, refs, offsets, kind))
+                r = asyncio.run(level(url, n, pcm, refs, offsets, kind, a.frame_ms * SR // 1000))
                 print(json.dumps(r), flush=True)
                 result["levels"].append(r)
         if proc is not None:
@@ -253,7 +260,7 @@ def main() -> int:
     head = (f"Serve streams benchmark ({result['machine']}: {flags}; load before {result['loadavg_before']:.1f}); "
             f"model {result.get('model_version', '-')}, LLM projections {result.get('llm_precision', '-')}; "
             f"recording {result['recording_s']} s with {len(refs)} "
-            "utterances per stream, real-time pace. "
+            f"utterances per stream, real-time pace, {a.frame_ms} ms of audio per message. "
             f"Startup to healthy: {result.get('startup_to_healthy_s', '-')} s; cluster PSS idle "
             f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "
             f"side, end of speech -> event; 'server' = the events' latency_ms, counted from when the stream's worker "

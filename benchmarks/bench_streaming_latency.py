@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
                          "values are compared side by side, one recognizer loaded per value, A / B / B / A")
     ap.add_argument("--llm-precision", nargs="+", choices=PRECISIONS, metavar="P",
                     help=f"number format of the LLM's projections ({', '.join(PRECISIONS)}; EGMFAnalyzerConfig."
-                         "llm_precision; default: the CLI's, auto = bf16 where the CPU has native bfloat16); two or "
-                         "more values are compared side by side, one model loaded per value, A / B / B / A")
+                         "llm_precision; default: the CLI's, auto = bf16 where the CPU has native bfloat16 and it "
+                         "measures faster, else fp32); two or more values are compared side by side, one model "
+                         "loaded per value, A / B / B / A")
     ap.add_argument("--llm-threads", nargs="+", type=int, metavar="N",
                     help="torch intra-op threads of the LLM's passes (EGMFPredictor.torch_threads; default: "
                          "precision.pass_threads, 1 for bf16 and int8); two or more values are compared side by side "

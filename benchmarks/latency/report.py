@@ -50,7 +50,8 @@ def _speculation_lines(res: dict[str, Any], f) -> list[str]:
                "carries (`folded K`: the K likeliest labels' by the auxiliary head and the prior); an answer pass "
                "runs when none of them held the answer; `asr threads N`: the recognizer on N CPU threads"
                + ("; `llm P`: the LLM's projections in number format P (`auto`: bf16 where the CPU has native "
-                  "bfloat16, else fp32; what it resolved to in brackets), one model loaded per format."
+                  "bfloat16 and a start-up probe finds it faster, else fp32; what it resolved to in brackets), one "
+                  "model loaded per format."
                   if sbs["labels"][0].startswith("llm") else ".")),
             "",
             f"| {'speculation' if by_speculation else 'run'} | utterances | latency p50 | latency p95 | wait p50 | "
