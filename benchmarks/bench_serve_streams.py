@@ -50,13 +50,17 @@ def recording(n_clips: int) -> tuple[np.ndarray, list[tuple[float, float]]]:
     return join_with_silence(ravdess_clips(n_clips, seed=11), gap_s=0.8)
 
 
+#: Pieces of the command lines of the service's processes: Ray's own, Serve's actors (`ray::...`) and `serve run`.
+SERVICE_PROCESS_KEYS = ("ray::", "raylet", "gcs_server", "serve run", "ray/_private", "default_worker", "dashboard")
+
+
 def cluster_pss_gib() -> float:
     import psutil
 
     total = 0
     for p in psutil.process_iter(["cmdline"]):
         cl = " ".join(p.info["cmdline"] or [])
-        if any(k in cl for k in ("ray::", "raylet", "gcs_server", "serve run", "ray/_private", "default_worker")):
+        if any(k in cl for k in SERVICE_PROCESS_KEYS):
             try:
                 total += p.memory_full_info().pss
             except (psutil.Error, OSError):
@@ -64,11 +68,10 @@ def cluster_pss_gib() -> float:
     return total / 2**30
 
 
-#: Process roles for the CPU accounting, by a piece of the process's command line (first match wins).
-CPU_ROLES = (("ASR", "ServeReplica:egmf:ASR"), ("ModelServer", "ServeReplica:egmf:ModelServer"),
-             ("Ingress", "ServeReplica:egmf:Ingress"), ("proxy", "ProxyActor"),
-             ("ray", ("ray::", "raylet", "gcs_server", "ray/_private", "default_worker", "serve run",
-                      "dashboard")))
+#: Process roles for the CPU accounting, by pieces of the process's command line (first match wins; "ray": every
+#: other process of the service).
+CPU_ROLES = (("ASR", ("ServeReplica:egmf:ASR",)), ("ModelServer", ("ServeReplica:egmf:ModelServer",)),
+             ("Ingress", ("ServeReplica:egmf:Ingress",)), ("proxy", ("ProxyActor",)), ("ray", SERVICE_PROCESS_KEYS))
 
 
 def cpu_by_role() -> dict[str, float]:
@@ -82,7 +85,7 @@ def cpu_by_role() -> dict[str, float]:
         if t is None:
             continue
         for role, keys in CPU_ROLES:
-            if any(k in cl for k in ((keys,) if isinstance(keys, str) else keys)):
+            if any(k in cl for k in keys):
                 out[role] += t.user + t.system
                 break
     own = psutil.Process().cpu_times()

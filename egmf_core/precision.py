@@ -76,8 +76,10 @@ _PROBE_SHAPES = ((64, 576, 1536), (64, 1536, 576), (64, 576, 576))
 def bf16_speedup(rounds: int = 5, reps: int = 4) -> float:
     """fp32 time / bf16 time of the probe matmuls (`_PROBE_SHAPES`) on ONE thread, as the bf16 passes run
     (`pass_threads`); > 1 means bf16 is faster here. Rounds alternate the two so that machine noise falls on both;
-    the median round counts. Imports torch (the rest of this module does not)."""
+    the median round counts. Imports torch (the rest of this module does not), hence the imports inside."""
     import torch
+
+    from .serving import intra_op_threads
 
     gen = torch.Generator().manual_seed(0)
     pairs = [(torch.randn(m, k, generator=gen), torch.randn(k, n, generator=gen)) for m, k, n in _PROBE_SHAPES]
@@ -91,13 +93,9 @@ def bf16_speedup(rounds: int = 5, reps: int = 4) -> float:
                 torch.matmul(x, w)
         return time.perf_counter() - t0
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with intra_op_threads(1):
         seconds(torch.float32), seconds(torch.bfloat16)  # warm-up: oneDNN builds its kernels on the first call
         ratios = sorted(seconds(torch.float32) / max(seconds(torch.bfloat16), 1e-9) for _ in range(rounds))
-    finally:
-        torch.set_num_threads(before)
     return ratios[len(ratios) // 2]
 
 
