@@ -14,7 +14,10 @@ projections transposed; int8 smoothed on its calibration call and checked: near-
 - the floor: each precision's plain-matmul throughput on these cores at the prompt pass's shapes (GFLOP/s), and the
   prompt pass's FLOPs at that rate, so the headroom left is visible.
 
-Results go to ``--out`` (.json + .md) with the CPU model and its bf16-related flags.
+Results go to ``--out`` (.json + .md) with the CPU model and its bf16- and int8-related flags.
+
+``--matmul-only`` measures the floor's matmul rates alone (fp32, bf16 and int8), loading only fp32: the evidence on
+a CPU where `egmf_core.precision` refuses bf16 or int8 (no native instructions).
 
 ``--fit-check`` instead chooses int8's check margin (`egmf_core.precision.INT8_CHECK_MARGIN`) on dev data (MELD dev,
 RAVDESS dev actors 11-12 as live cuts), never test: per candidate margin, the share of answers int8 alone gives
@@ -40,7 +43,7 @@ for p in (ROOT, ROOT / "benchmarks"):
 
 from bench_support import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
-from egmf_core.precision import BF16_FLAGS, cpu_flags  # noqa: E402
+from egmf_core.precision import BF16_FLAGS, INT8_FLAGS, cpu_flags  # noqa: E402
 from egmf_core.predictor import EGMFPredictor  # noqa: E402
 from egmf_core.research.eval_examples import dataset_examples  # noqa: E402
 from egmf_core.research.evaluate import predict_examples  # noqa: E402
@@ -55,7 +58,7 @@ def load(checkpoint: str, precision: str) -> EGMFPredictor:
     if precision == "int8-unchecked":
         return EGMFPredictor.load(checkpoint, device="cpu", llm_precision="int8", int8_check_margin=0.0)
     return EGMFPredictor.load(checkpoint, device="cpu", llm_precision=precision)
-MATMUL_FLAGS = sorted(BF16_FLAGS | {"avx512f", "avx512_vnni", "amx_tile", "amx_int8", "avx2"})
+MATMUL_FLAGS = sorted(BF16_FLAGS | INT8_FLAGS | {"avx512f", "amx_tile", "avx2"})
 
 
 def agreement(predictors: dict, examples: list, batch_size: int) -> dict:
@@ -211,24 +214,26 @@ def write_report(result: dict, out: Path) -> None:
             lines.append(f"{name}: int8-alone margins of the answers whose labels differ from fp32's: "
                          + ", ".join(f"{m:.3f}" for m in f["margins_of_changed_labels"]) + ".")
         lines.append("")
-    if "timing" not in result:
-        out.with_suffix(".md").write_text("\n".join(lines))
-        return
-    t = result["timing"]
-    lines += ["## Scoring pass per utterance (batch 1, interleaved)", "",
-              "| precision | n | p50 ms | p95 ms | mean ms | stages p50 ms |", "|---|---|---|---|---|---|"]
+    if "timing" in result:
+        lines += timing_lines(result["timing"], precisions)
+    if "floor" in result:
+        f = result["floor"]
+        lines += [f"## Floor: the decoder projections of a {f['tokens']}-token prompt pass "
+                  f"({f['projection_gflop']:.1f} GFLOP) at the plain-matmul rate of these cores", "",
+                  "| precision | plain matmul GFLOP/s (int8: GOP/s) | projections at that rate, ms |", "|---|---|---|"]
+        lines += [f"| {p} | {f[p]['gflops']:.1f} | {f[p]['projections_floor_ms']:.1f} |" for p in PRECISIONS if p in f]
+        lines.append("")
+    out.with_suffix(".md").write_text("\n".join(lines))
+
+
+def timing_lines(t: dict, precisions: list[str]) -> list[str]:
+    lines = ["## Scoring pass per utterance (batch 1, interleaved)", "",
+             "| precision | n | p50 ms | p95 ms | mean ms | stages p50 ms |", "|---|---|---|---|---|---|"]
     lines += [f"| {p} | {t[p]['n']} | {t[p]['p50_ms']:.1f} | {t[p]['p95_ms']:.1f} | {t[p]['mean_ms']:.1f} | "
               + ", ".join(f"{k} {v:.1f}" for k, v in t[p]["stage_p50_ms"].items()) + " |" for p in precisions]
     lines += [""] + [f"{p} is {r['p50']:.2f}x as fast as fp32 at p50, {r['p95']:.2f}x at p95, {r['mean']:.2f}x in "
                      "the mean." for p, r in t["speedup"].items()]
-    lines += [f"Median prompt pass: {t['encoded_tokens_p50']} encoded tokens.", ""]
-    f = result["floor"]
-    lines += [f"## Floor: the decoder projections of a {f['tokens']}-token prompt pass ({f['projection_gflop']:.1f} "
-              "GFLOP) at the plain-matmul rate of these cores", "",
-              "| precision | plain matmul GFLOP/s (int8: GOP/s) | projections at that rate, ms |", "|---|---|---|"]
-    lines += [f"| {p} | {f[p]['gflops']:.1f} | {f[p]['projections_floor_ms']:.1f} |" for p in precisions if p in f]
-    lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines))
+    return lines + [f"Median prompt pass: {t['encoded_tokens_p50']} encoded tokens.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the service's ModelServer uses 1)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--timing-only", action="store_true", help="skip the agreement sets")
+    ap.add_argument("--matmul-only", action="store_true",
+                    help="only the plain-matmul rate of every format at a 64-token prompt's projection shapes (loads "
+                         "fp32 alone: for a CPU where bf16 or int8 are refused)")
     ap.add_argument("--fit-check", action="store_true",
                     help="only tabulate int8's check margin on dev data (MELD dev, RAVDESS dev live cuts)")
     ap.add_argument("--out", default="benchmarks/results/llm_precision")
@@ -250,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.fit_check:
         args.precisions = ["int8-unchecked"]
-    precisions = ("fp32",) + tuple(p for p in PRECISIONS if p in args.precisions and p != "fp32")
+    precisions = ("fp32",) + tuple(p for p in PRECISIONS if p in args.precisions and p != "fp32"
+                                   and not args.matmul_only)
     predictors = {p: load(args.checkpoint, p) for p in precisions}
     ref = predictors["fp32"].model
     result: dict = {
@@ -265,6 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         sets = {f"MELD dev (first {args.meld})": dataset_examples(ref, "meld", "dev", args.meld),
                 "RAVDESS dev actors 11-12, live cuts": dataset_examples(ref, "ravdess", "dev", audio_view="live")}
         result["fit_check"] = fit_check(predictors, sets, args.batch_size)
+        write_report(result, Path(args.out))
+        print(Path(args.out).with_suffix(".md").read_text())
+        return 0
+    if args.matmul_only:
+        result["floor"] = matmul_floor(ref, 64, ("fp32", "bf16", "int8"), repeats=3)
         write_report(result, Path(args.out))
         print(Path(args.out).with_suffix(".md").read_text())
         return 0

@@ -42,7 +42,7 @@ class AppArgs(BaseModel):
     device: str | None = None
     torch_threads: int = 1
     #: Number format of the LLM's matmuls on CPU (egmf_core.precision): "auto" = bfloat16 where the CPU has
-    #: AVX512-BF16/AMX and a start-up probe finds a bf16 matmul faster, else fp32 (the reference); "fp32"; "bf16"; "int8" (fastest without native bf16; near ties re-scored in fp32, labels >= 99 % fp32's).
+    #: AVX512-BF16/AMX and a start-up probe finds a bf16 matmul faster, else fp32 (the reference); "fp32"; "bf16"; "int8" (fastest with VNNI and no native bf16; near ties re-scored in fp32, labels >= 99 % fp32's). bf16 and int8 are refused (the replica does not start, the error says why) on a CPU without their instructions.
     llm_precision: LlmPrecision = "auto"
     whisper_model_path: str | None = None
     asr_cpu_threads: int = 1

@@ -8,19 +8,26 @@ stay fp32, which keeps the answers those of the fp32 reference (`benchmarks/benc
 agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
 
 - ``"fp32"``: the reference; training and evaluation always use it.
-- ``"bf16"``: bfloat16 projections, whatever the CPU (slow where emulated: for checks, not for serving).
+- ``"bf16"``: bfloat16 projections, on a CPU with native bf16 dot products (`BF16_FLAGS`); for checks or by
+  choice (on a 2-core Intel Xeon with AVX512-BF16 they are slower than fp32, see "auto").
 - ``"int8"``: int8 projections (`serving.Int8Linear`: per-channel weights, per-token inputs, smoothed on a short
   calibration call at load), the fastest on CPUs without native bf16. Alone it is not exact: its labels differ from
   fp32's on a few percent of utterances, all of them near ties. So it is checked: an answer whose closest decision is
   a logit gap under `INT8_CHECK_MARGIN` is re-scored with the projections' fp32 copies, kept beside the int8 ones
   (`EGMFPredictor.score`), which brings the labels to fp32's on >= 99 % of utterances at the cost of a second pass
-  for the near ties (`benchmarks/results/llm_precision_int8_checked.md`). Only a user who asks gets it.
+  for the near ties (`benchmarks/results/llm_precision_int8_checked.md`). Only a user who asks gets it, and only on a
+  CPU with native int8 dot products (`INT8_FLAGS`).
 - ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16 *and* a bf16 matmul at the prompt pass's shapes is
   measurably faster than fp32's on this machine (`bf16_speedup`, timed once at load, ~0.1 s), else fp32. What the
   CLI and the service use. The flags alone are not enough: on a 2-core Intel Xeon with AVX512-BF16 (no AMX) oneDNN's
   bf16 matmul ran at 75 GFLOP/s against fp32's 156, and "bf16 because the flag is there" made the service's 16
   streams fall 17 s behind (`benchmarks/results/llm_precision_xeon.md`), while on a 2-core AMD EPYC (Zen 4) bf16 is
   the faster one.
+
+bf16 or int8 asked for on a CPU without the instructions is refused with an error that says so, not run: torch then
+falls back to generic kernels, and on a 2-core AMD EPYC with AVX2 only (no AVX512, no VNNI) a bf16 or int8 matmul at
+the prompt pass's shapes ran at 1-2 GFLOP/s against fp32's 60-79, a prompt pass of ~10 s instead of ~0.3 s
+(`benchmarks/results/llm_precision_avx2.md`).
 """
 
 from __future__ import annotations
@@ -31,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "pass_threads",
-           "resolve_precision"]
+__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "cpu_has_int8",
+           "pass_threads", "resolve_precision"]
 
 log = logging.getLogger("egmf_core.precision")
 
@@ -45,6 +52,9 @@ INT8_CHECK_MARGIN = 0.75
 
 #: /proc/cpuinfo flags of native bfloat16 dot products (Intel Cooper Lake+/Sapphire Rapids+, AMD Zen 4+).
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+#: /proc/cpuinfo flags of native int8 dot products (VNNI: Intel Cascade Lake+/Alder Lake+, AMD Zen 4+), which
+#: `torch._int_mm` (oneDNN) needs to be fast.
+INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -62,6 +72,10 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool(BF16_FLAGS & cpu_flags(cpuinfo))
+
+
+def cpu_has_int8(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    return bool(INT8_FLAGS & cpu_flags(cpuinfo))
 
 
 #: "auto" takes bf16 only when its probe matmuls run at least this much faster than fp32's: a margin for the probe's
@@ -115,7 +129,7 @@ def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | P
     """The precision to run: ``requested`` with ``"auto"`` decided by the CPU: bf16 where it has native bf16 and
     ``speedup()`` (fp32 time / bf16 time, measured) is at least `BF16_MIN_SPEEDUP`, else fp32. Off the CPU
     (``device_type`` "cuda") the LLM keeps its fp32 weights here: a GPU is served by the exported engines
-    (`python -m export`).
+    (`python -m export`). An explicit bf16 or int8 on a CPU without its native instructions raises ValueError.
 
     No torch import at module level: the streaming layer validates its configuration with this module before loading
     models (only the "auto" probe imports it)."""
@@ -131,4 +145,10 @@ def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | P
         log.info("llm_precision auto: bf16 matmul %.2fx fp32's on this CPU (needs %.2fx) -> %s", ratio,
                  BF16_MIN_SPEEDUP, choice)
         return choice
+    native = {"bf16": BF16_FLAGS, "int8": INT8_FLAGS}.get(requested)
+    if native is not None and not native & cpu_flags(cpuinfo):
+        raise ValueError(
+            f"llm_precision: {requested} needs a CPU with native {requested} dot products "
+            f"({' or '.join(sorted(native))} in /proc/cpuinfo) and this one has none: torch would emulate them at a few "
+            f"percent of fp32's speed (~10 s per utterance); use auto or fp32")
     return requested  # type: ignore[return-value]
