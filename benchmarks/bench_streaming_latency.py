@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                          "loaded per value, A / B / B / A")
     ap.add_argument("--llm-threads", nargs="+", type=int, metavar="N",
                     help="torch intra-op threads of the LLM's passes (EGMFPredictor.torch_threads; default: "
-                         "precision.pass_threads, 1 for bf16 and int8); two or more values are compared side by side "
-                         "on one loaded model, A / B / B / A")
+                         "precision.pass_threads: 1 for bf16 and int8, every core but one for fp32); two or more "
+                         "values are compared side by side on one loaded model, A / B / B / A")
     ap.add_argument("--out", help="results folder (default benchmarks/results; --quick: a temporary folder)")
     a = ap.parse_args(argv)
     import logging

@@ -33,6 +33,7 @@ the prompt pass's shapes ran at 1-2 GFLOP/s against fp32's 60-79, a prompt pass 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -113,15 +114,27 @@ def bf16_speedup(rounds: int = 5, reps: int = 4) -> float:
     return ratios[len(ratios) // 2]
 
 
-def pass_threads(precision: str) -> int | None:
-    """How many intra-op threads the LLM's passes should run on in this precision: 1 for bf16 and int8, None (the
-    process's setting) for fp32. A live prompt pass is ~30-75 new ids over a cached context: with bf16 or int8
-    projections its matmuls are short, and on two threads the pass is dominated by OpenMP's hand-offs around each of
-    the ~4,000 small operations (once one crosses torch's grain size it goes parallel: int8's quantize-and-rescale ops
-    at 57+ rows of 576 channels). Measured on a 2-core EPYC, 3-turn cached context, 26-50 new ids
-    (`benchmarks/bench_prompt_pass_threads.py`): int8 86-109 ms on one thread vs 111-193 on two; bf16 119-154 vs
-    111-164 (one thread wins from 39 ids on); fp32 184-235 vs 155-208, the only one that gains from the second core."""
-    return 1 if precision in ("bf16", "int8") else None
+def pass_threads(precision: str, cores: int | None = None) -> int:
+    """How many intra-op threads the live LLM passes should run on in this precision (``cores``: the CPUs this
+    process may use, default its affinity): 1 for bf16 and int8; for fp32 every core but one, which stays with the
+    recognizer, the VAD and the background KV priming that run beside the pass (1 on two cores).
+
+    A live prompt pass is ~30-75 new ids over a cached context. With bf16 or int8 projections its matmuls are short,
+    and on two threads the pass is dominated by OpenMP's hand-offs around each of the ~4,000 small operations (once
+    one crosses torch's grain size it goes parallel: int8's quantize-and-rescale ops at 57+ rows of 576 channels).
+    Measured on a 2-core EPYC, 3-turn cached context, 26-50 new ids (`benchmarks/bench_prompt_pass_threads.py`):
+    int8 86-109 ms on one thread vs 111-193 on two; bf16 119-154 vs 111-164 (one thread wins from 39 ids on). fp32
+    alone on an idle machine gains from the second core there (184-235 vs 155-208), but on the live path, beside the
+    recognizer, it does not: one stream end of speech -> event p50 / p95 on one vs two threads 647 / 838 vs 746 / 1416
+    ms on a 2-core AMD EPYC with AVX2 only (`benchmarks/results/streaming_latency_avx2`), 394 / 474 vs 421 / 485 ms on
+    a 2-core Intel Xeon (`streaming_latency_xeon_fp32_threads`), where two threads also gave the multi-second tails.
+    Machines with more cores were not measured; batched evaluation (`EGMFModel.score` directly) keeps the process's
+    setting."""
+    if precision in ("bf16", "int8"):
+        return 1
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | Path = "/proc/cpuinfo",

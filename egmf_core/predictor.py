@@ -72,8 +72,8 @@ class EGMFPredictor:
         self.int8_check_margin = int8_check_margin if model.has_reference_precision else 0.0
         #: Rows scored, and rows the int8 check re-scored in fp32, since load.
         self.check_counts = {"scored": 0, "rescored": 0}
-        #: torch intra-op threads of this predictor's passes (`precision.pass_threads`: 1 for bf16 and int8 on CPU);
-        #: None: the process's setting.
+        #: torch intra-op threads of this predictor's passes (`precision.pass_threads`: 1 for bf16 and int8 on CPU,
+        #: every core but one for fp32); None: the process's setting (a GPU).
         self.torch_threads = pass_threads(llm_precision) if model.device.type == "cpu" else None
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
         # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
@@ -218,8 +218,8 @@ class EGMFPredictor:
         under `int8_check_margin`) are scored again with the projections' fp32 copies, and that answer is the one
         returned: int8's rounding moves near-tie answers, and only those, so the labels are fp32's wherever int8
         could have changed them (`benchmarks/results/llm_precision_int8_checked.md`). Their `timings_ms` add
-        "int8_check": the fp32 pass's time. Passes run on `torch_threads` intra-op threads (the fp32 re-score on
-        the process's: fp32 gains from every core)."""
+        "int8_check": the fp32 pass's time. Passes run on `torch_threads` intra-op threads (the fp32 re-score, a
+        batch of the near ties, on the process's)."""
         with self._lock:
             with intra_op_threads(self.torch_threads):
                 preds = self.model.score(inputs)

@@ -5,6 +5,8 @@ near ties exactly as fp32 does."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +86,9 @@ def test_the_bf16_probe_times_real_matmuls_and_leaves_the_thread_setting() -> No
 
 
 def test_bf16_and_int8_passes_run_on_one_thread_and_the_process_setting_comes_back() -> None:
-    assert (pass_threads("bf16"), pass_threads("int8"), pass_threads("fp32")) == (1, 1, None)
+    assert (pass_threads("bf16", 8), pass_threads("int8", 2), pass_threads("fp32", 2)) == (1, 1, 1)
+    assert (pass_threads("fp32", 8), pass_threads("fp32", 1)) == (7, 1)  # one core stays with the recognizer
+    assert 1 <= pass_threads("fp32") <= max(1, (os.cpu_count() or 1) - 1)
     before = torch.get_num_threads()
     with intra_op_threads(1):
         assert torch.get_num_threads() == 1
@@ -140,7 +144,7 @@ def test_bf16_gives_the_fp32_labels_on_real_utterances() -> None:
     ref = EGMFPredictor.load("default", device="cpu", llm_precision="fp32")
     low = EGMFPredictor.load("default", device="cpu", llm_precision="bf16")
     assert (ref.llm_precision, low.llm_precision) == ("fp32", "bf16")
-    assert (ref.torch_threads, low.torch_threads) == (None, 1)
+    assert (ref.torch_threads, low.torch_threads) == (pass_threads("fp32"), 1)
     assert ref.version == low.version  # the same checkpoint: precision is reported apart (health, logs)
     examples = (dataset_examples(ref.model, "meld", "test", limit=40)
                 + dataset_examples(ref.model, "ravdess", "test", limit=16, audio_view="live"))
