@@ -73,8 +73,10 @@ class EGMFPredictor:
         #: Rows scored, and rows the int8 check re-scored in fp32, since load.
         self.check_counts = {"scored": 0, "rescored": 0}
         #: torch intra-op threads of this predictor's passes (`precision.pass_threads`: 1 for bf16 and int8 on CPU,
-        #: every core but one for fp32); None: the process's setting (a GPU).
-        self.torch_threads = pass_threads(llm_precision) if model.device.type == "cpu" else None
+        #: every core but one for fp32), never more than the process's setting (the service's `torch_threads`);
+        #: None: the process's setting (a GPU).
+        self.torch_threads = (min(pass_threads(llm_precision), torch.get_num_threads())
+                              if model.device.type == "cpu" else None)
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for one model
         # One background thread computes committed contexts' KV caches, where the layout lets later prompts reuse them.
         self._primer = (ThreadPoolExecutor(1, thread_name_prefix="egmf-prime")
