@@ -45,7 +45,8 @@ from deploy.remote_analyzer import RemoteAnalyzer, ServiceFailure, new_history
 from deploy.replicas import ASR, ModelServer
 from deploy.resume import StreamRecord
 from deploy.session import CLOSE_POLICY, CLOSE_TRY_AGAIN, run_stream
-from deploy.settings import AppArgs, Timeouts, check_exposure, check_language, origin_allowed, serve_http_host, token_ok
+from deploy.settings import (AppArgs, Timeouts, check_exposure, check_language, check_precision, origin_allowed,
+                             serve_http_host, single_node, token_ok)
 from deploy.start import StartError, parse_start
 from streaming.events import ErrorEvent
 from streaming.face import FaceModel
@@ -350,6 +351,8 @@ def app(args: dict[str, Any] | None = None) -> serve.Application:
     host = serve_http_host()  # `serve run` starts Serve with the config's http_options before building
     if host is not None:
         check_exposure(host, a)  # fail before any model is loaded
+    if single_node():
+        check_precision(a)  # likewise, where the model replicas run on this machine
     from egmf_core.checkpoint import read_metadata, resolve
 
     model_cfg, _ = read_metadata(resolve(a.checkpoint))  # the recognizer normalizes audio as the model was trained

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from deploy.protocol import InputLimits, VideoLimits
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
-from egmf_core.precision import LlmPrecision
+from egmf_core.precision import LlmPrecision, resolve_precision
 from streaming.sources.pcm import MIN_PCM_RATE
 
 log = logging.getLogger("deploy")
@@ -42,7 +42,7 @@ class AppArgs(BaseModel):
     device: str | None = None
     torch_threads: int = 1
     #: Number format of the LLM's matmuls on CPU (egmf_core.precision): "auto" = bfloat16 where the CPU has
-    #: AVX512-BF16/AMX and a start-up probe finds a bf16 matmul faster, else fp32 (the reference); "fp32"; "bf16"; "int8" (fastest with VNNI and no native bf16; near ties re-scored in fp32, labels >= 99 % fp32's). bf16 and int8 are refused (the replica does not start, the error says why) on a CPU without their instructions.
+    #: AVX512-BF16/AMX and a start-up probe finds a bf16 matmul faster, else fp32 (the reference); "fp32"; "bf16"; "int8" (fastest with VNNI and no native bf16; near ties re-scored in fp32, labels >= 99 % fp32's). bf16 and int8 are refused on a CPU without their instructions: the app fails to deploy, before any model loads, with an error that says why (`check_precision`).
     llm_precision: LlmPrecision = "auto"
     whisper_model_path: str | None = None
     asr_cpu_threads: int = 1
@@ -176,6 +176,29 @@ def check_exposure(host: str, args: AppArgs) -> None:
     raise ValueError(f"refusing to start: http_options.host is {host!r}, which is not a loopback address, and no "
                      "auth_token is set. Set args.auth_token (clients then send it), or args.auth: none to serve "
                      "without authentication on purpose")
+
+
+def check_precision(args: AppArgs, cpuinfo: str = "/proc/cpuinfo") -> None:
+    """Refuse an explicit ``llm_precision`` (bf16, int8) that this machine's CPU would only emulate, before any
+    model is loaded (`egmf_core.precision.resolve_precision` raises ValueError naming the missing flags): the app's
+    deployment fails at once with that error in `serve run`'s output, instead of the ASR and Ingress starting and the
+    ModelServer failing three times after loading the checkpoint. For a single-node cluster (`single_node`): where
+    nodes differ, the builder may run on any of them, and the model replica's own check is the one that counts."""
+    if args.llm_precision not in ("bf16", "int8"):
+        return
+    device = args.device
+    if device is None:  # the replica's default: CUDA where there is one
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolve_precision(args.llm_precision, "cpu" if device.startswith("cpu") else "cuda", cpuinfo)
+
+
+def single_node() -> bool:
+    """Whether Ray runs here on one node only (so this machine's CPU is the model replicas' CPU)."""
+    import ray
+
+    return ray.is_initialized() and sum(1 for n in ray.nodes() if n.get("Alive")) == 1
 
 
 def serve_http_host() -> str | None:

@@ -11,7 +11,7 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
 - ``"bf16"``: bfloat16 projections, on a CPU with native bf16 dot products (`BF16_FLAGS`); for checks or by
   choice (on a 2-core Intel Xeon with AVX512-BF16 they are slower than fp32, see "auto").
 - ``"int8"``: int8 projections (`serving.Int8Linear`: per-channel weights, per-token inputs, smoothed on a short
-  calibration call at load), the fastest on CPUs without native bf16. Alone it is not exact: its labels differ from
+  calibration call at load), the fastest on CPUs with VNNI but without native bf16. Alone it is not exact: its labels differ from
   fp32's on a few percent of utterances, all of them near ties. So it is checked: an answer whose closest decision is
   a logit gap under `INT8_CHECK_MARGIN` is re-scored with the projections' fp32 copies, kept beside the int8 ones
   (`EGMFPredictor.score`), which brings the labels to fp32's on >= 99 % of utterances at the cost of a second pass
@@ -26,7 +26,7 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
 
 bf16 or int8 asked for on a CPU without the instructions is refused with an error that says so, not run: torch then
 falls back to generic kernels, and on a 2-core AMD EPYC with AVX2 only (no AVX512, no VNNI) a bf16 or int8 matmul at
-the prompt pass's shapes ran at 1-2 GFLOP/s against fp32's 60-79, a prompt pass of ~10 s instead of ~0.3 s
+the prompt pass's shapes ran at 1.4-1.5 GFLOP/s against fp32's 57-70, a prompt pass of ~10 s instead of ~0.3 s
 (`benchmarks/results/llm_precision_avx2.md`).
 """
 

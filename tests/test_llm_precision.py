@@ -74,6 +74,13 @@ def test_bf16_and_int8_are_refused_where_the_cpu_would_emulate_them(tmp_path) ->
             resolve_precision(precision, "cpu", cpuinfo)
     assert resolve_precision("auto", "cpu", avx2) == resolve_precision("fp32", "cpu", avx2) == "fp32"
     assert resolve_precision("int8", "cuda", avx2) == "fp32"  # a GPU keeps fp32 here: nothing is emulated
+    from deploy.settings import AppArgs, check_precision  # the service refuses before loading any model
+
+    with pytest.raises(ValueError, match="llm_precision: int8 needs a CPU"):
+        check_precision(AppArgs(llm_precision="int8", device="cpu"), str(avx2))
+    check_precision(AppArgs(llm_precision="int8", device="cpu"), str(plain))
+    check_precision(AppArgs(llm_precision="int8", device="cuda"), str(avx2))
+    check_precision(AppArgs(llm_precision="auto", device="cpu"), str(avx2))  # auto decides at load, never refused
 
 
 def test_the_bf16_probe_times_real_matmuls_and_leaves_the_thread_setting() -> None:
