@@ -41,9 +41,8 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_support import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import CPU_FLAGS, cpu_flag_table, cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
-from egmf_core.precision import BF16_FLAGS, INT8_FLAGS, cpu_flags  # noqa: E402
 from egmf_core.predictor import EGMFPredictor  # noqa: E402
 from egmf_core.research.eval_examples import dataset_examples  # noqa: E402
 from egmf_core.research.evaluate import predict_examples  # noqa: E402
@@ -58,7 +57,6 @@ def load(checkpoint: str, precision: str) -> EGMFPredictor:
     if precision == "int8-unchecked":
         return EGMFPredictor.load(checkpoint, device="cpu", llm_precision="int8", int8_check_margin=0.0)
     return EGMFPredictor.load(checkpoint, device="cpu", llm_precision=precision)
-MATMUL_FLAGS = sorted(BF16_FLAGS | INT8_FLAGS | {"avx512f", "amx_tile", "avx2"})
 
 
 def agreement(predictors: dict, examples: list, batch_size: int) -> dict:
@@ -178,7 +176,7 @@ def write_report(result: dict, out: Path) -> None:
              else "LLM projections: bfloat16 and int8 vs fp32 (CPU)")
     lines = [f"# {title}", "",
              f"`{result['command']}` on {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; "
-             f"flags: {', '.join(m['flags']) or 'none of ' + ', '.join(MATMUL_FLAGS)}; {result['date']}; "
+             f"flags: {', '.join(m['flags']) or 'none of ' + ', '.join(CPU_FLAGS)}; {result['date']}; "
              f"model {result['model']}. Every precision loaded once, in one process.", ""]
     if result.get("agreement"):
         lines += ["## Agreement with fp32", "",
@@ -267,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": predictors["fp32"].version,
         "precisions": list(precisions),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads,
-                    "flags": sorted(set(MATMUL_FLAGS) & cpu_flags()), "loadavg_before": os.getloadavg()[0]},
+                    "flags": [f for f, have in cpu_flag_table().items() if have], "loadavg_before": os.getloadavg()[0]},
         "agreement": {},
     }
     if args.fit_check:

@@ -29,9 +29,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_support import cpu_model  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import cpu_flag_table, cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
-from egmf_core.precision import BF16_FLAGS, INT8_FLAGS, cpu_flags, cpu_has_int8  # noqa: E402
+from egmf_core.precision import cpu_has_int8  # noqa: E402
 
 #: (rows, in, out): a live prompt pass's ~64 new rows through the q/o (576x576), gate/up (576x1536) and down
 #: (1536x576) projections of SmolLM2-135M.
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": "python benchmarks/bench_matmul_backends.py " + " ".join(argv if argv is not None
                                                                                   else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_model(),
-              "cores": os.cpu_count(), "flags": sorted((BF16_FLAGS | INT8_FLAGS | {"avx512f", "avx2"}) & cpu_flags()),
+              "cores": os.cpu_count(), "flags": [f for f, have in cpu_flag_table().items() if have],
               "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "repeats": args.repeats,
               **measure(args.repeats)}
     write_report(result, Path(args.out))

@@ -32,7 +32,7 @@ def cpu_model() -> str:
 
 #: The CPU features the LLM's number format and the matmul speed depend on (``egmf_core.precision``), reported by
 #: every benchmark whose numbers they move.
-CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx512f", "avx2")
+CPU_FLAGS = ("avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
 
 
 def cpu_flag_table() -> dict[str, bool]:

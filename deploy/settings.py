@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from deploy.protocol import InputLimits, VideoLimits
 from egmf_core.features.live_cut import LIVE_WINDOW_S, TRAINING_FRAME_S
-from egmf_core.precision import LlmPrecision, resolve_precision
+from egmf_core.precision import NATIVE_FLAGS, LlmPrecision, resolve_precision
 from streaming.sources.pcm import MIN_PCM_RATE
 
 log = logging.getLogger("deploy")
@@ -184,7 +184,7 @@ def check_precision(args: AppArgs, cpuinfo: str = "/proc/cpuinfo") -> None:
     deployment fails at once with that error in `serve run`'s output, instead of the ASR and Ingress starting and the
     ModelServer failing three times after loading the checkpoint. For a single-node cluster (`single_node`): where
     nodes differ, the builder may run on any of them, and the model replica's own check is the one that counts."""
-    if args.llm_precision not in ("bf16", "int8"):
+    if args.llm_precision not in NATIVE_FLAGS:
         return
     device = args.device
     if device is None:  # the replica's default: CUDA where there is one

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "cpu_has_int8",
+__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "cpu_has_int8", "cpu_has_native",
            "pass_threads", "resolve_precision"]
 
 log = logging.getLogger("egmf_core.precision")
@@ -56,6 +56,8 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: /proc/cpuinfo flags of native int8 dot products (VNNI: Intel Cascade Lake+/Alder Lake+, AMD Zen 4+), which
 #: `torch._int_mm` (oneDNN) needs to be fast.
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: The formats that need the CPU's own instructions, and the flags of those.
+NATIVE_FLAGS = {"bf16": BF16_FLAGS, "int8": INT8_FLAGS}
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -71,12 +73,17 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     return frozenset()
 
 
+def cpu_has_native(precision: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU runs `precision` ("bf16", "int8") with its own dot-product instructions (`NATIVE_FLAGS`)."""
+    return bool(NATIVE_FLAGS[precision] & cpu_flags(cpuinfo))
+
+
 def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    return bool(BF16_FLAGS & cpu_flags(cpuinfo))
+    return cpu_has_native("bf16", cpuinfo)
 
 
 def cpu_has_int8(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    return bool(INT8_FLAGS & cpu_flags(cpuinfo))
+    return cpu_has_native("int8", cpuinfo)
 
 
 #: "auto" takes bf16 only when its probe matmuls run at least this much faster than fp32's: a margin for the probe's
@@ -151,17 +158,16 @@ def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | P
     if device_type != "cpu":
         return "fp32"
     if requested == "auto":
-        if not cpu_has_bf16(cpuinfo):
+        if not cpu_has_native("bf16", cpuinfo):
             return "fp32"  # bf16 would be emulated: always slower
         ratio = speedup()
         choice: Literal["fp32", "bf16"] = "bf16" if ratio >= BF16_MIN_SPEEDUP else "fp32"
         log.info("llm_precision auto: bf16 matmul %.2fx fp32's on this CPU (needs %.2fx) -> %s", ratio,
                  BF16_MIN_SPEEDUP, choice)
         return choice
-    native = {"bf16": BF16_FLAGS, "int8": INT8_FLAGS}.get(requested)
-    if native is not None and not native & cpu_flags(cpuinfo):
+    if requested in NATIVE_FLAGS and not cpu_has_native(requested, cpuinfo):
         raise ValueError(
             f"llm_precision: {requested} needs a CPU with native {requested} dot products "
-            f"({' or '.join(sorted(native))} in /proc/cpuinfo) and this one has none: torch would emulate them at a few "
+            f"({' or '.join(sorted(NATIVE_FLAGS[requested]))} in /proc/cpuinfo) and this one has none: torch would emulate them at a few "
             f"percent of fp32's speed (~10 s per utterance); use auto or fp32")
     return requested  # type: ignore[return-value]
