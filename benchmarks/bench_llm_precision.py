@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,10 @@ for p in (ROOT, ROOT / "benchmarks"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-from bench_support import CPU_FLAGS, cpu_flag_table, cpu_model  # noqa: E402  (benchmarks/ is on the path above)
+from bench_matmul_backends import int8_product  # noqa: E402  (benchmarks/ is on the path above)
+from bench_support import CPU_FLAGS, cpu_flag_table, cpu_model  # noqa: E402
 
+from egmf_core.precision import int8_kernel  # noqa: E402
 from egmf_core.predictor import EGMFPredictor  # noqa: E402
 from egmf_core.research.eval_examples import dataset_examples  # noqa: E402
 from egmf_core.research.evaluate import predict_examples  # noqa: E402
@@ -142,8 +145,9 @@ def timing(predictors: dict, examples: list, repeats: int) -> dict:
 
 
 def matmul_floor(model, tokens: int, precisions: tuple[str, ...], repeats: int = 20) -> dict:
-    """Plain-matmul GFLOP/s (int8: GOP/s of ``torch._int_mm``) per precision at the decoder's projection shapes for
-    a `tokens`-row prompt, and the projections' time at that rate: the floor of a prompt pass of that length."""
+    """Plain-matmul GFLOP/s (int8: GOP/s of the int8 kernel this CPU runs, `egmf_core.precision.int8_kernel`) per
+    precision at the decoder's projection shapes for a `tokens`-row prompt, and the projections' time at that rate:
+    the floor of a prompt pass of that length."""
     cfg = model.llm.config
     d, f, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
@@ -153,14 +157,17 @@ def matmul_floor(model, tokens: int, precisions: tuple[str, ...], repeats: int =
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}
     for name in precisions:
         dtype = dtypes[name]
-        matmul = torch._int_mm if dtype == torch.int8 else torch.matmul
         mats = [(torch.randn(tokens, i).mul(20).to(dtype), torch.randn(i, o).mul(20).to(dtype)) for i, o in shapes]
-        for x, w in mats:
-            matmul(x, w)
+        if dtype == torch.int8 and int8_kernel() == "onnxruntime":
+            calls = [partial(int8_product(w.numpy()), x.numpy()) for x, w in mats]
+        else:
+            calls = [partial(torch._int_mm if dtype == torch.int8 else torch.matmul, x, w) for x, w in mats]
+        for call in calls:
+            call()
         t0 = time.perf_counter()
         for _ in range(repeats):
-            for x, w in mats:
-                matmul(x, w)
+            for call in calls:
+                call()
         seconds = (time.perf_counter() - t0) / repeats
         gflops = 2 * tokens * sum(i * o for i, o in shapes) / seconds / 1e9
         out[name] = {"gflops": gflops, "projections_floor_ms": flops / (gflops * 1e9) * 1000}

@@ -8,7 +8,10 @@ projection shapes (a 64-row live prompt pass; hidden 576, MLP 1536) on ONE threa
 - torch fp32 (`torch.matmul`, oneDNN/MKL: what the LLM runs today),
 - torch int8 (`torch._int_mm`) where the CPU has VNNI, else skipped (emulated, ~1.5 GOP/s),
 - onnxruntime fp32 (`MatMul`, MLAS),
-- onnxruntime int8 (`quantize_dynamic`: int8 weights, inputs quantized per call; `MatMulInteger` + rescale, MLAS).
+- onnxruntime int8 (`quantize_dynamic`: int8 weights, inputs quantized per call; `MatMulInteger` + rescale, MLAS),
+- onnxruntime's int8 product alone as `egmf_core.serving.OrtInt8Projection` runs it (uint8 x uint8, exact on AVX2),
+- `Int8Linear` on onnxruntime: the whole projection as the int8 LLM runs it on CPUs without VNNI (smooth, quantize
+  per row, product, rescale: one onnxruntime call).
 
 Median of ``--repeats`` calls per shape after a warm-up; GFLOP/s (int8: GOP/s) per backend and the ratio to torch
 fp32. Results: ``--out`` (.json + .md) with the CPU model and flags.
@@ -31,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_support import cpu_flag_table, cpu_model  # noqa: E402  (benchmarks/ is on the path above)
 
-from egmf_core.precision import cpu_has_int8  # noqa: E402
+from egmf_core.precision import int8_kernel  # noqa: E402
+from egmf_core.serving import Int8Linear  # noqa: E402
 
 #: (rows, in, out): a live prompt pass's ~64 new rows through the q/o (576x576), gate/up (576x1536) and down
 #: (1536x576) projections of SmolLM2-135M.
@@ -72,6 +76,27 @@ def onnx_sessions(w: np.ndarray, folder: Path) -> dict:
             for name, path in (("onnxruntime fp32", fp32), ("onnxruntime int8 (dynamic)", int8))}
 
 
+def int8_product(w: np.ndarray):
+    """onnxruntime's ``MatMulInteger`` of int8 rows by the int8 weight ``w`` (in, out), both as uint8 with zero point
+    128, one thread: the product `egmf_core.serving.OrtInt8Projection` runs (its uint8 x uint8 form is exact on AVX2,
+    where uint8 x int8 saturates). Returns a function of the int8 rows (a numpy array) giving the int32 product."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "w", "zero", "zero"], ["y"])], "product",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [None, n])],
+                              [numpy_helper.from_array((w.view(np.uint8) ^ 0x80), "w"),
+                               numpy_helper.from_array(np.array(128, np.uint8), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return lambda rows: session.run(None, {"a": rows.view(np.uint8) ^ 0x80})[0]
+
+
 def measure(repeats: int) -> dict:
     rng = np.random.default_rng(0)
     rows = []
@@ -82,16 +107,29 @@ def measure(repeats: int) -> dict:
             w = rng.standard_normal((k, n)).astype(np.float32)
             xt, wt = torch.from_numpy(x), torch.from_numpy(w)
             runs = {"torch fp32": lambda: torch.matmul(xt, wt)}
-            if cpu_has_int8():
+            if int8_kernel() == "torch":
                 xq, wq = xt.mul(20).to(torch.int8), wt.mul(20).to(torch.int8)
                 runs["torch int8 (_int_mm)"] = lambda: torch._int_mm(xq, wq)
             for name, session in onnx_sessions(w, Path(tmp)).items():
                 runs[name] = (lambda s: lambda: s.run(None, {"x": x}))(session)
+            xq8 = np.clip(np.round(x * 40), -127, 127).astype(np.int8)
+            product = int8_product(np.clip(np.round(w * 40), -127, 127).astype(np.int8))
+            runs["onnxruntime int8 product (uint8 x uint8)"] = lambda: product(xq8)
+            layer = Int8Linear(_linear(wt), xt.abs().amax(dim=0), kernel="onnxruntime")
+            runs["Int8Linear on onnxruntime (whole projection)"] = lambda: layer(xt)
             rate = {name: 2 * m * k * n / median_seconds(fn, repeats) / 1e9 for name, fn in runs.items()}
             rows.append({"shape": [m, k, n], "gflops": rate})
     names = list(rows[0]["gflops"])
     mean = {name: float(np.mean([r["gflops"][name] for r in rows])) for name in names}
     return {"rows": rows, "mean_gflops": mean, "vs_torch_fp32": {n: mean[n] / mean["torch fp32"] for n in names}}
+
+
+def _linear(w: torch.Tensor) -> torch.nn.Linear:
+    """An `nn.Linear` computing x @ w (its weight is w transposed), no bias."""
+    linear = torch.nn.Linear(*w.shape, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(w.t())
+    return linear
 
 
 def write_report(result: dict, out: Path) -> None:
@@ -107,7 +145,9 @@ def write_report(result: dict, out: Path) -> None:
               + " |" for r in result["rows"]]
     lines += ["| mean | " + " | ".join(f"**{result['mean_gflops'][n]:.1f}**" for n in names) + " |",
               "| vs torch fp32 | " + " | ".join(f"x{result['vs_torch_fp32'][n]:.2f}" for n in names) + " |", "",
-              "GFLOP/s (int8: GOP/s). torch int8 is left out on a CPU without VNNI (emulated there)."]
+              "GFLOP/s (int8: GOP/s). torch int8 is left out on a CPU without VNNI (emulated there, ~1.5 GOP/s). "
+              "onnxruntime's dynamic int8 multiplies uint8 by int8, which saturates on AVX2 without VNNI (its "
+              "products are summed in pairs in int16): fast there but not exact; the uint8 x uint8 product is."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

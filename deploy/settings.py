@@ -42,7 +42,7 @@ class AppArgs(BaseModel):
     device: str | None = None
     torch_threads: int = 1
     #: Number format of the LLM's matmuls on CPU (egmf_core.precision): "auto" = bfloat16 where the CPU has
-    #: AVX512-BF16/AMX and a start-up probe finds a bf16 matmul faster, else fp32 (the reference); "fp32"; "bf16"; "int8" (fastest with VNNI and no native bf16; near ties re-scored in fp32, labels >= 99 % fp32's). bf16 and int8 are refused on a CPU without their instructions: the app fails to deploy, before any model loads, with an error that says why (`check_precision`).
+    #: AVX512-BF16/AMX and a start-up probe finds a bf16 matmul faster, else fp32 (the reference); "fp32"; "bf16"; "int8" (int8 matmuls: torch with VNNI, onnxruntime on AVX2 CPUs; near ties re-scored in fp32, labels >= 99 % fp32's). bf16 and int8 are refused on a CPU that would emulate them: the app fails to deploy, before any model loads, with an error that says why (`check_precision`).
     llm_precision: LlmPrecision = "auto"
     whisper_model_path: str | None = None
     asr_cpu_threads: int = 1

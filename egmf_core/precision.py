@@ -11,12 +11,13 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
 - ``"bf16"``: bfloat16 projections, on a CPU with native bf16 dot products (`BF16_FLAGS`); for checks or by
   choice (on a 2-core Intel Xeon with AVX512-BF16 they are slower than fp32, see "auto").
 - ``"int8"``: int8 projections (`serving.Int8Linear`: per-channel weights, per-token inputs, smoothed on a short
-  calibration call at load), the fastest on CPUs with VNNI but without native bf16. Alone it is not exact: its labels differ from
-  fp32's on a few percent of utterances, all of them near ties. So it is checked: an answer whose closest decision is
-  a logit gap under `INT8_CHECK_MARGIN` is re-scored with the projections' fp32 copies, kept beside the int8 ones
-  (`EGMFPredictor.score`), which brings the labels to fp32's on >= 99 % of utterances at the cost of a second pass
-  for the near ties (`benchmarks/results/llm_precision_int8_checked.md`). Only a user who asks gets it, and only on a
-  CPU with native int8 dot products (`INT8_FLAGS`).
+  calibration call at load). Alone it is not exact: its labels differ from fp32's on a few percent of utterances,
+  all of them near ties. So it is checked: an answer whose closest decision is a logit gap under `INT8_CHECK_MARGIN`
+  is re-scored with the projections' fp32 copies, kept beside the int8 ones (`EGMFPredictor.score`), which brings
+  the labels to fp32's on >= 99 % of utterances at the cost of a second pass for the near ties
+  (`benchmarks/results/llm_precision_int8_checked.md`). Only a user who asks gets it. Its kernel follows the CPU
+  (`int8_kernel`): ``torch._int_mm`` (oneDNN) where the CPU has VNNI (`INT8_FLAGS`), onnxruntime's MLAS where it
+  has AVX2 only (`INT8_ORT_FLAGS`, `serving.OrtInt8Projection`); both compute the same integers.
 - ``"auto"``: bf16 where the CPU has AVX512-BF16 or AMX-BF16 *and* a bf16 matmul at the prompt pass's shapes is
   measurably faster than fp32's on this machine (`bf16_speedup`, timed once at load, ~0.1 s), else fp32. What the
   CLI and the service use. The flags alone are not enough: on a 2-core Intel Xeon with AVX512-BF16 (no AMX) oneDNN's
@@ -24,10 +25,11 @@ agreement; `tests/test_llm_precision.py` checks it on a fixed sample).
   streams fall 17 s behind (`benchmarks/results/llm_precision_xeon.md`), while on a 2-core AMD EPYC (Zen 4) bf16 is
   the faster one.
 
-bf16 or int8 asked for on a CPU without the instructions is refused with an error that says so, not run: torch then
-falls back to generic kernels, and on a 2-core AMD EPYC with AVX2 only (no AVX512, no VNNI) a bf16 or int8 matmul at
-the prompt pass's shapes ran at 1.4-1.5 GFLOP/s against fp32's 57-70, a prompt pass of ~10 s instead of ~0.3 s
-(`benchmarks/results/llm_precision_avx2.md`).
+bf16 or int8 asked for on a CPU that would emulate them is refused with an error that says so, not run: torch then
+falls back to generic kernels, and on a 2-core AMD EPYC with AVX2 only (no AVX512, no VNNI) a bf16 or torch int8
+matmul at the prompt pass's shapes ran at 1.4-1.5 GFLOP/s against fp32's 57-70, a prompt pass of ~10 s instead of
+~0.3 s (`benchmarks/results/llm_precision_avx2.md`). bf16 needs `BF16_FLAGS`; int8 runs on onnxruntime there
+instead, and is refused only on a CPU without AVX2.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "cpu_has_int8", "cpu_has_native",
-           "pass_threads", "resolve_precision"]
+__all__ = ["PRECISIONS", "INT8_CHECK_MARGIN", "LlmPrecision", "bf16_speedup", "cpu_has_bf16", "cpu_has_int8",
+           "cpu_has_native", "int8_kernel", "pass_threads", "resolve_precision"]
 
 log = logging.getLogger("egmf_core.precision")
 
@@ -56,8 +58,11 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: /proc/cpuinfo flags of native int8 dot products (VNNI: Intel Cascade Lake+/Alder Lake+, AMD Zen 4+), which
 #: `torch._int_mm` (oneDNN) needs to be fast.
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
-#: The formats that need the CPU's own instructions, and the flags of those.
-NATIVE_FLAGS = {"bf16": BF16_FLAGS, "int8": INT8_FLAGS}
+#: /proc/cpuinfo flags under which onnxruntime's MLAS runs int8 matmuls fast without VNNI (AVX2 integer kernels):
+#: `serving.OrtInt8Matmul`, ~140 GOP/s on one core of a 2-core AVX2 EPYC where torch's `_int_mm` runs ~1.5.
+INT8_ORT_FLAGS = frozenset({"avx2"})
+#: The formats that need the CPU's own instructions, and the flags under which one of their kernels is fast.
+NATIVE_FLAGS = {"bf16": BF16_FLAGS, "int8": INT8_FLAGS | INT8_ORT_FLAGS}
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
@@ -74,7 +79,8 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 
 def cpu_has_native(precision: str, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether the CPU runs `precision` ("bf16", "int8") with its own dot-product instructions (`NATIVE_FLAGS`)."""
+    """Whether the CPU runs `precision` ("bf16", "int8") fast, with instructions a kernel of ours uses
+    (`NATIVE_FLAGS`; int8: VNNI for torch's, AVX2 for onnxruntime's)."""
     return bool(NATIVE_FLAGS[precision] & cpu_flags(cpuinfo))
 
 
@@ -84,6 +90,18 @@ def cpu_has_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 def cpu_has_int8(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return cpu_has_native("int8", cpuinfo)
+
+
+def int8_kernel(cpuinfo: str | Path = "/proc/cpuinfo") -> Literal["torch", "onnxruntime"] | None:
+    """Which kernel runs `serving.Int8Linear`'s int8 products on this CPU: "torch" (``torch._int_mm``, oneDNN) where
+    it has VNNI (`INT8_FLAGS`), "onnxruntime" (MLAS) where it has AVX2 only, None where neither is fast. Both give
+    the same integers; each is the fast one where it is chosen (`benchmarks/bench_matmul_backends.py`)."""
+    flags = cpu_flags(cpuinfo)
+    if INT8_FLAGS & flags:
+        return "torch"
+    if INT8_ORT_FLAGS & flags:
+        return "onnxruntime"
+    return None
 
 
 #: "auto" takes bf16 only when its probe matmuls run at least this much faster than fp32's: a margin for the probe's
@@ -149,7 +167,8 @@ def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | P
     """The precision to run: ``requested`` with ``"auto"`` decided by the CPU: bf16 where it has native bf16 and
     ``speedup()`` (fp32 time / bf16 time, measured) is at least `BF16_MIN_SPEEDUP`, else fp32. Off the CPU
     (``device_type`` "cuda") the LLM keeps its fp32 weights here: a GPU is served by the exported engines
-    (`python -m export`). An explicit bf16 or int8 on a CPU without its native instructions raises ValueError.
+    (`python -m export`). An explicit bf16 or int8 on a CPU without fast kernels for it (`NATIVE_FLAGS`) raises
+    ValueError.
 
     No torch import at module level: the streaming layer validates its configuration with this module before loading
     models (only the "auto" probe imports it)."""
@@ -167,7 +186,7 @@ def resolve_precision(requested: str, device_type: str = "cpu", cpuinfo: str | P
         return choice
     if requested in NATIVE_FLAGS and not cpu_has_native(requested, cpuinfo):
         raise ValueError(
-            f"llm_precision: {requested} needs a CPU with native {requested} dot products "
-            f"({' or '.join(sorted(NATIVE_FLAGS[requested]))} in /proc/cpuinfo) and this one has none: torch would emulate them at a few "
-            f"percent of fp32's speed (~10 s per utterance); use auto or fp32")
+            f"llm_precision: {requested} needs a CPU with fast {requested} matmuls "
+            f"({' or '.join(sorted(NATIVE_FLAGS[requested]))} in /proc/cpuinfo) and this one has none: they would be "
+            f"emulated at a few percent of fp32's speed (~10 s per utterance); use auto or fp32")
     return requested  # type: ignore[return-value]

@@ -30,7 +30,7 @@ import torch
 from .checkpoint import checkpoint_version, load_checkpoint, resolve
 from .model import EGMFModel
 from .model_io import ModelInput, Prediction
-from .precision import INT8_CHECK_MARGIN, pass_threads, resolve_precision
+from .precision import INT8_CHECK_MARGIN, int8_kernel, pass_threads, resolve_precision
 from .serving import freeze_loaded_heap, intra_op_threads
 from .conversation import Conversation
 from .prompt import Turn
@@ -117,16 +117,18 @@ class EGMFPredictor:
         precision = resolve_precision(llm_precision, model.device.type)
         dtype = {"bf16": torch.bfloat16, "int8": torch.int8}.get(precision, torch.float32)
         calibrator = cls(model, version) if precision == "int8" else None
+        kernel = int8_kernel() or "torch"
         try:
             replaced = model.device.type == "cpu" and model.use_transposed_linear_weights(
                 dtype, calibrator.calibration_pass if calibrator is not None else None,
-                keep_reference=precision == "int8" and int8_check_margin > 0)
+                keep_reference=precision == "int8" and int8_check_margin > 0, int8_kernel=kernel)
         finally:
             if calibrator is not None and calibrator._primer is not None:
                 calibrator._primer.shutdown(wait=True)  # no background pass may run while the layers are swapped
         if not replaced:
             precision = "fp32"  # adapters kept apart (several languages): peft's layers, in fp32
-        log.info("EGMF model %s: LLM projections in %s (requested %s)", version, precision, llm_precision)
+        log.info("EGMF model %s: LLM projections in %s (requested %s)%s", version, precision, llm_precision,
+                 f", int8 kernel {kernel}" if precision == "int8" else "")
         return cls(model, version, precision, int8_check_margin if precision == "int8" else 0.0)
 
     def calibration_pass(self) -> None:

@@ -11,6 +11,7 @@ import gc
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -37,11 +38,91 @@ class TransposedLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+class OrtInt8Projection:
+    """`Int8Linear`'s whole forward (smooth, quantize per row, int8 x int8 -> int32, rescale, bias) as one
+    onnxruntime graph on one thread: the int8 kernel on CPUs without VNNI, where torch's ``_int_mm`` is emulated
+    (~1.5 GOP/s on a 2-core AVX2 EPYC) and onnxruntime's MLAS runs int8 products at ~140 GOP/s (fp32 sgemm: ~68
+    GFLOP/s; `benchmarks/bench_matmul_backends.py`). One call per projection instead of ~12 torch operations around
+    the product: those cost ~0.25 ms per projection, ~50 ms per prompt pass, as much as int8 saved.
+
+    The graph does what `Int8Linear.forward` does in torch, in the same order (IEEE division, round half to even),
+    so the quantized inputs are the same integers. The product is ``MatMulInteger`` with both operands as uint8,
+    zero point 128 (an int8 value v is the byte v + 128): MLAS's AVX2 uint8 x int8 kernel sums pairs of products in
+    int16 (``vpmaddubsw``) and saturates on full-range operands (errors of 10^4 on the int32 result, measured), its
+    int8 x int8 one runs ~20 GOP/s; uint8 x uint8 widens first and is exact. So this returns what the torch kernel
+    does, within float rounding of the rescale, and the answers do not depend on which kernel ran them."""
+
+    def __init__(self, weight_t: torch.Tensor, weight_scale: torch.Tensor, input_divisor: torch.Tensor | None,
+                 bias: torch.Tensor | None):
+        import onnxruntime as ort
+
+        model = _int8_projection_graph(weight_t, weight_scale, input_divisor, bias)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # int8 passes run on one thread (`precision.pass_threads`)
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # No per-session arena: a model has ~200 of these sessions, and each arena keeps the largest intermediates
+        # it has seen (a batch of 56 prompts grew one process past 20 GiB); plain allocation measured as fast.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        """``rows``: float32, contiguous (rows, in) -> (rows, out) float32."""
+        return torch.from_numpy(self._session.run(["y"], {"x": rows.numpy()})[0])
+
+
+def _int8_projection_graph(weight_t: torch.Tensor, weight_scale: torch.Tensor, input_divisor: torch.Tensor | None,
+                           bias: torch.Tensor | None):
+    """The ONNX graph of `Int8Linear.forward` for `OrtInt8Projection` (opset 17: ReduceMax takes its axes as an
+    attribute)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = weight_t.shape
+    consts = {"w": (weight_t.contiguous().view(torch.uint8) ^ 0x80).numpy(), "zero": np.array(128, np.uint8),
+              "weight_scale": weight_scale.float().numpy(), "tiny": np.array(1e-12, np.float32),
+              "q_max": np.array(127.0, np.float32), "offset": np.array(128.0, np.float32)}
+    node = helper.make_node
+    nodes = []
+    rows = "x"
+    if input_divisor is not None:
+        consts["divisor"] = input_divisor.float().numpy()
+        nodes.append(node("Div", ["x", "divisor"], ["smoothed"]))
+        rows = "smoothed"
+    nodes += [node("Abs", [rows], ["magnitude"]),
+              node("ReduceMax", ["magnitude"], ["absmax"], axes=[1], keepdims=1),
+              node("Max", ["absmax", "tiny"], ["absmax_floor"]),
+              node("Div", ["absmax_floor", "q_max"], ["row_scale"]),
+              node("Div", [rows, "row_scale"], ["scaled"]),
+              node("Round", ["scaled"], ["rounded"]),
+              node("Add", ["rounded", "offset"], ["shifted"]),
+              node("Cast", ["shifted"], ["q"], to=TensorProto.UINT8),
+              node("MatMulInteger", ["q", "w", "zero", "zero"], ["product"]),
+              node("Cast", ["product"], ["product_f"], to=TensorProto.FLOAT),
+              node("Mul", ["product_f", "row_scale"], ["by_row"]),
+              node("Mul", ["by_row", "weight_scale"], ["y" if bias is None else "unbiased"])]
+    if bias is not None:
+        consts["bias"] = bias.float().numpy()
+        nodes.append(node("Add", ["unbiased", "bias"], ["y"]))
+    graph = helper.make_graph(nodes, "int8_projection",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, n])],
+                              [numpy_helper.from_array(np.ascontiguousarray(v), name) for name, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+#: `Int8Linear`'s int8 x int8 -> int32 kernels (`precision.int8_kernel` picks one by the CPU's flags).
+INT8_KERNELS = ("torch", "onnxruntime")
+
+
 class Int8Linear(nn.Module):
     """`nn.Linear` for CPU inference in int8: the weight quantized once, symmetric per output channel; the input
     quantized on every call, symmetric per row (per token, so that one loud token does not coarsen the others); the
-    int8 x int8 -> int32 product by ``torch._int_mm`` (oneDNN; VNNI dot products where the CPU has them), rescaled to
-    the input's dtype. The weight is a buffer: nothing here trains.
+    int8 x int8 -> int32 product by ``kernel``, rescaled to the input's dtype: "torch" is ``torch._int_mm`` (oneDNN,
+    VNNI dot products), "onnxruntime" `OrtInt8Matmul` (MLAS, AVX2); the two return the same integers. The weight is a
+    buffer: nothing here trains.
 
     ``input_absmax`` (in,): the largest input magnitude per channel seen on calibration prompts. The LLM's
     activations have outlier channels (10-20x the median channel), which per-row int8 alone rounds the other channels
@@ -49,8 +130,11 @@ class Int8Linear(nn.Module):
     s_j = absmax_j^alpha / max_i |W_ij|^(1 - alpha) and the weight's column multiplied by it, the same product with
     the range shared between the two operands."""
 
-    def __init__(self, linear: nn.Linear, input_absmax: torch.Tensor | None = None, alpha: float = SMOOTH_ALPHA):
+    def __init__(self, linear: nn.Linear, input_absmax: torch.Tensor | None = None, alpha: float = SMOOTH_ALPHA,
+                 kernel: str = "torch"):
         super().__init__()
+        if kernel not in INT8_KERNELS:
+            raise ValueError(f"int8 kernel: expected one of {', '.join(INT8_KERNELS)}, got {kernel!r}")
         w = linear.weight.detach().float()
         smooth = None
         if input_absmax is not None:
@@ -63,9 +147,16 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.register_buffer("input_divisor", None if smooth is None else smooth)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        self.kernel = kernel
+        self._ort = None
+        if kernel == "onnxruntime":
+            self._ort = OrtInt8Projection(self.weight_t, self.weight_scale, self.input_divisor, self.bias)
+            self.weight_t = None  # onnxruntime holds its own copy: ~107 MB less for SmolLM2-135M
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1]).float()
+        if self._ort is not None:
+            return self._ort(rows.detach().contiguous()).to(x.dtype).reshape(*x.shape[:-1], -1)
         if self.input_divisor is not None:
             rows = rows / self.input_divisor
         row_scale = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
@@ -132,20 +223,21 @@ def input_absmax(decoder: nn.Module, run: Callable[[], object]) -> dict[nn.Linea
 
 def transpose_linear_weights(decoder: nn.Module, dtype: torch.dtype = torch.float32,
                              calibration: Callable[[], object] | None = None,
-                             reference: PrecisionSwitch | None = None) -> int:
+                             reference: PrecisionSwitch | None = None, int8_kernel: str = "torch") -> int:
     """Replace every projection of `decoder`'s layers (`projections`) by a `TransposedLinear` with its weight in
     ``dtype``, or for ``torch.int8`` by an `Int8Linear` smoothed by the inputs seen while ``calibration()`` runs the
-    model (None: unsmoothed), wrapped with its fp32 copy in a `CheckedInt8Linear` run by ``reference`` where given.
-    Returns how many were replaced."""
+    model (None: unsmoothed) and run by ``int8_kernel`` (`INT8_KERNELS`), wrapped with its fp32 copy in a
+    `CheckedInt8Linear` run by ``reference`` where given. Returns how many were replaced."""
     absmax = input_absmax(decoder, calibration) if dtype == torch.int8 and calibration is not None else {}
     found = projections(decoder)
     for parent, name, linear in found:
         if dtype != torch.int8:
             rewritten: nn.Module = TransposedLinear(linear, dtype)
         elif reference is None:
-            rewritten = Int8Linear(linear, absmax.get(linear))
+            rewritten = Int8Linear(linear, absmax.get(linear), kernel=int8_kernel)
         else:
-            rewritten = CheckedInt8Linear(Int8Linear(linear, absmax.get(linear)), TransposedLinear(linear), reference)
+            rewritten = CheckedInt8Linear(Int8Linear(linear, absmax.get(linear), kernel=int8_kernel),
+                                          TransposedLinear(linear), reference)
         setattr(parent, name, rewritten)
     return len(found)
 

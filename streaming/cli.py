@@ -76,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-precision", choices=PRECISIONS, default="auto",
                    help="number format of the LLM's matmuls on CPU (default auto: bfloat16 where the CPU has "
                         "AVX512-BF16/AMX and a bf16 matmul measured at start-up is faster, else fp32, the reference; the labels agree, see "
-                        "benchmarks/results/llm_precision.md; int8: faster on CPUs with VNNI but no bf16, near ties re-scored in fp32, "
-                        "labels >= 99 %% equal, benchmarks/results/llm_precision_int8_checked.md; bf16 and int8 are "
-                        "refused on a CPU without their instructions, where they would be emulated ~50x slower)")
+                        "benchmarks/results/llm_precision.md; int8: int8 matmuls (torch with VNNI, onnxruntime on AVX2 CPUs), near "
+                        "ties re-scored in fp32, labels >= 99 %% equal, benchmarks/results/llm_precision_int8_checked.md; "
+                        "bf16 and int8 are refused on a CPU that would emulate them ~50x slower)")
     p.add_argument("--no-speculation", action="store_true",
                    help="live input: analyze an utterance only after the VAD's end-of-speech hangover, not during it "
                         "(events come ~330 ms later; no work is spent on pauses that turn out not to be ends)")

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from egmf_core.precision import (BF16_MIN_SPEEDUP, bf16_speedup, cpu_has_bf16, cpu_has_int8, pass_threads,
-                                  resolve_precision)
+from egmf_core.precision import (BF16_MIN_SPEEDUP, bf16_speedup, cpu_has_bf16, cpu_has_int8, int8_kernel,
+                                  pass_threads, resolve_precision)
 from egmf_core.serving import CheckedInt8Linear, Int8Linear, PrecisionSwitch, TransposedLinear, intra_op_threads
 
 #: Largest emotion-probability difference bf16 may make on the fixed sample (the full MELD/RAVDESS test comparison,
@@ -29,13 +29,13 @@ NEAR_TIE = 0.35
 
 def _cpuinfo(path, flags: str):
     """A /proc/cpuinfo as Linux writes it (first processor's block with its flags line)."""
-    path.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 {flags}\n\nprocessor\t: 1\n")
+    path.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 sse4_2 {flags}\n\nprocessor\t: 1\n")
     return path
 
 
 def test_auto_picks_bf16_only_where_the_cpu_has_it_and_it_is_faster(tmp_path) -> None:
-    native = _cpuinfo(tmp_path / "native", "avx512f avx512_bf16 avx512_vnni")
-    plain = _cpuinfo(tmp_path / "plain", "avx512f avx512_vnni")
+    native = _cpuinfo(tmp_path / "native", "avx2 avx512f avx512_bf16 avx512_vnni")
+    plain = _cpuinfo(tmp_path / "plain", "avx2 avx512f avx512_vnni")
     assert cpu_has_bf16(native) and not cpu_has_bf16(plain) and cpu_has_int8(plain)
     probed = []
 
@@ -65,22 +65,28 @@ def test_auto_picks_bf16_only_where_the_cpu_has_it_and_it_is_faster(tmp_path) ->
 def test_bf16_and_int8_are_refused_where_the_cpu_would_emulate_them(tmp_path) -> None:
     """On a CPU without their dot-product instructions torch emulates bf16 and int8 matmuls at ~1.4 GFLOP/s against
     fp32's ~70 (a 2-core AMD EPYC with AVX2 only, benchmarks/results/llm_precision_avx2.md): ~10 s per utterance.
-    Asking for them there is an error that names the field, what is missing and what to use; auto keeps fp32."""
-    avx2 = _cpuinfo(tmp_path / "avx2", "")
-    plain = _cpuinfo(tmp_path / "plain", "avx512f avx512_vnni")
+    int8 runs on onnxruntime there instead (its AVX2 kernels); bf16 has no such kernel. Asking for one that would be
+    emulated is an error that names the field, what is missing and what to use; auto keeps fp32."""
+    old = _cpuinfo(tmp_path / "old", "")  # x86-64 without AVX2
+    avx2 = _cpuinfo(tmp_path / "avx2", "avx2")
+    plain = _cpuinfo(tmp_path / "plain", "avx2 avx512f avx512_vnni")
     for precision, cpuinfo, missing in (("bf16", avx2, "avx512_bf16"), ("bf16", plain, "amx_bf16"),
-                                        ("int8", avx2, "avx512_vnni")):
+                                        ("int8", old, "avx2 or avx512_vnni")):
         with pytest.raises(ValueError, match=f"llm_precision: {precision} needs a CPU .*{missing}.* use auto or fp32"):
             resolve_precision(precision, "cpu", cpuinfo)
+    assert (int8_kernel(old), int8_kernel(avx2), int8_kernel(plain)) == (None, "onnxruntime", "torch")
+    assert resolve_precision("int8", "cpu", avx2) == resolve_precision("int8", "cpu", plain) == "int8"
     assert resolve_precision("auto", "cpu", avx2) == resolve_precision("fp32", "cpu", avx2) == "fp32"
-    assert resolve_precision("int8", "cuda", avx2) == "fp32"  # a GPU keeps fp32 here: nothing is emulated
+    assert resolve_precision("int8", "cuda", old) == "fp32"  # a GPU keeps fp32 here: nothing is emulated
     from deploy.settings import AppArgs, check_precision  # the service refuses before loading any model
 
     with pytest.raises(ValueError, match="llm_precision: int8 needs a CPU"):
-        check_precision(AppArgs(llm_precision="int8", device="cpu"), str(avx2))
-    check_precision(AppArgs(llm_precision="int8", device="cpu"), str(plain))
-    check_precision(AppArgs(llm_precision="int8", device="cuda"), str(avx2))
-    check_precision(AppArgs(llm_precision="auto", device="cpu"), str(avx2))  # auto decides at load, never refused
+        check_precision(AppArgs(llm_precision="int8", device="cpu"), str(old))
+    with pytest.raises(ValueError, match="llm_precision: bf16 needs a CPU"):
+        check_precision(AppArgs(llm_precision="bf16", device="cpu"), str(avx2))
+    check_precision(AppArgs(llm_precision="int8", device="cpu"), str(avx2))
+    check_precision(AppArgs(llm_precision="int8", device="cuda"), str(old))
+    check_precision(AppArgs(llm_precision="auto", device="cpu"), str(old))  # auto decides at load, never refused
 
 
 def test_the_bf16_probe_times_real_matmuls_and_leaves_the_thread_setting() -> None:
@@ -185,6 +191,28 @@ def test_int8_projection_is_smoothed_around_outlier_channels() -> None:
     assert rel["smoothed"] < 0.03 and rel["smoothed"] < rel["plain"] / 2, rel
 
 
+def test_int8_kernels_give_the_same_answers() -> None:
+    """The int8 product on onnxruntime (CPUs with AVX2 and no VNNI) returns what ``torch._int_mm`` does: the same
+    quantized integers, an exact product (uint8 x uint8, which MLAS does not saturate), the same rescale. torch's
+    kernel runs on any CPU, slowly where it is emulated: this layer is small. Rows near the int8 range's ends
+    (a channel 30x the others) are where a saturating int16 kernel would show."""
+    torch.manual_seed(0)
+    linear = nn.Linear(1536, 576)
+    x = torch.randn(3, 7, 1536)
+    x[..., :4] *= 30.0
+    absmax = x.reshape(-1, 1536).abs().amax(dim=0)
+    ours, theirs = Int8Linear(linear, absmax, kernel="onnxruntime"), Int8Linear(linear, absmax, kernel="torch")
+    assert ours.weight_t is None and theirs.weight_t.dtype == torch.int8  # onnxruntime keeps the only int8 copy
+    y = ours(x)
+    assert y.shape == (3, 7, 576) and y.dtype == torch.float32
+    assert torch.allclose(y, theirs(x), rtol=1e-6, atol=1e-6)
+    ref = linear(x)
+    assert float((y - ref).norm() / ref.norm()) < 0.03
+    assert torch.equal(ours(x[:1, :1]), y[:1, :1])  # one row, as the answer pass sends
+    with pytest.raises(ValueError, match="int8 kernel: expected one of torch, onnxruntime, got 'mlas'"):
+        Int8Linear(linear, absmax, kernel="mlas")
+
+
 def test_checked_int8_layer_runs_its_fp32_copy_when_switched() -> None:
     torch.manual_seed(0)
     linear = nn.Linear(576, 192)
@@ -199,7 +227,7 @@ def test_checked_int8_layer_runs_its_fp32_copy_when_switched() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not cpu_has_int8(), reason="this CPU has no native int8 (int8 is refused here, tested above)")
+@pytest.mark.skipif(not cpu_has_int8(), reason="this CPU has no fast int8 kernel (int8 is refused here, tested above)")
 def test_int8_is_calibrated_at_load_and_its_check_gives_the_fp32_answers_on_near_ties() -> None:
     """int8 alone is not exact (benchmarks/results/llm_precision_int8.md: ~94-97 % of MELD labels equal), so its
     measured distance on the fixed sample is pinned, not equality: a regression in the smoothing shows as a drop.
