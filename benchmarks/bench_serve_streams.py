@@ -113,10 +113,18 @@ def wait_until_gone(base: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def start_service(config: str, base: str) -> tuple[subprocess.Popen, float, dict]:
-    """Start `serve run config` and wait until it is healthy: (process, seconds to healthy, its /health answer)."""
-    wait_until_gone(base)
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+#: Where the streams connect, by ``--ingress``: through Serve's proxy (port 8000, `deploy/config.yaml`), or to the
+#: Ingress replica's own HTTP server that Ray Serve's direct ingress starts (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``;
+#: the first port of its range, ``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT``, default 30000, for the one replica).
+INGRESS_PORTS = {"proxy": 8000, "direct": 30000}
+
+
+def start_service(config: str, base: str, ingress: str = "proxy") -> tuple[subprocess.Popen, float, dict]:
+    """Start `serve run config` (with Serve's direct ingress for ``ingress`` "direct") and wait until it is healthy
+    at `base`: (process, seconds to healthy, its /health answer)."""
+    wait_until_gone("http://127.0.0.1:8000")
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled",
+               RAY_SERVE_ENABLE_DIRECT_INGRESS="1" if ingress == "direct" else "0")
     t0 = time.monotonic()
     proc = subprocess.Popen(["serve", "run", config], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -198,6 +206,35 @@ async def level(url: str, n: int, pcm: bytes, refs, offsets: list[float], kind: 
             "cores": {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in cpu1}}
 
 
+def run_ingress(a: argparse.Namespace, ingress: str, x: np.ndarray, refs: list, pcm: bytes, result: dict) -> None:
+    """Every level of ``--streams`` x ``--offsets`` against one service (started here unless ``--url``), its
+    connections through ``ingress``; appends them to ``result["levels"]``."""
+    proc = None
+    base = f"http://127.0.0.1:{INGRESS_PORTS[ingress]}"
+    url = a.url or f"ws://127.0.0.1:{INGRESS_PORTS[ingress]}/v1/stream"
+    try:
+        if a.url is None:
+            proc, startup, answer = start_service(a.config, base, ingress)
+            result.setdefault("startup_to_healthy_s", {})[ingress] = round(startup, 1)
+            result["model_version"] = answer.get("model_version")
+            result["llm_precision"] = answer.get("deployments", {}).get("ModelServer", {}).get("llm_precision")
+            result.setdefault("pss_idle_gib", {})[ingress] = round(cluster_pss_gib(), 2)
+        for kind in a.offsets.split(","):
+            for n in (int(s) for s in a.streams.split(",")):
+                offsets = stream_offsets(kind, n, len(x) / SR, len(refs))
+                r = asyncio.run(level(url, n, pcm, refs, offsets, kind, a.frame_ms * SR // 1000))
+                r["ingress"] = ingress
+                print(json.dumps(r), flush=True)
+                result["levels"].append(r)
+        if proc is not None:
+            result.setdefault("pss_after_gib", {})[ingress] = round(cluster_pss_gib(), 2)
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            wait_until_gone("http://127.0.0.1:8000")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url", help="WebSocket URL of a running service (default: start deploy/config.yaml)")
@@ -208,8 +245,14 @@ def main() -> int:
     ap.add_argument("--frame-ms", type=int, default=FRAME * 1000 // SR,
                     help="audio per binary message (default 100 ms); each message costs the service a hop through "
                          "Ray Serve's proxy, so this moves the CPU per utterance")
+    ap.add_argument("--ingress", default="proxy",
+                    help="proxy, direct or proxy,direct: streams through Serve's proxy (port 8000), or to the Ingress "
+                         "replica's own port under Ray Serve's direct ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, "
+                         "port 30000; deploy/README.md, 'More streams per machine'); each its own service start")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve_streams"))
     a = ap.parse_args()
+    if a.url and "," in a.ingress:
+        ap.error("--ingress with several values starts the service itself: leave out --url")
 
     x, refs = recording(a.clips)
     pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
@@ -218,54 +261,45 @@ def main() -> int:
                     "recording_s": round(len(x) / SR, 2), "utterances_per_stream": len(refs), "config": a.config,
                     "frame_ms": a.frame_ms,
                     "command": " ".join(["python benchmarks/bench_serve_streams.py", *sys.argv[1:]])}
-    proc = None
-    url = a.url or "ws://127.0.0.1:8000/v1/stream"
-    try:
-        if a.url is None:
-            proc, startup, answer = start_service(a.config, "http://127.0.0.1:8000")
-            result["startup_to_healthy_s"] = round(startup, 1)
-            result["model_version"] = answer.get("model_version")
-            result["llm_precision"] = answer.get("deployments", {}).get("ModelServer", {}).get("llm_precision")
-            result["pss_idle_gib"] = round(cluster_pss_gib(), 2)
-        result["levels"] = []
-        for kind in a.offsets.split(","):
-            for n in (int(s) for s in a.streams.split(",")):
-                offsets = stream_offsets(kind, n, len(x) / SR, len(refs))
-                r = asyncio.run(level(url, n, pcm, refs, offsets, kind, a.frame_ms * SR // 1000))
-                print(json.dumps(r), flush=True)
-                result["levels"].append(r)
-        if proc is not None:
-            result["pss_after_gib"] = round(cluster_pss_gib(), 2)
-    finally:
-        if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-            wait_until_gone("http://127.0.0.1:8000")
+    result["levels"] = []
+    for ingress in a.ingress.split(","):
+        if ingress not in INGRESS_PORTS:
+            ap.error(f"--ingress: expected proxy or direct, got {ingress!r}")
+        run_ingress(a, ingress, x, refs, pcm, result)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| streams | offsets | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms | load after |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| ingress | streams | offsets | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms | load after |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["levels"]:
         f = (lambda v: "-" if v is None else f"{v:.0f}")
-        rows.append(f"| {r['streams']} | {r['offsets']} | {r['utterances']} | {r['lost']} | {f(r['p50_ms'])} | "
+        rows.append(f"| {r['ingress']} | {r['streams']} | {r['offsets']} | {r['utterances']} | {r['lost']} | "
+                    f"{f(r['p50_ms'])} | "
                     f"{f(r['p95_ms'])} | "
                     f"{f(r['max_ms'])} | {f(r['server_p95_ms'])} | {r['loadavg_after']:.1f} |")
     roles = list(result["levels"][0]["cpu_ms_per_utterance"]) if result["levels"] else []
     rows += ["", "CPU per utterance by process (ms of CPU time, user + system; in brackets the cores kept busy on "
              "average during the level; 'ray' = Ray's own processes and the controller, 'client' = this benchmark):",
-             "", "| streams | offsets | " + " | ".join(roles) + " | total |", "|---|---|" + "---|" * (len(roles) + 1)]
+             "", "| ingress | streams | offsets | " + " | ".join(roles) + " | total |",
+             "|---|---|---|" + "---|" * (len(roles) + 1)]
     for r in result["levels"]:
         c, k = r["cpu_ms_per_utterance"], r["cores"]
-        rows.append(f"| {r['streams']} | {r['offsets']} | " + " | ".join(f"{c[x]:.0f} ({k[x]:.2f})" for x in roles)
+        rows.append(f"| {r['ingress']} | {r['streams']} | {r['offsets']} | "
+                    + " | ".join(f"{c[x]:.0f} ({k[x]:.2f})" for x in roles)
                     + f" | {sum(c.values()):.0f} ({sum(k.values()):.2f}) |")
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in result["cpu_flags"].items())
+
+    def per_ingress(key: str) -> str:  # "proxy 43.8, direct 41.2", or "-" for a service started elsewhere
+        return ", ".join(f"{k} {v}" for k, v in result.get(key, {}).items()) or "-"
+
     head = (f"Serve streams benchmark ({result['machine']}: {flags}; load before {result['loadavg_before']:.1f}); "
             f"model {result.get('model_version', '-')}, LLM projections {result.get('llm_precision', '-')}; "
             f"recording {result['recording_s']} s with {len(refs)} "
             f"utterances per stream, real-time pace, {a.frame_ms} ms of audio per message. "
-            f"Startup to healthy: {result.get('startup_to_healthy_s', '-')} s; cluster PSS idle "
-            f"{result.get('pss_idle_gib', '-')} GiB, after {result.get('pss_after_gib', '-')} GiB. Latency: client "
+            f"Startup to healthy: {per_ingress('startup_to_healthy_s')} s; cluster PSS idle "
+            f"{per_ingress('pss_idle_gib')} GiB, after {per_ingress('pss_after_gib')} GiB. Ingress: 'proxy' = "
+            f"through Serve's proxy (port 8000), 'direct' = to the Ingress replica's own port under Ray Serve's direct "
+            f"ingress (RAY_SERVE_ENABLE_DIRECT_INGRESS=1, port 30000). Latency: client "
             f"side, end of speech -> event; 'server' = the events' latency_ms, counted from when the stream's worker "
             f"took the utterance's last sample off its input queue (it excludes time queued behind the stream's "
             f"earlier utterances, so it understates the delay once the service falls behind). Offsets: 'burst' = "

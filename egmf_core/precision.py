@@ -59,7 +59,7 @@ BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 #: `torch._int_mm` (oneDNN) needs to be fast.
 INT8_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 #: /proc/cpuinfo flags under which onnxruntime's MLAS runs int8 matmuls fast without VNNI (AVX2 integer kernels):
-#: `serving.OrtInt8Matmul`, ~140 GOP/s on one core of a 2-core AVX2 EPYC where torch's `_int_mm` runs ~1.5.
+#: `serving.OrtInt8Projection`, ~134 GOP/s on one core of a 2-core AVX2 EPYC where torch's `_int_mm` runs ~1.5.
 INT8_ORT_FLAGS = frozenset({"avx2"})
 #: The formats that need the CPU's own instructions, and the flags under which one of their kernels is fast.
 NATIVE_FLAGS = {"bf16": BF16_FLAGS, "int8": INT8_FLAGS | INT8_ORT_FLAGS}

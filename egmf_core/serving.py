@@ -1,5 +1,6 @@
 """Inference-only rewrites of the LLM for CPU serving: linear layers with their weight stored transposed, in fp32,
-bfloat16 or int8 (`egmf_core.precision`); and `freeze_loaded_heap`, for a process that has loaded its models.
+bfloat16 or int8 (`egmf_core.precision`; int8's product by torch with VNNI, by onnxruntime on AVX2 CPUs without it);
+and `freeze_loaded_heap`, for a process that has loaded its models.
 
 In fp32 they change the speed, not the answers (same outputs within float rounding); in bfloat16 and int8 the answers
 agree with fp32 as `benchmarks/results/llm_precision.md` reports.
@@ -121,7 +122,7 @@ class Int8Linear(nn.Module):
     """`nn.Linear` for CPU inference in int8: the weight quantized once, symmetric per output channel; the input
     quantized on every call, symmetric per row (per token, so that one loud token does not coarsen the others); the
     int8 x int8 -> int32 product by ``kernel``, rescaled to the input's dtype: "torch" is ``torch._int_mm`` (oneDNN,
-    VNNI dot products), "onnxruntime" `OrtInt8Matmul` (MLAS, AVX2); the two return the same integers. The weight is a
+    VNNI dot products), "onnxruntime" `OrtInt8Projection` (MLAS, AVX2); the two return the same integers. The weight is a
     buffer: nothing here trains.
 
     ``input_absmax`` (in,): the largest input magnitude per channel seen on calibration prompts. The LLM's
