@@ -3,6 +3,7 @@ startup time to healthy, memory.
 
     python benchmarks/bench_serve_streams.py                 # starts `serve run deploy/config.yaml` itself
     python benchmarks/bench_serve_streams.py --url ws://host:8000/v1/stream   # an already running service
+    python benchmarks/bench_serve_streams.py --ingress proxy,direct   # through Serve's proxy, then direct ingress
 
 Writes benchmarks/results/serve_streams.{json,md}. Each stream sends the same real recording (RAVDESS clips from
 different actors joined with 0.8 s pauses, int16 16 kHz, 100 ms frames unless --frame-ms) at real-time pace.
@@ -14,6 +15,9 @@ speech of that utterance was sent (so it includes the VAD's end-of-speech hangov
 model); ``latency_ms`` as reported by the server (from the arrival of the utterance's last segment sample) is
 recorded too. The CPU time of each process role (ASR, ModelServer, Ingress, Serve's proxy, Ray's own processes, this
 client) over each level is recorded per utterance, so that where the cores go is visible next to the latency.
+``--ingress direct`` starts the service with Ray Serve's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``)
+and streams to the Ingress replica's own port, bypassing the proxy (deploy/README.md, "More streams per machine");
+``proxy,direct`` runs both, each with its own service start, side by side in one results file.
 An utterance is lost when a reference clip gets no utterance event overlapping it. The machine's load average is
 recorded: other processes on a 2-core machine skew it.
 """
@@ -269,7 +273,8 @@ def main() -> int:
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| ingress | streams | offsets | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms | load after |",
+    rows = ["| ingress | streams | offsets | utterances | lost | p50 ms | p95 ms | max ms | server p95 ms "
+            "| load after |",
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["levels"]:
         f = (lambda v: "-" if v is None else f"{v:.0f}")

@@ -192,8 +192,9 @@ class EGMFModel(nn.Module):
         in ``dtype`` (fp32: same outputs within float rounding, faster few-row matmuls; bfloat16: see
         `egmf_core.precision`), or by `serving.Int8Linear` for ``torch.int8``, smoothed by the activations seen while
         ``calibration()`` runs this model in fp32 and run by ``int8_kernel`` (`precision.int8_kernel`);
-        ``keep_reference`` (int8 only) keeps each layer's fp32 copy too, for `reference_precision`. Only for a model whose LoRA is merged (or that has none): adapters kept apart (several
-        languages) need peft's layers, so such a model is left as it is. Returns how many layers were replaced."""
+        ``keep_reference`` (int8 only) keeps each layer's fp32 copy too, for `reference_precision`. Only for a model
+        whose LoRA is merged (or that has none): adapters kept apart (several languages) need peft's layers, so such a
+        model is left as it is. Returns how many layers were replaced."""
         if isinstance(self.llm, PeftModel) and not self._merged:
             return 0
         base = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm

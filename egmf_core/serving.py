@@ -122,8 +122,8 @@ class Int8Linear(nn.Module):
     """`nn.Linear` for CPU inference in int8: the weight quantized once, symmetric per output channel; the input
     quantized on every call, symmetric per row (per token, so that one loud token does not coarsen the others); the
     int8 x int8 -> int32 product by ``kernel``, rescaled to the input's dtype: "torch" is ``torch._int_mm`` (oneDNN,
-    VNNI dot products), "onnxruntime" `OrtInt8Projection` (MLAS, AVX2); the two return the same integers. The weight is a
-    buffer: nothing here trains.
+    VNNI dot products), "onnxruntime" `OrtInt8Projection` (MLAS, AVX2); the two return the same integers. The weight
+    is a buffer: nothing here trains.
 
     ``input_absmax`` (in,): the largest input magnitude per channel seen on calibration prompts. The LLM's
     activations have outlier channels (10-20x the median channel), which per-row int8 alone rounds the other channels

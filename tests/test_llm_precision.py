@@ -29,7 +29,8 @@ NEAR_TIE = 0.35
 
 def _cpuinfo(path, flags: str):
     """A /proc/cpuinfo as Linux writes it (first processor's block with its flags line)."""
-    path.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 sse4_2 {flags}\n\nprocessor\t: 1\n")
+    path.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 sse4_2 {flags}\n\n"
+                    "processor\t: 1\n")
     return path
 
 
