@@ -53,10 +53,29 @@ def direct_service():
             assert time.monotonic() < deadline, "no answer on the direct ingress port within 240 s"
             time.sleep(0.5)
         yield health
-    finally:
+    finally:  # the local cluster `serve run` started lives in its session: stop that, not every Ray on the machine
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=90)
-        subprocess.run(["ray", "stop", "--force"], capture_output=True, timeout=120)
+        deadline = time.monotonic() + 60
+        while (left := _session_processes(proc.pid)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        for p in left:
+            p.kill()
+        assert not left, [p.name() for p in left]
+
+
+def _session_processes(sid: int) -> list:
+    """The processes still running in session ``sid`` (Ray's raylet, GCS and workers stay in `serve run`'s)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if os.getsid(p.pid) == sid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except (OSError, psutil.Error):
+            pass
+    return found
 
 
 def test_streams_through_the_replicas_own_port(direct_service, tmp_path):
